@@ -1,0 +1,9 @@
+//! custody: every shared resource is owned by exactly one thread, and
+//! everyone else talks to it through a typed message queue.
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
