@@ -7,3 +7,28 @@
     unreachable_pub,
     rust_2018_idioms
 )]
+
+mod current;
+mod error;
+mod handle;
+mod mailbox;
+mod manager;
+mod manager_thread;
+mod owner;
+mod reply;
+mod runtime;
+mod stats;
+
+pub use error::{
+    AskError, BuildError, CapacityError, JoinError, SendError, SendTimeoutError, SpawnError,
+    TrySendError,
+};
+pub use handle::Handle;
+pub use mailbox::{Backend, Capacity};
+pub use manager::{Context, Manager};
+pub use owner::{Job, Owner};
+pub use reply::Reply;
+pub use runtime::{
+    Builder, DEFAULT_MAX_BATCH, ManagerBuilder, Runtime, ShutdownReport, StopRecord,
+};
+pub use stats::{ManagerState, ManagerStats, Stats};

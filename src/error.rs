@@ -1,0 +1,241 @@
+//! Every error type of the runtime.
+//!
+//! A refused message always comes back inside the error (`into_inner`), and no
+//! error's `Debug` needs the message type to be `Debug`.
+
+use std::fmt;
+use std::io;
+
+use thiserror::Error;
+
+/// A [`Handle::tell`](crate::Handle::tell) refused because the manager is
+/// stopping or stopped; the message comes back.
+///
+/// # Examples
+///
+/// ```
+/// use custody::{Owner, Runtime};
+///
+/// let rt = Runtime::new();
+/// let owner = rt.own("n", 0u32)?;
+/// owner.handle().stop();
+/// let refused = owner.handle().tell(Box::new(|n: &mut u32| *n += 1)).unwrap_err();
+/// let _message_back = refused.into_inner();
+/// # Ok::<(), custody::SpawnError>(())
+/// ```
+#[derive(Error, Clone, Copy, PartialEq, Eq)]
+#[error("sending on a stopped manager")]
+pub struct SendError<T>(pub T);
+
+impl<T> SendError<T> {
+    /// The message that was not sent.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SendError(..)")
+    }
+}
+
+/// A [`Handle::try_tell`](crate::Handle::try_tell) refused; the message comes back.
+#[derive(Error, Clone, Copy, PartialEq, Eq)]
+pub enum TrySendError<T> {
+    /// The bounded mailbox is full.
+    #[error("sending on a full mailbox")]
+    Full(T),
+    /// The manager is stopping or stopped.
+    #[error("sending on a stopped manager")]
+    Stopped(T),
+}
+
+impl<T> TrySendError<T> {
+    /// The message that was not sent.
+    pub fn into_inner(self) -> T {
+        match self {
+            TrySendError::Full(m) | TrySendError::Stopped(m) => m,
+        }
+    }
+
+    /// Whether the mailbox was full.
+    pub fn is_full(&self) -> bool {
+        matches!(self, TrySendError::Full(_))
+    }
+
+    /// Whether the manager was stopped.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self, TrySendError::Stopped(_))
+    }
+}
+
+impl<T> fmt::Debug for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full(_) => f.write_str("Full(..)"),
+            TrySendError::Stopped(_) => f.write_str("Stopped(..)"),
+        }
+    }
+}
+
+/// A [`Handle::tell_timeout`](crate::Handle::tell_timeout) refused; the message comes back.
+#[derive(Error, Clone, Copy, PartialEq, Eq)]
+pub enum SendTimeoutError<T> {
+    /// The bounded mailbox stayed full until the deadline.
+    #[error("timed out sending on a full mailbox")]
+    Timeout(T),
+    /// The manager is stopping or stopped.
+    #[error("sending on a stopped manager")]
+    Stopped(T),
+}
+
+impl<T> SendTimeoutError<T> {
+    /// The message that was not sent.
+    pub fn into_inner(self) -> T {
+        match self {
+            SendTimeoutError::Timeout(m) | SendTimeoutError::Stopped(m) => m,
+        }
+    }
+
+    /// Whether the deadline passed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, SendTimeoutError::Timeout(_))
+    }
+
+    /// Whether the manager was stopped.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self, SendTimeoutError::Stopped(_))
+    }
+}
+
+impl<T> fmt::Debug for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
+            SendTimeoutError::Stopped(_) => f.write_str("Stopped(..)"),
+        }
+    }
+}
+
+/// Why an [`ask`](crate::Handle::ask) ended without an answer. Every ask ends
+/// with an answer or one of these; none hangs.
+#[derive(Error, Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AskError {
+    /// The manager was stopping or stopped: the request was refused, or it was
+    /// queued and then discarded by an immediate stop.
+    #[error("asking manager `{manager}`: it is stopped")]
+    Stopped {
+        /// The manager asked.
+        manager: String,
+    },
+    /// No answer before the deadline. The request may still be handled; its
+    /// answer is then dropped.
+    #[error("asking manager `{manager}`: timed out")]
+    Timeout {
+        /// The manager asked.
+        manager: String,
+    },
+    /// The handler panicked while handling this request.
+    #[error("asking manager `{manager}`: the handler panicked: {message}")]
+    Panicked {
+        /// The manager asked.
+        manager: String,
+        /// The panic message.
+        message: String,
+    },
+    /// Waiting would never end: a manager asked itself (or, later, a cycle of
+    /// managers asked each other). The names are those in the cycle.
+    #[error("asking manager `{}` would deadlock: {}", cycle.last().map(String::as_str).unwrap_or(""), cycle.join(" -> "))]
+    Deadlock {
+        /// The managers in the cycle, the asker first and the target last.
+        cycle: Vec<String>,
+    },
+    /// The handler dropped the [`Reply`](crate::Reply) without answering.
+    #[error("asking manager `{manager}`: the handler dropped the reply without answering")]
+    NoReply {
+        /// The manager asked.
+        manager: String,
+    },
+}
+
+/// Why a [`join`](crate::Handle::join) returned before every message was handled.
+#[derive(Error, Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// Messages were still unfinished at the deadline.
+    #[error("joining manager `{manager}`: timed out with {unfinished} messages unfinished")]
+    Timeout {
+        /// The manager joined.
+        manager: String,
+        /// Messages accepted and not yet handled at the deadline.
+        unfinished: u64,
+    },
+    /// The manager stopped at once and discarded messages it had accepted.
+    #[error("joining manager `{manager}`: it stopped with {unhandled} messages unhandled")]
+    Stopped {
+        /// The manager joined.
+        manager: String,
+        /// Messages accepted and then discarded unhandled.
+        unhandled: u64,
+    },
+}
+
+/// A bounded capacity that makes no sense.
+#[derive(Error, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapacityError {
+    /// A capacity of zero (a rendezvous mailbox) is refused.
+    #[error("a mailbox capacity of zero is not allowed: use Capacity::Unbounded or at least 1")]
+    Zero,
+    /// More than [`Capacity::MAX`](crate::Capacity::MAX).
+    #[error("mailbox capacity {requested} is larger than the maximum {max}")]
+    TooLarge {
+        /// The capacity asked for.
+        requested: usize,
+        /// The largest capacity accepted.
+        max: usize,
+    },
+}
+
+/// A runtime could not be built from its [`Builder`](crate::Builder).
+#[derive(Error, Debug)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The default capacity is invalid.
+    #[error(transparent)]
+    Capacity(#[from] CapacityError),
+    /// The thread name prefix contains a NUL byte.
+    #[error("thread name prefix {0:?} contains a NUL byte")]
+    ThreadName(String),
+    /// The stack size is below the minimum (16 KiB).
+    #[error("stack size {0} is below the minimum of 16384 bytes")]
+    StackSize(usize),
+}
+
+/// A manager could not be spawned.
+#[derive(Error, Debug)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// A running manager of this runtime already has that name.
+    #[error("a manager named `{0}` is already running")]
+    DuplicateName(String),
+    /// The name is empty or contains a NUL byte.
+    #[error("invalid manager name {0:?}: names must be non-empty and contain no NUL byte")]
+    InvalidName(String),
+    /// The per-manager capacity is invalid.
+    #[error(transparent)]
+    Capacity(#[from] CapacityError),
+    /// The runtime is shutting down or shut down.
+    #[error("the runtime is shut down")]
+    ShutDown,
+    /// The operating system refused to start the thread.
+    #[error("starting the thread of manager `{name}`")]
+    Thread {
+        /// The manager's name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}

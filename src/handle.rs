@@ -1,0 +1,451 @@
+//! `Handle<M>`: the cloneable address of one manager, and the state it shares
+//! with the manager thread.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::current;
+use crate::error::{AskError, JoinError, SendError, SendTimeoutError, TrySendError};
+use crate::mailbox::{Backend, Capacity, Envelope, Gate, SendFailure, Sender};
+use crate::reply::{self, Answer, Reply};
+use crate::stats::{Counters, ManagerState, ManagerStats};
+
+/// What a manager's handles and its thread share.
+pub(crate) struct Shared<M> {
+    pub(crate) tx: Sender<Envelope<M>>,
+    pub(crate) gate: Gate,
+    pub(crate) counters: Counters,
+    /// Set by an immediate stop: discard what is queued.
+    pub(crate) abort: AtomicBool,
+    pub(crate) name: String,
+    pub(crate) id: u64,
+    pub(crate) backend: Backend,
+    pub(crate) capacity: Capacity,
+}
+
+impl<M> Shared<M> {
+    /// Makes the manager look at its gate again. A full mailbox needs no nudge:
+    /// the manager has messages to wake it.
+    pub(crate) fn nudge(&self) {
+        let _ = self.tx.try_send(Envelope::Wake);
+    }
+
+    pub(crate) fn stop(&self) {
+        if self.gate.close() {
+            self.nudge();
+        }
+    }
+
+    pub(crate) fn abort(&self) {
+        self.abort.store(true, Ordering::SeqCst);
+        self.gate.close();
+        self.nudge();
+    }
+
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
+    }
+}
+
+/// How `post` may wait for room in a bounded mailbox.
+#[derive(Clone, Copy)]
+enum Wait {
+    Until(Option<Instant>),
+    No,
+}
+
+/// Why `post` gave the message back.
+enum Refusal<M> {
+    Stopped(M),
+    Full(M),
+    Timeout(M),
+}
+
+/// The address of one manager: `Clone + Send + Sync`, cheap to clone, and the
+/// only way to reach the resource the manager owns.
+///
+/// Every message a send accepts is counted until the manager has handled it;
+/// [`join`](Handle::join) waits for that count to reach zero (Python's
+/// `queue.join()`; `task_done` is implicit when `handle` returns or panics).
+///
+/// # Examples
+///
+/// ```
+/// use custody::{Context, Manager, Runtime};
+///
+/// struct Log(Vec<String>);
+/// impl Manager for Log {
+///     type Msg = String;
+///     fn handle(&mut self, line: String, _ctx: &mut Context<'_, String>) {
+///         self.0.push(line);
+///     }
+/// }
+///
+/// let rt = Runtime::new();
+/// let log = rt.spawn("log", Log(Vec::new()))?;
+/// let from_another_thread = log.clone();
+/// std::thread::spawn(move || from_another_thread.tell("hello".to_owned()).unwrap())
+///     .join()
+///     .unwrap();
+/// log.join()?; // every accepted message has been handled
+/// assert_eq!(log.len(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Handle<M: Send + 'static> {
+    pub(crate) shared: Arc<Shared<M>>,
+}
+
+impl<M: Send + 'static> Clone for Handle<M> {
+    fn clone(&self) -> Self {
+        Handle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<M: Send + 'static> fmt::Debug for Handle<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Send + 'static> Handle<M> {
+    #[inline]
+    fn post(&self, msg: M, wait: Wait) -> Result<(), Refusal<M>> {
+        let shared = &*self.shared;
+        if let Err(refused) = shared.gate.enter() {
+            if refused.nudge {
+                shared.nudge();
+            }
+            return Err(Refusal::Stopped(msg));
+        }
+        let sent = match wait {
+            Wait::Until(deadline) => shared.tx.send(Envelope::Msg(msg), deadline),
+            Wait::No => shared.tx.try_send(Envelope::Msg(msg)),
+        };
+        match sent {
+            Ok(()) => Ok(()),
+            Err(failure) => Err(self.undo(failure)),
+        }
+    }
+
+    #[cold]
+    fn undo(&self, failure: SendFailure<Envelope<M>>) -> Refusal<M> {
+        if self.shared.gate.leave(1) {
+            self.shared.nudge();
+        }
+        let (envelope, refusal): (_, fn(M) -> Refusal<M>) = match failure {
+            SendFailure::Full(e) => (e, Refusal::Full),
+            SendFailure::Timeout(e) => (e, Refusal::Timeout),
+            SendFailure::Disconnected(e) => (e, Refusal::Stopped),
+        };
+        match envelope {
+            Envelope::Msg(m) => refusal(m),
+            Envelope::Wake => unreachable!("post only sends messages"),
+        }
+    }
+
+    /// Sends a message, blocking while a bounded mailbox is full.
+    ///
+    /// `Ok` means the message was accepted: it will be handled, unless an
+    /// immediate stop discards it (and counts it in the stop report).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError`] with the message inside if the manager is stopping or
+    /// stopped.
+    #[inline]
+    pub fn tell(&self, msg: M) -> Result<(), SendError<M>> {
+        self.post(msg, Wait::Until(None)).map_err(|r| match r {
+            Refusal::Stopped(m) | Refusal::Full(m) | Refusal::Timeout(m) => SendError(m),
+        })
+    }
+
+    /// Sends a message if there is room now.
+    ///
+    /// # Errors
+    ///
+    /// [`TrySendError::Full`] if a bounded mailbox is full,
+    /// [`TrySendError::Stopped`] if the manager is stopping or stopped; the
+    /// message comes back in both.
+    pub fn try_tell(&self, msg: M) -> Result<(), TrySendError<M>> {
+        self.post(msg, Wait::No).map_err(|r| match r {
+            Refusal::Full(m) | Refusal::Timeout(m) => TrySendError::Full(m),
+            Refusal::Stopped(m) => TrySendError::Stopped(m),
+        })
+    }
+
+    /// Sends a message, waiting at most `timeout` for room in a bounded mailbox.
+    ///
+    /// # Errors
+    ///
+    /// [`SendTimeoutError::Timeout`] if the mailbox stayed full,
+    /// [`SendTimeoutError::Stopped`] if the manager is stopping or stopped; the
+    /// message comes back in both.
+    pub fn tell_timeout(&self, msg: M, timeout: Duration) -> Result<(), SendTimeoutError<M>> {
+        self.post(msg, Wait::Until(deadline_after(timeout)))
+            .map_err(|r| match r {
+                Refusal::Full(m) | Refusal::Timeout(m) => SendTimeoutError::Timeout(m),
+                Refusal::Stopped(m) => SendTimeoutError::Stopped(m),
+            })
+    }
+
+    /// Sends a request built around a fresh [`Reply`] and waits for the answer.
+    ///
+    /// # Errors
+    ///
+    /// - [`AskError::Deadlock`] at once when a manager asks itself;
+    /// - [`AskError::Stopped`] if the manager is stopped, or discarded the
+    ///   request in an immediate stop;
+    /// - [`AskError::Panicked`] if the handler panicked on this request;
+    /// - [`AskError::NoReply`] if the handler dropped the reply unanswered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Context, Manager, Reply, Runtime};
+    ///
+    /// struct Echo;
+    /// impl Manager for Echo {
+    ///     type Msg = (String, Reply<String>);
+    ///     fn handle(&mut self, (text, reply): Self::Msg, _ctx: &mut Context<'_, Self::Msg>) {
+    ///         reply.send(text.to_uppercase());
+    ///     }
+    /// }
+    ///
+    /// let rt = Runtime::new();
+    /// let echo = rt.spawn("echo", Echo)?;
+    /// assert_eq!(echo.ask(|reply| ("hi".to_owned(), reply))?, "HI");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn ask<R, F>(&self, make: F) -> Result<R, AskError>
+    where
+        R: Send + 'static,
+        F: FnOnce(Reply<R>) -> M,
+    {
+        self.ask_until(make, None)
+    }
+
+    /// Like [`ask`](Handle::ask), but gives up after `timeout` (counting both
+    /// the wait for room in the mailbox and the wait for the answer).
+    ///
+    /// # Errors
+    ///
+    /// As [`ask`](Handle::ask), plus [`AskError::Timeout`]. A request that
+    /// timed out may still be handled later; its answer is then dropped.
+    pub fn ask_timeout<R, F>(&self, make: F, timeout: Duration) -> Result<R, AskError>
+    where
+        R: Send + 'static,
+        F: FnOnce(Reply<R>) -> M,
+    {
+        self.ask_until(make, deadline_after(timeout))
+    }
+
+    fn ask_until<R, F>(&self, make: F, deadline: Option<Instant>) -> Result<R, AskError>
+    where
+        R: Send + 'static,
+        F: FnOnce(Reply<R>) -> M,
+    {
+        if current::manager_id() == Some(self.shared.id) {
+            return Err(AskError::Deadlock {
+                cycle: vec![self.shared.name.clone(), self.shared.name.clone()],
+            });
+        }
+        let (reply, waiter) = reply::pair();
+        if let Err(refusal) = self.post(make(reply), Wait::Until(deadline)) {
+            // Dropping the refused request drops its reply outside a handler.
+            return Err(match refusal {
+                Refusal::Stopped(_) => self.ask_error(AskErrorKind::Stopped),
+                Refusal::Full(_) | Refusal::Timeout(_) => self.ask_error(AskErrorKind::Timeout),
+            });
+        }
+        match waiter.wait(deadline) {
+            Answer::Value(v) => Ok(v),
+            Answer::TimedOut => Err(self.ask_error(AskErrorKind::Timeout)),
+            Answer::Discarded => Err(self.ask_error(AskErrorKind::Stopped)),
+            Answer::NoReply => Err(self.ask_error(AskErrorKind::NoReply)),
+            Answer::Panicked(message) => Err(AskError::Panicked {
+                manager: self.shared.name.clone(),
+                message,
+            }),
+        }
+    }
+
+    #[cold]
+    fn ask_error(&self, kind: AskErrorKind) -> AskError {
+        let manager = self.shared.name.clone();
+        match kind {
+            AskErrorKind::Stopped => AskError::Stopped { manager },
+            AskErrorKind::Timeout => AskError::Timeout { manager },
+            AskErrorKind::NoReply => AskError::NoReply { manager },
+        }
+    }
+
+    /// Blocks until every message accepted so far has been handled.
+    ///
+    /// Returns at once if nothing is unfinished. Never hangs on a stopped
+    /// manager: once its thread has exited, `join` returns.
+    ///
+    /// # Errors
+    ///
+    /// [`JoinError::Stopped`] if the manager stopped at once and discarded
+    /// messages it had accepted.
+    pub fn join(&self) -> Result<(), JoinError> {
+        self.join_until(None)
+    }
+
+    /// Like [`join`](Handle::join), but gives up after `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`join`](Handle::join), plus [`JoinError::Timeout`] with the number
+    /// of messages still unfinished.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), JoinError> {
+        self.join_until(deadline_after(timeout))
+    }
+
+    fn join_until(&self, deadline: Option<Instant>) -> Result<(), JoinError> {
+        let gate = &self.shared.gate;
+        if gate.wait_empty(deadline).is_err() {
+            return Err(JoinError::Timeout {
+                manager: self.shared.name.clone(),
+                unfinished: gate.unfinished(),
+            });
+        }
+        match gate.dropped() {
+            0 => Ok(()),
+            unhandled => Err(JoinError::Stopped {
+                manager: self.shared.name.clone(),
+                unhandled,
+            }),
+        }
+    }
+
+    /// Messages waiting in the mailbox (not counting the one being handled).
+    pub fn len(&self) -> usize {
+        self.shared.tx.len()
+    }
+
+    /// Whether the mailbox holds no waiting message.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Messages accepted and not yet handled (queued, or in the current batch).
+    pub fn unfinished(&self) -> u64 {
+        self.shared.gate.unfinished()
+    }
+
+    /// Stops the manager gracefully: later sends are refused, messages already
+    /// accepted are still handled, then its `stopped` hook runs and its thread
+    /// ends. Returns at once; [`join`](Handle::join) waits for the drain.
+    pub fn stop(&self) {
+        self.shared.stop();
+    }
+
+    /// Whether the manager refuses new messages (stopping or stopped).
+    pub fn is_stopped(&self) -> bool {
+        self.shared.gate.is_closed()
+    }
+
+    /// Whether the manager's thread has finished.
+    pub fn has_exited(&self) -> bool {
+        self.shared.gate.has_exited()
+    }
+
+    /// The manager's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The manager's mailbox backend.
+    pub fn backend(&self) -> Backend {
+        self.shared.backend
+    }
+
+    /// The manager's mailbox capacity.
+    pub fn capacity(&self) -> Capacity {
+        self.shared.capacity
+    }
+
+    /// A snapshot of this manager's counters.
+    pub fn stats(&self) -> ManagerStats {
+        self.shared.stats(false)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum AskErrorKind {
+    Stopped,
+    Timeout,
+    NoReply,
+}
+
+/// `now + timeout`, or no deadline when that overflows (a huge timeout waits
+/// forever rather than panicking).
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+/// The runtime's type-erased view of one manager.
+pub(crate) trait Control: Send + Sync {
+    fn close(&self);
+    fn close_to_outside(&self);
+    fn abort(&self);
+    fn has_exited(&self) -> bool;
+    fn unhandled(&self) -> u64;
+    fn stats(&self, daemon: bool) -> ManagerStats;
+}
+
+impl<M: Send + 'static> Shared<M> {
+    pub(crate) fn stats(&self, daemon: bool) -> ManagerStats {
+        let state = if self.gate.has_exited() {
+            ManagerState::Stopped
+        } else if self.gate.is_closed() {
+            ManagerState::Stopping
+        } else {
+            ManagerState::Running
+        };
+        ManagerStats {
+            name: self.name.clone(),
+            backend: self.backend,
+            daemon,
+            state,
+            handled: self.counters.handled(),
+            panicked: self.counters.panicked(),
+            queued: self.tx.len(),
+            unfinished: self.gate.unfinished(),
+            unhandled: self.gate.dropped(),
+        }
+    }
+}
+
+impl<M: Send + 'static> Control for Shared<M> {
+    fn close(&self) {
+        self.stop();
+    }
+
+    fn close_to_outside(&self) {
+        self.gate.close_to_outside();
+    }
+
+    fn abort(&self) {
+        Shared::abort(self);
+    }
+
+    fn has_exited(&self) -> bool {
+        self.gate.has_exited()
+    }
+
+    fn unhandled(&self) -> u64 {
+        self.gate.dropped()
+    }
+
+    fn stats(&self, daemon: bool) -> ManagerStats {
+        Shared::stats(self, daemon)
+    }
+}

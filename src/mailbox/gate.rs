@@ -1,0 +1,190 @@
+//! The gate: join accounting and the closed flags in one atomic word.
+//!
+//! `state` holds two flag bits and the count of *unfinished* messages:
+//! accepted by a send but not yet settled by the manager. A send does one
+//! `fetch_add`; if a flag refuses it, it undoes the add and the caller hands
+//! the message back. The manager settles a whole drained batch with one
+//! `fetch_sub`, so the shared cache line moves once per batch, not once per
+//! message. Joiners sleep on a condvar and are woken only when the count
+//! reaches zero while someone waits (`joiners > 0`): `leave` reads `joiners`
+//! after its `fetch_sub`, `wait_empty` reads the count after raising
+//! `joiners`, both `SeqCst`, so one of the two always sees the other.
+//!
+//! A manager exits only when the gate is closed and the count is zero. A
+//! sender whose add was undone after the close may be the one that brings the
+//! count to zero; `leave` tells it so, and it nudges the manager awake.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::Instant;
+
+use crate::current;
+
+/// Refuses every send.
+const CLOSED: u64 = 1 << 63;
+/// Refuses sends from threads that are not managers of the same runtime
+/// (the first phase of a runtime's graceful shutdown).
+const OUTSIDE_CLOSED: u64 = 1 << 62;
+const COUNT: u64 = OUTSIDE_CLOSED - 1;
+
+pub(crate) struct Gate {
+    state: AtomicU64,
+    joiners: AtomicUsize,
+    lock: Mutex<()>,
+    emptied: Condvar,
+    exited: AtomicBool,
+    dropped: AtomicU64,
+    runtime_id: u64,
+}
+
+/// The gate refused a send (and has already undone its count).
+pub(crate) struct Refused {
+    /// The undo left the gate closed and empty: nudge the manager awake.
+    pub(crate) nudge: bool,
+}
+
+/// `wait_empty` reached its deadline.
+pub(crate) struct WaitTimedOut;
+
+impl Gate {
+    pub(crate) fn new(runtime_id: u64) -> Gate {
+        Gate {
+            state: AtomicU64::new(0),
+            joiners: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            emptied: Condvar::new(),
+            exited: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            runtime_id,
+        }
+    }
+
+    /// Counts one message in, unless a flag refuses it.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused`] when the gate is closed to this thread.
+    #[inline]
+    pub(crate) fn enter(&self) -> Result<(), Refused> {
+        let prev = self.state.fetch_add(1, SeqCst);
+        if prev & (CLOSED | OUTSIDE_CLOSED) == 0 {
+            return Ok(());
+        }
+        self.refused_entry(prev)
+    }
+
+    #[cold]
+    fn refused_entry(&self, prev: u64) -> Result<(), Refused> {
+        if prev & CLOSED == 0 && current::is_manager_of(self.runtime_id) {
+            return Ok(());
+        }
+        Err(Refused {
+            nudge: self.leave(1),
+        })
+    }
+
+    /// Counts `n` messages out. Returns `true` when this left the gate closed
+    /// and empty, so the manager may need a nudge to notice.
+    #[inline]
+    pub(crate) fn leave(&self, n: u64) -> bool {
+        if n == 0 {
+            return false;
+        }
+        let prev = self.state.fetch_sub(n, SeqCst);
+        debug_assert!(prev & COUNT >= n, "gate count underflow");
+        if prev & COUNT == n {
+            if self.joiners.load(SeqCst) > 0 {
+                self.wake_joiners();
+            }
+            return prev & CLOSED != 0;
+        }
+        false
+    }
+
+    #[cold]
+    fn wake_joiners(&self) {
+        let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.emptied.notify_all();
+    }
+
+    /// Refuses every later send. Returns `true` if it was open.
+    pub(crate) fn close(&self) -> bool {
+        self.state.fetch_or(CLOSED, SeqCst) & CLOSED == 0
+    }
+
+    /// Refuses later sends from outside the runtime's managers.
+    pub(crate) fn close_to_outside(&self) {
+        self.state.fetch_or(OUTSIDE_CLOSED, SeqCst);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.load(SeqCst) & CLOSED != 0
+    }
+
+    /// Messages accepted and not yet settled.
+    pub(crate) fn unfinished(&self) -> u64 {
+        self.state.load(SeqCst) & COUNT
+    }
+
+    /// Closed, and every accepted message settled: the manager may exit.
+    pub(crate) fn is_closed_and_empty(&self) -> bool {
+        let state = self.state.load(SeqCst);
+        state & CLOSED != 0 && state & COUNT == 0
+    }
+
+    /// Records messages that were discarded unhandled (an immediate stop).
+    /// Call before `leave` for the same messages, so a woken joiner sees them.
+    pub(crate) fn add_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, SeqCst);
+    }
+
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(SeqCst)
+    }
+
+    /// The manager thread has finished; wakes every joiner.
+    pub(crate) fn mark_exited(&self) {
+        self.exited.store(true, SeqCst);
+        self.wake_joiners();
+    }
+
+    pub(crate) fn has_exited(&self) -> bool {
+        self.exited.load(SeqCst)
+    }
+
+    /// Blocks until the count is zero or the manager has exited.
+    pub(crate) fn wait_empty(&self, deadline: Option<Instant>) -> Result<(), WaitTimedOut> {
+        if self.unfinished() == 0 {
+            return Ok(());
+        }
+        self.joiners.fetch_add(1, SeqCst);
+        let result = self.wait_empty_slow(deadline);
+        self.joiners.fetch_sub(1, SeqCst);
+        result
+    }
+
+    fn wait_empty_slow(&self, deadline: Option<Instant>) -> Result<(), WaitTimedOut> {
+        let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if self.unfinished() == 0 || self.has_exited() {
+                return Ok(());
+            }
+            guard = match deadline {
+                None => self
+                    .emptied
+                    .wait(guard)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(at) => {
+                    let now = Instant::now();
+                    if now >= at {
+                        return Err(WaitTimedOut);
+                    }
+                    self.emptied
+                        .wait_timeout(guard, at - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The mailbox seam: the one module that names a channel crate.
+//!
+//! A mailbox is a channel of [`Envelope`]s plus a [`Gate`] that counts the
+//! messages accepted but not yet handled. The rest of the crate sees only the
+//! [`Sender`] and [`Receiver`] enums defined here and the small failure enums
+//! below; `crossbeam_flavor.rs` and `flume_flavor.rs` translate each crate's errors into them.
+//! Enum dispatch keeps the choice of backend a runtime value (per runtime or per
+//! manager) at the cost of one well-predicted branch per operation.
+
+mod crossbeam_flavor;
+mod flume_flavor;
+mod gate;
+
+use std::fmt;
+use std::time::Instant;
+
+pub(crate) use gate::Gate;
+
+use crate::error::CapacityError;
+
+/// Which channel implementation carries a manager's messages.
+///
+/// Both backends are always compiled in; pick one per runtime with
+/// [`Builder::backend`](crate::Builder::backend) or per manager with
+/// [`ManagerBuilder::backend`](crate::ManagerBuilder::backend).
+///
+/// # Examples
+///
+/// ```
+/// use custody::{Backend, Runtime};
+///
+/// let rt = Runtime::builder().backend(Backend::Flume).build()?;
+/// assert_eq!(rt.backend(), Backend::Flume);
+/// # Ok::<(), custody::BuildError>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// `crossbeam-channel`: the default.
+    #[default]
+    Crossbeam,
+    /// `flume`.
+    Flume,
+}
+
+impl Backend {
+    /// Every backend, in a stable order: handy for running one test per backend.
+    pub const ALL: [Backend; 2] = [Backend::Crossbeam, Backend::Flume];
+
+    /// A short lowercase name: `"crossbeam"` or `"flume"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Crossbeam => "crossbeam",
+            Backend::Flume => "flume",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How many messages a mailbox holds before `tell` blocks.
+///
+/// A zero capacity (a rendezvous channel) is refused: a manager's sender would
+/// then wait for the manager to be idle, which defeats batching and makes a
+/// manager that tells itself hang. Capacities above [`Capacity::MAX`] are
+/// refused too, since a bounded crossbeam channel allocates its slots up front.
+///
+/// # Examples
+///
+/// ```
+/// use custody::{Capacity, CapacityError};
+///
+/// assert_eq!(Capacity::bounded(64)?, Capacity::Bounded(64));
+/// assert_eq!(Capacity::bounded(0), Err(CapacityError::Zero));
+/// assert!(matches!(Capacity::bounded(usize::MAX), Err(CapacityError::TooLarge { .. })));
+/// # Ok::<(), CapacityError>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Capacity {
+    /// No limit: `tell` never blocks.
+    #[default]
+    Unbounded,
+    /// At most this many queued messages; build it with [`Capacity::bounded`].
+    Bounded(usize),
+}
+
+impl Capacity {
+    /// The largest bounded capacity accepted (2^24 messages).
+    pub const MAX: usize = 1 << 24;
+
+    /// A bounded capacity, checked.
+    ///
+    /// # Errors
+    ///
+    /// [`CapacityError::Zero`] for 0 and [`CapacityError::TooLarge`] above
+    /// [`Capacity::MAX`].
+    pub fn bounded(n: usize) -> Result<Capacity, CapacityError> {
+        Capacity::Bounded(n).validate()
+    }
+
+    /// Checks a capacity built by hand with `Capacity::Bounded(n)`.
+    pub(crate) fn validate(self) -> Result<Capacity, CapacityError> {
+        match self {
+            Capacity::Bounded(0) => Err(CapacityError::Zero),
+            Capacity::Bounded(n) if n > Capacity::MAX => Err(CapacityError::TooLarge {
+                requested: n,
+                max: Capacity::MAX,
+            }),
+            ok => Ok(ok),
+        }
+    }
+}
+
+impl fmt::Display for Capacity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Capacity::Unbounded => f.write_str("unbounded"),
+            Capacity::Bounded(n) => write!(f, "bounded({n})"),
+        }
+    }
+}
+
+/// What travels in a mailbox: a user message, or an uncounted nudge that makes
+/// the manager look at its gate again (sent on stop).
+pub(crate) enum Envelope<M> {
+    Msg(M),
+    Wake,
+}
+
+/// Why a send did not go through; the envelope comes back.
+pub(crate) enum SendFailure<T> {
+    Full(T),
+    Timeout(T),
+    Disconnected(T),
+}
+
+/// Why a receive returned nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecvFailure {
+    Empty,
+    Timeout,
+    Disconnected,
+}
+
+/// The sending half of a mailbox channel.
+pub(crate) enum Sender<T> {
+    Crossbeam(crossbeam_channel::Sender<T>),
+    Flume(flume::Sender<T>),
+}
+
+/// The receiving half of a mailbox channel.
+pub(crate) enum Receiver<T> {
+    Crossbeam(crossbeam_channel::Receiver<T>),
+    Flume(flume::Receiver<T>),
+}
+
+/// Opens a channel of the given backend and (validated) capacity.
+pub(crate) fn channel<T>(backend: Backend, capacity: Capacity) -> (Sender<T>, Receiver<T>) {
+    match backend {
+        Backend::Crossbeam => {
+            let (tx, rx) = crossbeam_flavor::channel(capacity);
+            (Sender::Crossbeam(tx), Receiver::Crossbeam(rx))
+        }
+        Backend::Flume => {
+            let (tx, rx) = flume_flavor::channel(capacity);
+            (Sender::Flume(tx), Receiver::Flume(rx))
+        }
+    }
+}
+
+impl<T> Sender<T> {
+    /// Sends, blocking while full until `deadline` (forever when `None`).
+    #[inline]
+    pub(crate) fn send(&self, msg: T, deadline: Option<Instant>) -> Result<(), SendFailure<T>> {
+        match self {
+            Sender::Crossbeam(tx) => crossbeam_flavor::send(tx, msg, deadline),
+            Sender::Flume(tx) => flume_flavor::send(tx, msg, deadline),
+        }
+    }
+
+    /// Sends without blocking.
+    #[inline]
+    pub(crate) fn try_send(&self, msg: T) -> Result<(), SendFailure<T>> {
+        match self {
+            Sender::Crossbeam(tx) => crossbeam_flavor::try_send(tx, msg),
+            Sender::Flume(tx) => flume_flavor::try_send(tx, msg),
+        }
+    }
+
+    /// Messages waiting in the channel.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Sender::Crossbeam(tx) => tx.len(),
+            Sender::Flume(tx) => tx.len(),
+        }
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Receives, blocking until `deadline` (forever when `None`).
+    #[inline]
+    pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<T, RecvFailure> {
+        match self {
+            Receiver::Crossbeam(rx) => crossbeam_flavor::recv(rx, deadline),
+            Receiver::Flume(rx) => flume_flavor::recv(rx, deadline),
+        }
+    }
+
+    /// Receives what is already queued, without blocking.
+    #[inline]
+    pub(crate) fn try_recv(&self) -> Result<T, RecvFailure> {
+        match self {
+            Receiver::Crossbeam(rx) => crossbeam_flavor::try_recv(rx),
+            Receiver::Flume(rx) => flume_flavor::try_recv(rx),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The `Manager` trait and the `Context` a manager's hooks receive.
+
+use std::fmt;
+
+use crate::handle::Handle;
+
+/// A resource plus the handler of its messages: the one thread that owns the
+/// resource runs every method here, so the resource needs no lock.
+///
+/// The manager thread loops: it blocks for one message, then drains what is
+/// already queued without blocking (up to the manager's batch limit), calling
+/// [`handle`](Manager::handle) for each; when the mailbox has run dry it calls
+/// [`idle`](Manager::idle), the place to flush or commit a batch.
+///
+/// A panic in any method is caught: the manager carries on with its next
+/// message and the asker of the panicking message gets
+/// [`AskError::Panicked`](crate::AskError::Panicked).
+///
+/// # Examples
+///
+/// ```
+/// use custody::{Context, Manager, Reply, Runtime};
+///
+/// enum Msg {
+///     Add(u64),
+///     Get(Reply<u64>),
+/// }
+///
+/// #[derive(Default)]
+/// struct Total(u64);
+///
+/// impl Manager for Total {
+///     type Msg = Msg;
+///     fn handle(&mut self, msg: Msg, _ctx: &mut Context<'_, Msg>) {
+///         match msg {
+///             Msg::Add(n) => self.0 += n,
+///             Msg::Get(reply) => reply.send(self.0),
+///         }
+///     }
+/// }
+///
+/// let rt = Runtime::new();
+/// let total = rt.spawn("total", Total::default())?;
+/// for n in 1..=4 {
+///     total.tell(Msg::Add(n))?;
+/// }
+/// assert_eq!(total.ask(Msg::Get)?, 10);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait Manager: Send + 'static {
+    /// The messages this manager accepts.
+    type Msg: Send + 'static;
+
+    /// Handles one message. Runs on the manager's own thread.
+    fn handle(&mut self, msg: Self::Msg, ctx: &mut Context<'_, Self::Msg>);
+
+    /// Runs once on the manager's thread before the first message.
+    fn started(&mut self, ctx: &mut Context<'_, Self::Msg>) {
+        let _ = ctx;
+    }
+
+    /// Runs each time the mailbox has just run dry after a batch: flush
+    /// buffers, commit transactions.
+    fn idle(&mut self, ctx: &mut Context<'_, Self::Msg>) {
+        let _ = ctx;
+    }
+
+    /// Runs once on the manager's thread after the last message.
+    fn stopped(&mut self, ctx: &mut Context<'_, Self::Msg>) {
+        let _ = ctx;
+    }
+}
+
+/// What a manager knows about itself while it runs.
+///
+/// # Examples
+///
+/// ```
+/// use custody::{Context, Manager, Runtime};
+///
+/// struct Countdown;
+/// impl Manager for Countdown {
+///     type Msg = u32;
+///     fn handle(&mut self, n: u32, ctx: &mut Context<'_, u32>) {
+///         if n > 0 {
+///             // A manager may tell itself: the message joins the queue.
+///             ctx.handle().tell(n - 1).expect("not stopped");
+///         } else {
+///             ctx.stop();
+///         }
+///     }
+/// }
+///
+/// let rt = Runtime::new();
+/// let countdown = rt.spawn("countdown", Countdown)?;
+/// countdown.tell(3)?;
+/// countdown.join()?;
+/// assert!(countdown.is_stopped());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Context<'a, M: Send + 'static> {
+    handle: &'a Handle<M>,
+}
+
+impl<'a, M: Send + 'static> Context<'a, M> {
+    pub(crate) fn new(handle: &'a Handle<M>) -> Context<'a, M> {
+        Context { handle }
+    }
+
+    /// The manager's name.
+    pub fn name(&self) -> &str {
+        self.handle.name()
+    }
+
+    /// The manager's own handle: clone it to give others its address, or tell
+    /// yourself a message.
+    pub fn handle(&self) -> &Handle<M> {
+        self.handle
+    }
+
+    /// Stops this manager gracefully: later sends are refused, what is already
+    /// queued is still handled, then `stopped` runs.
+    pub fn stop(&self) {
+        self.handle.stop();
+    }
+}
+
+impl<M: Send + 'static> fmt::Debug for Context<'_, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("name", &self.name())
+            .finish_non_exhaustive()
+    }
+}

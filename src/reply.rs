@@ -1,0 +1,227 @@
+//! `Reply<T>`: the one-shot slot an `ask` hands to the manager.
+//!
+//! The asker allocates one `Arc<Slot<T>>` and keeps a [`Waiter`]; the manager
+//! gets the [`Reply`] inside its message. The answer travels under an
+//! uncontended mutex and is announced by a `ready` flag, which the asker spins
+//! on for a short, bounded while (a round trip to a busy manager on another
+//! core often completes within it) before it parks. The manager unparks the
+//! asker after setting the flag, so parking never misses the answer.
+//!
+//! A `Reply` dropped without an answer still ends the ask: with `Stopped` when
+//! its message was discarded by an immediate stop, with `Panicked` when the
+//! handler unwound, and with `NoReply` when a handler simply forgot it. To carry
+//! the panic message, a `Reply` dropped while its manager's handler unwinds is
+//! parked in a thread-local list; the manager loop fills them in once
+//! `catch_unwind` hands it the payload.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, Thread};
+use std::time::Instant;
+
+/// How long an asker spins on the flag before it parks.
+const SPIN_LIMIT: u32 = 1 << 10;
+
+enum Outcome<T> {
+    Pending,
+    Value(T),
+    NoReply,
+    Discarded,
+    Panicked(String),
+}
+
+struct Slot<T> {
+    ready: AtomicBool,
+    outcome: Mutex<Outcome<T>>,
+    asker: Thread,
+}
+
+impl<T> Slot<T> {
+    fn complete(&self, outcome: Outcome<T>) {
+        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = outcome;
+        self.ready.store(true, Ordering::Release);
+        self.asker.unpark();
+    }
+}
+
+/// Something that can be told "the handler panicked with this message".
+trait PanicSink {
+    fn panicked(&self, message: &str);
+}
+
+impl<T> PanicSink for Slot<T> {
+    fn panicked(&self, message: &str) {
+        self.complete(Outcome::Panicked(message.to_owned()));
+    }
+}
+
+/// What the manager loop is doing on this thread, for replies dropped unanswered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DropMode {
+    /// Not inside a manager loop, or between messages.
+    Normal,
+    /// Running a handler: an unwinding drop means the handler panicked.
+    Handling,
+    /// Discarding messages left by an immediate stop.
+    Discarding,
+}
+
+thread_local! {
+    static MODE: Cell<DropMode> = const { Cell::new(DropMode::Normal) };
+    static UNWOUND: RefCell<Vec<Arc<dyn PanicSink>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Sets what an unanswered drop on this thread means; returns the old mode.
+pub(crate) fn set_drop_mode(mode: DropMode) -> DropMode {
+    MODE.with(|m| m.replace(mode))
+}
+
+/// Answers every reply dropped by an unwinding handler with its panic message.
+pub(crate) fn settle_unwound(message: &str) {
+    let sinks = UNWOUND.with(|u| std::mem::take(&mut *u.borrow_mut()));
+    for sink in sinks {
+        sink.panicked(message);
+    }
+}
+
+/// The answering half of an `ask`: call [`Reply::send`] once with the result.
+///
+/// A manager receives a `Reply<T>` inside the message that
+/// [`Handle::ask`](crate::Handle::ask) built. If it is dropped without an
+/// answer the asker is not left hanging: it gets
+/// [`AskError::NoReply`](crate::AskError::NoReply), or
+/// [`AskError::Panicked`](crate::AskError::Panicked) if the handler panicked.
+///
+/// # Examples
+///
+/// ```
+/// use custody::{Context, Manager, Reply, Runtime};
+///
+/// struct Doubler;
+/// impl Manager for Doubler {
+///     type Msg = (u32, Reply<u32>);
+///     fn handle(&mut self, (n, reply): Self::Msg, _ctx: &mut Context<'_, Self::Msg>) {
+///         reply.send(n * 2);
+///     }
+/// }
+///
+/// let rt = Runtime::new();
+/// let doubler = rt.spawn("doubler", Doubler)?;
+/// assert_eq!(doubler.ask(|reply| (21, reply))?, 42);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Reply<T: Send + 'static> {
+    slot: Option<Arc<Slot<T>>>,
+}
+
+/// The asking half: waits for the slot to be completed.
+pub(crate) struct Waiter<T> {
+    slot: Arc<Slot<T>>,
+}
+
+/// How an ask ended, before it is turned into the public error.
+pub(crate) enum Answer<T> {
+    Value(T),
+    NoReply,
+    Discarded,
+    Panicked(String),
+    TimedOut,
+}
+
+/// A fresh reply slot, owned by the calling thread.
+pub(crate) fn pair<T: Send + 'static>() -> (Reply<T>, Waiter<T>) {
+    let slot = Arc::new(Slot {
+        ready: AtomicBool::new(false),
+        outcome: Mutex::new(Outcome::Pending),
+        asker: thread::current(),
+    });
+    (
+        Reply {
+            slot: Some(Arc::clone(&slot)),
+        },
+        Waiter { slot },
+    )
+}
+
+impl<T: Send + 'static> Reply<T> {
+    /// Answers the ask. If the asker has given up (it timed out), the value is
+    /// dropped.
+    pub fn send(mut self, value: T) {
+        if let Some(slot) = self.slot.take() {
+            slot.complete(Outcome::Value(value));
+        }
+    }
+
+    /// Whether the asker is still waiting for this answer. `false` once its
+    /// `ask_timeout` has expired (and the answer would be dropped).
+    pub fn is_awaited(&self) -> bool {
+        self.slot.as_ref().is_some_and(|s| Arc::strong_count(s) > 1)
+    }
+}
+
+impl<T: Send + 'static> Drop for Reply<T> {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else { return };
+        match MODE.with(Cell::get) {
+            DropMode::Handling if thread::panicking() => {
+                UNWOUND.with(|u| u.borrow_mut().push(slot));
+            }
+            DropMode::Discarding => slot.complete(Outcome::Discarded),
+            _ if thread::panicking() => {
+                slot.complete(Outcome::Panicked("panicked outside a handler".to_owned()))
+            }
+            _ => slot.complete(Outcome::NoReply),
+        }
+    }
+}
+
+impl<T: Send + 'static> fmt::Debug for Reply<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reply")
+            .field("awaited", &self.is_awaited())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Waiter<T> {
+    /// Waits for the answer until `deadline` (forever when `None`).
+    pub(crate) fn wait(self, deadline: Option<Instant>) -> Answer<T> {
+        let mut spins = 0;
+        while !self.slot.ready.load(Ordering::Acquire) {
+            if spins < SPIN_LIMIT {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            match deadline {
+                None => thread::park(),
+                Some(at) => {
+                    let now = Instant::now();
+                    if now >= at {
+                        if self.slot.ready.load(Ordering::Acquire) {
+                            break;
+                        }
+                        return Answer::TimedOut;
+                    }
+                    thread::park_timeout(at - now);
+                }
+            }
+        }
+        let outcome = std::mem::replace(
+            &mut *self
+                .slot
+                .outcome
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            Outcome::Pending,
+        );
+        match outcome {
+            Outcome::Value(v) => Answer::Value(v),
+            Outcome::NoReply | Outcome::Pending => Answer::NoReply,
+            Outcome::Discarded => Answer::Discarded,
+            Outcome::Panicked(m) => Answer::Panicked(m),
+        }
+    }
+}

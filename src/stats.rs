@@ -1,0 +1,152 @@
+//! Counters each manager keeps, and the snapshot tables built from them.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::mailbox::Backend;
+
+/// Counters written only by the manager thread, read by anyone.
+#[derive(Default)]
+pub(crate) struct Counters {
+    handled: AtomicU64,
+    panicked: AtomicU64,
+}
+
+impl Counters {
+    /// Adds a settled batch.
+    pub(crate) fn add_handled(&self, n: u64) {
+        if n != 0 {
+            self.handled.fetch_add(n, Relaxed);
+        }
+    }
+
+    pub(crate) fn add_panic(&self) {
+        self.panicked.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn handled(&self) -> u64 {
+        self.handled.load(Relaxed)
+    }
+
+    pub(crate) fn panicked(&self) -> u64 {
+        self.panicked.load(Relaxed)
+    }
+}
+
+/// Where a manager is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ManagerState {
+    /// Accepting and handling messages.
+    Running,
+    /// Refusing new messages, draining the accepted ones.
+    Stopping,
+    /// Its thread has finished.
+    Stopped,
+}
+
+impl fmt::Display for ManagerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ManagerState::Running => "running",
+            ManagerState::Stopping => "stopping",
+            ManagerState::Stopped => "stopped",
+        })
+    }
+}
+
+/// A snapshot of one manager's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ManagerStats {
+    /// The manager's name.
+    pub name: String,
+    /// Its mailbox backend.
+    pub backend: Backend,
+    /// Whether it was spawned as a daemon.
+    pub daemon: bool,
+    /// Where it is in its life.
+    pub state: ManagerState,
+    /// Messages handled (including those whose handler panicked).
+    pub handled: u64,
+    /// Handler (and hook) panics caught.
+    pub panicked: u64,
+    /// Messages waiting in the mailbox.
+    pub queued: usize,
+    /// Messages accepted and not yet handled.
+    pub unfinished: u64,
+    /// Messages accepted and then discarded by an immediate stop.
+    pub unhandled: u64,
+}
+
+/// A snapshot of every manager of a runtime; `Display` prints it as a table.
+///
+/// # Examples
+///
+/// ```
+/// use custody::Runtime;
+///
+/// let rt = Runtime::new();
+/// let n = rt.own("n", 0u64)?;
+/// n.call(|n| *n += 1)?;
+/// let stats = rt.stats();
+/// assert_eq!(stats.get("n").map(|m| m.handled), Some(1));
+/// println!("{stats}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// One entry per manager, in spawn order.
+    pub managers: Vec<ManagerStats>,
+}
+
+impl Stats {
+    /// The entry of the manager with this name.
+    pub fn get(&self, name: &str) -> Option<&ManagerStats> {
+        self.managers.iter().find(|m| m.name == name)
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self
+            .managers
+            .iter()
+            .map(|m| {
+                if m.daemon {
+                    format!("{} (daemon)", m.name)
+                } else {
+                    m.name.clone()
+                }
+            })
+            .collect();
+        let width = names.iter().map(String::len).max().unwrap_or(0).max(7);
+        writeln!(
+            f,
+            "{:<width$}  {:<9}  {:<8}  {:>10}  {:>8}  {:>7}  {:>10}  {:>9}",
+            "manager",
+            "backend",
+            "state",
+            "handled",
+            "panicked",
+            "queued",
+            "unfinished",
+            "unhandled"
+        )?;
+        for (m, name) in self.managers.iter().zip(names) {
+            writeln!(
+                f,
+                "{:<width$}  {:<9}  {:<8}  {:>10}  {:>8}  {:>7}  {:>10}  {:>9}",
+                name,
+                m.backend.name(),
+                m.state.to_string(),
+                m.handled,
+                m.panicked,
+                m.queued,
+                m.unfinished,
+                m.unhandled
+            )?;
+        }
+        Ok(())
+    }
+}
