@@ -74,7 +74,6 @@ pub(crate) fn run<Mg: Manager>(
             guard(&handle, "idle", || manager.idle(&mut ctx));
         }
         reply::settle_unwound("the handler panicked and caught its own panic");
-        shared.counters.add_handled(handled);
         shared.gate.leave(handled);
         tracing::trace!(handled, "batch settled");
         if shared.is_aborted() {
@@ -99,6 +98,7 @@ pub(crate) fn run<Mg: Manager>(
 #[inline]
 fn handle_one<Mg: Manager>(manager: &mut Mg, msg: Mg::Msg, ctx: &mut Context<'_, Mg::Msg>) {
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| manager.handle(msg, ctx)));
+    ctx.handle().shared.counters.add_handled();
     if let Err(payload) = outcome {
         on_panic(ctx.handle(), "handle", payload);
     }

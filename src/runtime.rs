@@ -356,18 +356,23 @@ impl Runtime {
         if let Some(report) = done.as_ref() {
             return report.clone();
         }
-        let mut entries = std::mem::take(&mut *inner.registry());
-        for entry in entries.iter_mut().rev() {
-            if entry.daemon {
-                continue;
-            }
-            entry.control.close();
-            if let Some(thread) = entry.thread.take() {
+        // Take the threads out under the lock, join them outside it, so that
+        // `stats` and a concurrent `shutdown_now` still see every manager.
+        let stopping: Vec<(Arc<dyn Control>, Option<JoinHandle<()>>)> = inner
+            .registry()
+            .iter_mut()
+            .filter(|e| !e.daemon)
+            .map(|e| (Arc::clone(&e.control), e.thread.take()))
+            .collect();
+        for (control, thread) in stopping.into_iter().rev() {
+            control.close();
+            if let Some(thread) = thread {
                 let _ = thread.join();
             }
         }
         let report = ShutdownReport {
-            managers: entries
+            managers: inner
+                .registry()
                 .iter()
                 .map(|e| StopRecord {
                     name: e.name.clone(),
@@ -376,7 +381,6 @@ impl Runtime {
                 })
                 .collect(),
         };
-        *inner.registry() = entries;
         *done = Some(report.clone());
         tracing::debug!(unhandled = report.total_unhandled(), "runtime shut down");
         report

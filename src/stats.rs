@@ -6,6 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crate::mailbox::Backend;
 
 /// Counters written only by the manager thread, read by anyone.
+///
+/// With a single writer, a plain load and store is enough (no locked
+/// read-modify-write on the hot path). Readers see recent values; after a
+/// `join` the counts cover every message the join waited for.
 #[derive(Default)]
 pub(crate) struct Counters {
     handled: AtomicU64,
@@ -13,15 +17,16 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    /// Adds a settled batch.
-    pub(crate) fn add_handled(&self, n: u64) {
-        if n != 0 {
-            self.handled.fetch_add(n, Relaxed);
-        }
+    /// Adds one handled message. Only the manager thread calls this.
+    #[inline]
+    pub(crate) fn add_handled(&self) {
+        self.handled.store(self.handled.load(Relaxed) + 1, Relaxed);
     }
 
+    /// Adds one caught panic. Only the manager thread calls this.
     pub(crate) fn add_panic(&self) {
-        self.panicked.fetch_add(1, Relaxed);
+        self.panicked
+            .store(self.panicked.load(Relaxed) + 1, Relaxed);
     }
 
     pub(crate) fn handled(&self) -> u64 {
