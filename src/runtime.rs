@@ -331,7 +331,7 @@ impl Runtime {
     fn shutdown_with(&self, now: bool) -> ShutdownReport {
         let inner = &*self.inner;
         inner.shutting_down.store(true, Ordering::SeqCst);
-        let controls: Vec<(Arc<dyn Control>, bool)> = inner
+        let controls: Vec<_> = inner
             .registry()
             .iter()
             .map(|e| (Arc::clone(&e.control), e.daemon))
@@ -358,7 +358,7 @@ impl Runtime {
         }
         // Take the threads out under the lock, join them outside it, so that
         // `stats` and a concurrent `shutdown_now` still see every manager.
-        let stopping: Vec<(Arc<dyn Control>, Option<JoinHandle<()>>)> = inner
+        let stopping: Vec<_> = inner
             .registry()
             .iter_mut()
             .filter(|e| !e.daemon)
