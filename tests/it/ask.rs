@@ -110,7 +110,7 @@ fn ask_discarded_by_an_immediate_stop_is_stopped(backend: Backend) {
             let h = h.clone();
             thread::spawn(move || h.ask(Msg::Get))
         };
-        while h.len() == 0 {
+        while h.is_empty() {
             thread::yield_now();
         }
         thread::scope(|s| {
@@ -187,11 +187,10 @@ fn owner_call_that_panics_leaves_the_owner_usable(backend: Backend) {
         let rt = runtime(backend);
         let owner = rt.own("v", vec![1, 2, 3]).unwrap();
         let err = owner
-            .call(|v| {
+            .call::<(), _>(|v| {
                 v.push(4);
                 panic!("probe: after the push")
             })
-            .map(|()| ())
             .unwrap_err();
         assert!(
             matches!(err, AskError::Panicked { ref message, .. } if message == "probe: after the push")
