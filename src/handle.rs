@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::current;
 use crate::error::{AskError, JoinError, SendError, SendTimeoutError, TrySendError};
-use crate::mailbox::{Backend, Capacity, Envelope, Gate, SendFailure, Sender};
+use crate::mailbox::{Backend, Capacity, Envelope, Gate, Padded, SendFailure, Sender};
 use crate::reply::{self, Answer, Reply};
 use crate::stats::{Counters, ManagerState, ManagerStats};
 
@@ -16,8 +16,9 @@ use crate::stats::{Counters, ManagerState, ManagerStats};
 pub(crate) struct Shared<M> {
     pub(crate) tx: Sender<Envelope<M>>,
     pub(crate) gate: Gate,
-    pub(crate) counters: Counters,
-    /// Set by an immediate stop: discard what is queued.
+    /// Written by the manager thread only; kept off the gate's line.
+    pub(crate) counters: Padded<Counters>,
+    /// Set by an immediate stop: discard what is queued. Read per message.
     pub(crate) abort: AtomicBool,
     pub(crate) name: String,
     pub(crate) id: u64,

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 
 use crate::error::{BuildError, SpawnError};
 use crate::handle::{Control, Handle, Shared};
-use crate::mailbox::{self, Backend, Capacity, Gate};
+use crate::mailbox::{self, Backend, Capacity, Gate, Padded};
 use crate::manager::Manager;
 use crate::manager_thread;
 use crate::owner::{Owned, Owner};
@@ -414,7 +414,7 @@ impl Runtime {
         let shared = Arc::new(Shared {
             tx,
             gate: Gate::new(inner.id),
-            counters: Counters::default(),
+            counters: Padded(Counters::default()),
             abort: AtomicBool::new(false),
             name: name.clone(),
             id: next_id(),

@@ -14,7 +14,7 @@ mod gate;
 use std::fmt;
 use std::time::Instant;
 
-pub(crate) use gate::Gate;
+pub(crate) use gate::{Gate, Padded};
 
 use crate::error::CapacityError;
 

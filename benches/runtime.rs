@@ -1,0 +1,114 @@
+//! The runtime layer against a bare channel, measured side by side.
+//!
+//! `tell`: one producer streams N increments to an owner thread, then waits
+//! until all are handled (a manager's `join`; a marker message on the bare
+//! channel). `ask`: one caller does sequential round trips.
+
+use std::hint::black_box;
+use std::thread;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use custody::{Backend, Context, Manager, Reply, Runtime};
+
+enum Msg {
+    Add(u64),
+    Get(Reply<u64>),
+}
+
+struct Sum(u64);
+
+impl Manager for Sum {
+    type Msg = Msg;
+    fn handle(&mut self, msg: Msg, _ctx: &mut Context<'_, Msg>) {
+        match msg {
+            Msg::Add(n) => self.0 += n,
+            Msg::Get(reply) => reply.send(self.0),
+        }
+    }
+}
+
+enum Raw {
+    Add(u64),
+    Get(crossbeam_channel::Sender<u64>),
+}
+
+/// An owner thread on a bare crossbeam channel: the floor for `tell`.
+fn raw_owner() -> (crossbeam_channel::Sender<Raw>, thread::JoinHandle<()>) {
+    let (tx, rx) = crossbeam_channel::unbounded::<Raw>();
+    let owner = thread::spawn(move || {
+        let mut sum = 0u64;
+        for msg in rx {
+            match msg {
+                Raw::Add(n) => sum += n,
+                Raw::Get(reply) => {
+                    let _ = reply.send(sum);
+                }
+            }
+        }
+    });
+    (tx, owner)
+}
+
+fn tell(c: &mut Criterion) {
+    let mut group = c.benchmark_group("tell");
+    for n in [1_000u64, 10_000] {
+        group.throughput(Throughput::Elements(n));
+        group.bench_with_input(BenchmarkId::new("raw-crossbeam", n), &n, |b, &n| {
+            let (tx, owner) = raw_owner();
+            let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+            b.iter(|| {
+                for i in 0..n {
+                    tx.send(Raw::Add(i)).unwrap();
+                }
+                tx.send(Raw::Get(done_tx.clone())).unwrap();
+                black_box(done_rx.recv().unwrap());
+            });
+            drop(tx);
+            owner.join().unwrap();
+        });
+        for backend in Backend::ALL {
+            let id = BenchmarkId::new(format!("manager-{backend}"), n);
+            group.bench_with_input(id, &n, |b, &n| {
+                let rt = Runtime::builder().backend(backend).build().unwrap();
+                let h = rt.spawn("sum", Sum(0)).unwrap();
+                b.iter(|| {
+                    for i in 0..n {
+                        h.tell(Msg::Add(i)).unwrap();
+                    }
+                    h.join().unwrap();
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+fn ask(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ask");
+    group.bench_function("raw-crossbeam-pingpong", |b| {
+        let (tx, owner) = raw_owner();
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        b.iter(|| {
+            tx.send(Raw::Get(reply_tx.clone())).unwrap();
+            black_box(reply_rx.recv().unwrap());
+        });
+        drop(tx);
+        owner.join().unwrap();
+    });
+    for backend in Backend::ALL {
+        group.bench_function(format!("manager-ask-{backend}"), |b| {
+            let rt = Runtime::builder().backend(backend).build().unwrap();
+            let h = rt.spawn("sum", Sum(0)).unwrap();
+            b.iter(|| black_box(h.ask(Msg::Get).unwrap()));
+        });
+    }
+    group.bench_function("owner-call", |b| {
+        let rt = Runtime::new();
+        let owner = rt.own("n", 0u64).unwrap();
+        b.iter(|| black_box(owner.call(|n| *n).unwrap()));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, tell, ask);
+criterion_main!(benches);
