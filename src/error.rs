@@ -145,11 +145,12 @@ pub enum AskError {
         /// The panic message.
         message: String,
     },
-    /// Waiting would never end: a manager asked itself (or, later, a cycle of
-    /// managers asked each other). The names are those in the cycle.
-    #[error("asking manager `{}` would deadlock: {}", cycle.last().map(String::as_str).unwrap_or(""), cycle.join(" -> "))]
+    /// Waiting would never end: a manager asked itself, or a manager that is
+    /// (through a chain of asks) waiting on the asker.
+    #[error("asking would deadlock: {}", cycle.join(" -> "))]
     Deadlock {
-        /// The managers in the cycle, the asker first and the target last.
+        /// The managers around the cycle, the asker first and last:
+        /// `["a", "a"]` for a self-ask, `["a", "b", "a"]` when `b` waits on `a`.
         cycle: Vec<String>,
     },
     /// The handler dropped the [`Reply`](crate::Reply) without answering.
@@ -229,6 +230,9 @@ pub enum SpawnError {
     /// The runtime is shutting down or shut down.
     #[error("the runtime is shut down")]
     ShutDown,
+    /// `PanicPolicy::Restart` was asked for without a factory to restart from.
+    #[error("manager `{0}`: PanicPolicy::Restart needs a factory: use spawn_with or own_with")]
+    NoFactory(String),
     /// The operating system refused to start the thread.
     #[error("starting the thread of manager `{name}`")]
     Thread {

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::current;
+use crate::deadlock::{self, WaitNode};
 use crate::error::{AskError, JoinError, SendError, SendTimeoutError, TrySendError};
+use crate::fuzz;
 use crate::mailbox::{Backend, Capacity, Envelope, Gate, Padded, SendFailure, Sender};
 use crate::reply::{self, Answer, Reply};
 use crate::stats::{Counters, ManagerState, ManagerStats};
@@ -20,8 +22,11 @@ pub(crate) struct Shared<M> {
     pub(crate) counters: Padded<Counters>,
     /// Set by an immediate stop: discard what is queued. Read per message.
     pub(crate) abort: AtomicBool,
+    /// Fuzz mode: pause at random on each send.
+    pub(crate) fuzz: bool,
     pub(crate) name: String,
-    pub(crate) id: u64,
+    /// This manager in the wait-for graph of asks.
+    pub(crate) waits: Arc<WaitNode>,
     pub(crate) backend: Backend,
     pub(crate) capacity: Capacity,
 }
@@ -118,6 +123,9 @@ impl<M: Send + 'static> Handle<M> {
     #[inline]
     fn post(&self, msg: M, wait: Wait) -> Result<(), Refusal<M>> {
         let shared = &*self.shared;
+        if shared.fuzz {
+            fuzz::pause();
+        }
         if let Err(refused) = shared.gate.enter() {
             if refused.nudge {
                 shared.nudge();
@@ -199,7 +207,8 @@ impl<M: Send + 'static> Handle<M> {
     ///
     /// # Errors
     ///
-    /// - [`AskError::Deadlock`] at once when a manager asks itself;
+    /// - [`AskError::Deadlock`] at once when a manager asks itself, or asks a
+    ///   manager that is (through a chain of asks) waiting on it;
     /// - [`AskError::Stopped`] if the manager is stopped, or discarded the
     ///   request in an immediate stop;
     /// - [`AskError::Panicked`] if the handler panicked on this request;
@@ -251,11 +260,14 @@ impl<M: Send + 'static> Handle<M> {
         R: Send + 'static,
         F: FnOnce(Reply<R>) -> M,
     {
-        if current::manager_id() == Some(self.shared.id) {
-            return Err(AskError::Deadlock {
-                cycle: vec![self.shared.name.clone(), self.shared.name.clone()],
-            });
-        }
+        let me = current::node();
+        let _edge = match &me {
+            None => None,
+            Some(me) => Some(
+                deadlock::begin_wait(me, &self.shared.waits)
+                    .map_err(|cycle| AskError::Deadlock { cycle })?,
+            ),
+        };
         let (reply, waiter) = reply::pair();
         if let Err(refusal) = self.post(make(reply), Wait::Until(deadline)) {
             // Dropping the refused request drops its reply outside a handler.
@@ -418,6 +430,7 @@ impl<M: Send + 'static> Shared<M> {
             state,
             handled: self.counters.handled(),
             panicked: self.counters.panicked(),
+            restarts: self.counters.restarts(),
             queued: self.tx.len(),
             unfinished: self.gate.unfinished(),
             unhandled: self.gate.dropped(),

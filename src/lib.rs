@@ -109,7 +109,9 @@
 )]
 
 mod current;
+mod deadlock;
 mod error;
+pub mod fuzz;
 mod handle;
 mod mailbox;
 mod manager;
@@ -118,6 +120,7 @@ mod owner;
 mod reply;
 mod runtime;
 mod stats;
+mod supervision;
 
 pub use error::{
     AskError, BuildError, CapacityError, JoinError, SendError, SendTimeoutError, SpawnError,
@@ -132,6 +135,7 @@ pub use runtime::{
     Builder, DEFAULT_MAX_BATCH, ManagerBuilder, Runtime, ShutdownReport, StopRecord,
 };
 pub use stats::{ManagerState, ManagerStats, Stats};
+pub use supervision::PanicPolicy;
 
 /// The README's example, compiled and run as a doctest.
 #[doc = include_str!("../README.md")]

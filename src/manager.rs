@@ -1,6 +1,7 @@
 //! The `Manager` trait and the `Context` a manager's hooks receive.
 
 use std::fmt;
+use std::time::Instant;
 
 use crate::handle::Handle;
 
@@ -65,8 +66,28 @@ pub trait Manager: Send + 'static {
         let _ = ctx;
     }
 
-    /// Runs once on the manager's thread after the last message.
+    /// Runs once on the manager's thread after the last message (and, under
+    /// [`PanicPolicy::Restart`](crate::PanicPolicy::Restart), on an instance
+    /// about to be replaced).
     fn stopped(&mut self, ctx: &mut Context<'_, Self::Msg>) {
+        let _ = ctx;
+    }
+
+    /// Runs right after `handle` panicked, before anything else reaches the
+    /// resource: roll back what the failed message half-did. `panic` is the
+    /// panic message. Runs whatever the [`PanicPolicy`](crate::PanicPolicy).
+    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, Self::Msg>) {
+        let _ = (panic, ctx);
+    }
+
+    /// When this manager next wants [`wake`](Manager::wake) called even if no
+    /// message arrives (a timer, a commit deadline). Asked before each wait.
+    fn next_wake(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Runs once the instant from [`next_wake`](Manager::next_wake) has passed.
+    fn wake(&mut self, ctx: &mut Context<'_, Self::Msg>) {
         let _ = ctx;
     }
 }

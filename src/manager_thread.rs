@@ -3,8 +3,10 @@
 //! ```text
 //! started
 //! loop:
-//!     block for one envelope
-//!     drain what is already queued (up to max_batch), handling each message
+//!     if the manager's next_wake has passed: wake
+//!     block for one envelope (until next_wake, if any)
+//!     drain what is already queued (up to max_batch), handling each message;
+//!         after a panic: recover, then the panic policy (resume, restart, stop)
 //!     if the mailbox ran dry: idle            (flush / commit point)
 //!     settle the batch: one fetch_sub on the gate, wake joiners at zero
 //!     exit if aborted (discard the rest) or if closed and nothing is unfinished
@@ -19,49 +21,92 @@ use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use crate::current;
+use crate::fuzz;
 use crate::handle::Handle;
 use crate::mailbox::{Envelope, Receiver, RecvFailure};
 use crate::manager::{Context, Manager};
 use crate::reply::{self, DropMode};
+use crate::supervision::{PanicPolicy, RestartWindow};
 
 /// How long the discard loop of an immediate stop waits between looks at the
 /// gate, for senders that were accepted but have not pushed yet.
 const DISCARD_POLL: Duration = Duration::from_millis(5);
 
+/// Builds a fresh manager for a restart.
+pub(crate) type Factory<Mg> = Box<dyn FnMut() -> Mg + Send>;
+
+/// Everything a manager thread starts from.
+pub(crate) struct Spec<Mg: Manager> {
+    pub(crate) manager: Mg,
+    pub(crate) factory: Option<Factory<Mg>>,
+    pub(crate) policy: PanicPolicy,
+    pub(crate) runtime_id: u64,
+    pub(crate) max_batch: u64,
+    pub(crate) fuzz: bool,
+}
+
+/// The running state of one manager thread.
+struct Supervisor<'h, Mg: Manager> {
+    manager: Mg,
+    factory: Option<Factory<Mg>>,
+    policy: PanicPolicy,
+    window: RestartWindow,
+    /// Whether `manager` still needs its `stopped` hook.
+    live: bool,
+    handle: &'h Handle<Mg::Msg>,
+}
+
 /// Runs a manager on the current thread until it stops.
 pub(crate) fn run<Mg: Manager>(
-    mut manager: Mg,
+    spec: Spec<Mg>,
     rx: Receiver<Envelope<Mg::Msg>>,
     handle: Handle<Mg::Msg>,
-    runtime_id: u64,
-    max_batch: u64,
 ) {
     let shared = &*handle.shared;
-    let _current = current::enter(runtime_id, shared.id);
+    let _current = current::enter(spec.runtime_id, &shared.waits);
     let span = tracing::info_span!("manager", name = %shared.name, backend = %shared.backend);
     let _span = span.enter();
     tracing::debug!("started");
     let previous_mode = reply::set_drop_mode(DropMode::Handling);
-    let mut ctx = Context::new(&handle);
+    let max_batch = spec.max_batch;
+    let fuzz = spec.fuzz;
+    let mut sup = Supervisor {
+        manager: spec.manager,
+        factory: spec.factory,
+        policy: spec.policy,
+        window: RestartWindow::default(),
+        live: true,
+        handle: &handle,
+    };
 
-    guard(&handle, "started", || manager.started(&mut ctx));
+    sup.hook("started", |m, ctx| m.started(ctx));
     loop {
-        let first = match rx.recv(None) {
-            Ok(envelope) => envelope,
-            Err(_) => break,
+        let mut wake_at = sup.manager.next_wake();
+        if wake_at.is_some_and(|at| at <= Instant::now()) {
+            sup.hook("wake", |m, ctx| m.wake(ctx));
+            wake_at = sup.manager.next_wake();
+        }
+        let mut next = match rx.recv(wake_at) {
+            Ok(Envelope::Msg(msg)) => Some(msg),
+            Ok(Envelope::Wake) => None,
+            Err(RecvFailure::Timeout | RecvFailure::Empty) => continue,
+            Err(RecvFailure::Disconnected) => break,
         };
         let mut handled: u64 = 0;
         let mut dry = false;
-        if let Envelope::Msg(msg) = first {
-            handle_one(&mut manager, msg, &mut ctx);
-            handled += 1;
-        }
-        while handled < max_batch && !shared.is_aborted() {
-            match rx.try_recv() {
-                Ok(Envelope::Msg(msg)) => {
-                    handle_one(&mut manager, msg, &mut ctx);
-                    handled += 1;
+        loop {
+            if let Some(msg) = next.take() {
+                if fuzz {
+                    fuzz::pause();
                 }
+                sup.handle_one(msg);
+                handled += 1;
+            }
+            if handled >= max_batch || shared.is_aborted() {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(Envelope::Msg(msg)) => next = Some(msg),
                 Ok(Envelope::Wake) => {}
                 Err(RecvFailure::Empty) => {
                     dry = true;
@@ -71,7 +116,7 @@ pub(crate) fn run<Mg: Manager>(
             }
         }
         if dry && handled > 0 && !shared.is_aborted() {
-            guard(&handle, "idle", || manager.idle(&mut ctx));
+            sup.hook("idle", |m, ctx| m.idle(ctx));
         }
         reply::settle_unwound("the handler panicked and caught its own panic");
         shared.gate.leave(handled);
@@ -84,7 +129,9 @@ pub(crate) fn run<Mg: Manager>(
             break;
         }
     }
-    guard(&handle, "stopped", || manager.stopped(&mut ctx));
+    if sup.live {
+        sup.hook("stopped", |m, ctx| m.stopped(ctx));
+    }
     reply::set_drop_mode(previous_mode);
     tracing::debug!(
         handled = shared.counters.handled(),
@@ -95,30 +142,96 @@ pub(crate) fn run<Mg: Manager>(
     shared.gate.mark_exited();
 }
 
-#[inline]
-fn handle_one<Mg: Manager>(manager: &mut Mg, msg: Mg::Msg, ctx: &mut Context<'_, Mg::Msg>) {
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| manager.handle(msg, ctx)));
-    ctx.handle().shared.counters.add_handled();
-    if let Err(payload) = outcome {
-        on_panic(ctx.handle(), "handle", payload);
+impl<Mg: Manager> Supervisor<'_, Mg> {
+    #[inline]
+    fn handle_one(&mut self, msg: Mg::Msg) {
+        let mut ctx = Context::new(self.handle);
+        let manager = &mut self.manager;
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| manager.handle(msg, &mut ctx)));
+        self.handle.shared.counters.add_handled();
+        if let Err(payload) = outcome {
+            let message = on_panic(self.handle, "handle", payload);
+            self.after_panic(&message);
+        }
+    }
+
+    /// Runs a hook on the current instance, catching a panic.
+    fn hook(&mut self, name: &str, f: impl FnOnce(&mut Mg, &mut Context<'_, Mg::Msg>)) {
+        let mut ctx = Context::new(self.handle);
+        let manager = &mut self.manager;
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(manager, &mut ctx))) {
+            on_panic(self.handle, name, payload);
+        }
+    }
+
+    /// `recover`, then the panic policy.
+    #[cold]
+    fn after_panic(&mut self, message: &str) {
+        self.hook("recover", |m, ctx| m.recover(message, ctx));
+        match self.policy {
+            PanicPolicy::Resume => {}
+            PanicPolicy::Stop => {
+                tracing::error!("panic policy is Stop: stopping for good");
+                self.handle.shared.abort();
+            }
+            PanicPolicy::Restart {
+                max_restarts,
+                within,
+            } => {
+                if self.window.allow(max_restarts, within, Instant::now()) {
+                    self.restart();
+                } else {
+                    tracing::error!(
+                        max_restarts,
+                        ?within,
+                        "restart limit reached: stopping for good"
+                    );
+                    self.handle.shared.abort();
+                }
+            }
+        }
+    }
+
+    /// Replaces the instance with a fresh one from the factory.
+    fn restart(&mut self) {
+        self.hook("stopped", |m, ctx| m.stopped(ctx));
+        self.live = false;
+        let Some(factory) = self.factory.as_mut() else {
+            tracing::error!("no factory to restart from: stopping for good");
+            self.handle.shared.abort();
+            return;
+        };
+        match panic::catch_unwind(AssertUnwindSafe(factory)) {
+            Ok(fresh) => {
+                self.manager = fresh;
+                self.live = true;
+                self.handle.shared.counters.add_restart();
+                tracing::warn!("restarted from the factory");
+                self.hook("started", |m, ctx| m.started(ctx));
+            }
+            Err(payload) => {
+                on_panic(self.handle, "factory", payload);
+                tracing::error!("the factory panicked: stopping for good");
+                self.handle.shared.abort();
+            }
+        }
     }
 }
 
-/// Runs a hook, catching a panic.
-fn guard<M: Send + 'static>(handle: &Handle<M>, hook: &str, f: impl FnOnce()) {
-    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(f)) {
-        on_panic(handle, hook, payload);
-    }
-}
-
+/// Traces and counts a panic, answers the replies it dropped; returns its message.
 #[cold]
-fn on_panic<M: Send + 'static>(handle: &Handle<M>, hook: &str, payload: Box<dyn Any + Send>) {
+fn on_panic<M: Send + 'static>(
+    handle: &Handle<M>,
+    hook: &str,
+    payload: Box<dyn Any + Send>,
+) -> String {
     let message = panic_message(payload.as_ref());
     handle.shared.counters.add_panic();
-    tracing::error!(hook, panic = %message, "manager panicked; carrying on");
+    tracing::error!(hook, panic = %message, "manager panicked");
     reply::settle_unwound(&message);
     // The payload may itself panic on drop; that must not take the loop down.
     let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+    message
 }
 
 /// The text of a panic payload.

@@ -12,14 +12,18 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
+use crate::deadlock::WaitNode;
 use crate::error::{BuildError, SpawnError};
+use crate::fuzz;
 use crate::handle::{Control, Handle, Shared};
 use crate::mailbox::{self, Backend, Capacity, Gate, Padded};
 use crate::manager::Manager;
-use crate::manager_thread;
+use crate::manager_thread::{self, Factory, Spec};
 use crate::owner::{Owned, Owner};
 use crate::stats::{Counters, Stats};
+use crate::supervision::PanicPolicy;
 
 /// Ids for runtimes and managers, unique in the process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -41,6 +45,7 @@ struct Config {
     thread_prefix: String,
     stack_size: Option<usize>,
     max_batch: usize,
+    fuzz: Option<(u64, Duration)>,
 }
 
 /// Configures a [`Runtime`].
@@ -74,6 +79,7 @@ impl Default for Builder {
                 thread_prefix: String::new(),
                 stack_size: None,
                 max_batch: DEFAULT_MAX_BATCH,
+                fuzz: None,
             },
         }
     }
@@ -111,6 +117,25 @@ impl Builder {
         self
     }
 
+    /// Fuzz mode: seeded random short pauses at each send and before each
+    /// handled message (see [`fuzz`](crate::fuzz)). The seed is printed when
+    /// the runtime is built, so a failing run can be replayed. Turns on
+    /// [`fuzz::point`](crate::fuzz::point) for the whole process.
+    pub fn fuzz(mut self, seed: u64) -> Self {
+        let max = self.config.fuzz.map_or(fuzz::DEFAULT_MAX_PAUSE, |f| f.1);
+        self.config.fuzz = Some((seed, max));
+        self
+    }
+
+    /// The longest fuzz pause (default [`fuzz::DEFAULT_MAX_PAUSE`](crate::fuzz::DEFAULT_MAX_PAUSE)).
+    /// Only matters with [`fuzz`](Builder::fuzz).
+    pub fn fuzz_max_pause(mut self, max: Duration) -> Self {
+        if let Some(f) = self.config.fuzz.as_mut() {
+            f.1 = max;
+        }
+        self
+    }
+
     /// Builds the runtime.
     ///
     /// # Errors
@@ -126,6 +151,9 @@ impl Builder {
         }
         if let Some(bytes) = config.stack_size.filter(|&b| b < MIN_STACK) {
             return Err(BuildError::StackSize(bytes));
+        }
+        if let Some((seed, max_pause)) = config.fuzz {
+            fuzz::enable(seed, max_pause);
         }
         Ok(Runtime {
             inner: Arc::new(Inner {
@@ -297,6 +325,7 @@ impl Runtime {
             capacity: self.inner.config.capacity,
             daemon: false,
             max_batch: self.inner.config.max_batch,
+            policy: PanicPolicy::Resume,
         }
     }
 
@@ -390,6 +419,7 @@ impl Runtime {
         &self,
         options: &ManagerBuilder<'_>,
         manager: Mg,
+        factory: Option<Factory<Mg>>,
     ) -> Result<Handle<Mg::Msg>, SpawnError> {
         let inner = &*self.inner;
         let name = options.name.clone();
@@ -416,8 +446,9 @@ impl Runtime {
             gate: Gate::new(inner.id),
             counters: Padded(Counters::default()),
             abort: AtomicBool::new(false),
+            fuzz: inner.config.fuzz.is_some(),
+            waits: WaitNode::new(name.clone()),
             name: name.clone(),
-            id: next_id(),
             backend: options.backend,
             capacity,
         });
@@ -425,15 +456,21 @@ impl Runtime {
             shared: Arc::clone(&shared),
         };
         let thread_handle = handle.clone();
-        let runtime_id = inner.id;
-        let max_batch = options.max_batch as u64;
+        let spec = Spec {
+            manager,
+            factory,
+            policy: options.policy,
+            runtime_id: inner.id,
+            max_batch: options.max_batch as u64,
+            fuzz: inner.config.fuzz.is_some(),
+        };
         let mut builder =
             std::thread::Builder::new().name(format!("{}{}", inner.config.thread_prefix, name));
         if let Some(bytes) = inner.config.stack_size {
             builder = builder.stack_size(bytes);
         }
         let thread = builder
-            .spawn(move || manager_thread::run(manager, rx, thread_handle, runtime_id, max_batch))
+            .spawn(move || manager_thread::run(spec, rx, thread_handle))
             .map_err(|source| SpawnError::Thread {
                 name: name.clone(),
                 source,
@@ -464,6 +501,7 @@ pub struct ManagerBuilder<'rt> {
     capacity: Capacity,
     daemon: bool,
     max_batch: usize,
+    policy: PanicPolicy,
 }
 
 impl ManagerBuilder<'_> {
@@ -491,6 +529,14 @@ impl ManagerBuilder<'_> {
         self
     }
 
+    /// What to do when `handle` panics (default [`PanicPolicy::Resume`]).
+    /// `Restart` needs [`spawn_with`](ManagerBuilder::spawn_with) or
+    /// [`own_with`](ManagerBuilder::own_with).
+    pub fn on_panic(mut self, policy: PanicPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// Spawns the manager.
     ///
     /// # Errors
@@ -498,7 +544,25 @@ impl ManagerBuilder<'_> {
     /// As [`Runtime::spawn`], plus [`SpawnError::Capacity`] for a capacity
     /// built by hand as `Capacity::Bounded(0)` or above the maximum.
     pub fn spawn<Mg: Manager>(self, manager: Mg) -> Result<Handle<Mg::Msg>, SpawnError> {
-        self.runtime.register(&self, manager)
+        if matches!(self.policy, PanicPolicy::Restart { .. }) {
+            return Err(SpawnError::NoFactory(self.name));
+        }
+        self.runtime.register(&self, manager, None)
+    }
+
+    /// Spawns a manager built by `factory`, which is called again for a fresh
+    /// instance whenever [`PanicPolicy::Restart`] restarts it.
+    ///
+    /// # Errors
+    ///
+    /// As [`ManagerBuilder::spawn`].
+    pub fn spawn_with<Mg, F>(self, mut factory: F) -> Result<Handle<Mg::Msg>, SpawnError>
+    where
+        Mg: Manager,
+        F: FnMut() -> Mg + Send + 'static,
+    {
+        let first = factory();
+        self.runtime.register(&self, first, Some(Box::new(factory)))
     }
 
     /// Hands `resource` to a new owner thread.
@@ -507,8 +571,28 @@ impl ManagerBuilder<'_> {
     ///
     /// As [`ManagerBuilder::spawn`].
     pub fn own<R: Send + 'static>(self, resource: R) -> Result<Owner<R>, SpawnError> {
+        if matches!(self.policy, PanicPolicy::Restart { .. }) {
+            return Err(SpawnError::NoFactory(self.name));
+        }
         self.runtime
-            .register(&self, Owned(resource))
+            .register(&self, Owned(resource), None)
+            .map(Owner::new)
+    }
+
+    /// Hands a resource built by `factory` to a new owner thread; under
+    /// [`PanicPolicy::Restart`] a panicking closure replaces it with a fresh one.
+    ///
+    /// # Errors
+    ///
+    /// As [`ManagerBuilder::spawn`].
+    pub fn own_with<R, F>(self, mut factory: F) -> Result<Owner<R>, SpawnError>
+    where
+        R: Send + 'static,
+        F: FnMut() -> R + Send + 'static,
+    {
+        let first = Owned(factory());
+        self.runtime
+            .register(&self, first, Some(Box::new(move || Owned(factory()))))
             .map(Owner::new)
     }
 }

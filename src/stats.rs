@@ -14,6 +14,7 @@ use crate::mailbox::Backend;
 pub(crate) struct Counters {
     handled: AtomicU64,
     panicked: AtomicU64,
+    restarts: AtomicU64,
 }
 
 impl Counters {
@@ -27,6 +28,16 @@ impl Counters {
     pub(crate) fn add_panic(&self) {
         self.panicked
             .store(self.panicked.load(Relaxed) + 1, Relaxed);
+    }
+
+    /// Adds one restart. Only the manager thread calls this.
+    pub(crate) fn add_restart(&self) {
+        self.restarts
+            .store(self.restarts.load(Relaxed) + 1, Relaxed);
+    }
+
+    pub(crate) fn restarts(&self) -> u64 {
+        self.restarts.load(Relaxed)
     }
 
     pub(crate) fn handled(&self) -> u64 {
@@ -75,6 +86,8 @@ pub struct ManagerStats {
     pub handled: u64,
     /// Handler (and hook) panics caught.
     pub panicked: u64,
+    /// Restarts under [`PanicPolicy::Restart`](crate::PanicPolicy::Restart).
+    pub restarts: u64,
     /// Messages waiting in the mailbox.
     pub queued: usize,
     /// Messages accepted and not yet handled.
