@@ -2,8 +2,8 @@
 //! with the manager thread.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::current;
@@ -12,12 +12,15 @@ use crate::error::{AskError, JoinError, SendError, SendTimeoutError, TrySendErro
 use crate::fuzz;
 use crate::mailbox::{Backend, Capacity, Envelope, Gate, Padded, SendFailure, Sender};
 use crate::reply::{self, Answer, Reply};
+use crate::runtime::Inner;
 use crate::stats::{Counters, ManagerState, ManagerStats};
 
 /// What a manager's handles and its thread share.
 pub(crate) struct Shared<M> {
     pub(crate) tx: Sender<Envelope<M>>,
     pub(crate) gate: Gate,
+    /// The runtime that spawned this manager (for its timer service).
+    pub(crate) runtime: Weak<Inner>,
     /// Written by the manager thread only; kept off the gate's line.
     pub(crate) counters: Padded<Counters>,
     /// Set by an immediate stop: discard what is queued. Read per message.
@@ -418,6 +421,8 @@ impl<M: Send + 'static> Shared<M> {
     pub(crate) fn stats(&self, daemon: bool) -> ManagerStats {
         let state = if self.gate.has_exited() {
             ManagerState::Stopped
+        } else if self.is_aborted() {
+            ManagerState::Aborting
         } else if self.gate.is_closed() {
             ManagerState::Stopping
         } else {

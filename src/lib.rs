@@ -119,6 +119,7 @@ mod manager_thread;
 mod owner;
 mod reply;
 mod runtime;
+mod schedule;
 mod stats;
 mod supervision;
 
@@ -132,8 +133,9 @@ pub use manager::{Context, Manager};
 pub use owner::{Job, Owner};
 pub use reply::Reply;
 pub use runtime::{
-    Builder, DEFAULT_MAX_BATCH, ManagerBuilder, Runtime, ShutdownReport, StopRecord,
+    Builder, CtrlcError, DEFAULT_MAX_BATCH, ManagerBuilder, Runtime, ShutdownReport, StopRecord,
 };
+pub use schedule::{ScheduleError, ScheduleStatus, Scheduled};
 pub use stats::{ManagerState, ManagerStats, Stats};
 pub use supervision::PanicPolicy;
 

@@ -102,7 +102,12 @@ pub(crate) fn run<Mg: Manager>(
                 sup.handle_one(msg);
                 handled += 1;
             }
-            if handled >= max_batch || shared.is_aborted() {
+            if shared.is_aborted() {
+                break;
+            }
+            if handled >= max_batch {
+                // A full batch still ends dry if nothing else is queued.
+                dry = rx.is_empty();
                 break;
             }
             match rx.try_recv() {

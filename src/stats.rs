@@ -56,6 +56,9 @@ pub enum ManagerState {
     Running,
     /// Refusing new messages, draining the accepted ones.
     Stopping,
+    /// Stopping at once: finishing the message in hand, then discarding
+    /// (and counting) what is queued.
+    Aborting,
     /// Its thread has finished.
     Stopped,
 }
@@ -65,6 +68,7 @@ impl fmt::Display for ManagerState {
         f.write_str(match self {
             ManagerState::Running => "running",
             ManagerState::Stopping => "stopping",
+            ManagerState::Aborting => "aborting",
             ManagerState::Stopped => "stopped",
         })
     }

@@ -209,6 +209,14 @@ impl<T> Receiver<T> {
         }
     }
 
+    /// Whether nothing is queued right now.
+    pub(crate) fn is_empty(&self) -> bool {
+        match self {
+            Receiver::Crossbeam(rx) => rx.is_empty(),
+            Receiver::Flume(rx) => rx.is_empty(),
+        }
+    }
+
     /// Receives what is already queued, without blocking.
     #[inline]
     pub(crate) fn try_recv(&self) -> Result<T, RecvFailure> {

@@ -19,7 +19,44 @@ backend_tests!(
     join_on_a_gracefully_stopped_manager_is_ok,
     join_after_an_immediate_stop_with_messages_left_is_an_error,
     join_does_not_return_while_a_message_is_being_handled,
+    idle_runs_before_join_returns_even_with_a_batch_limit,
 );
+
+/// Counts the messages it has seen and the ones `idle` has "committed".
+struct Committer {
+    seen: u64,
+    committed: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl custody::Manager for Committer {
+    type Msg = ();
+    fn handle(&mut self, _msg: (), _ctx: &mut custody::Context<'_, ()>) {
+        self.seen += 1;
+    }
+    fn idle(&mut self, _ctx: &mut custody::Context<'_, ()>) {
+        self.committed.store(self.seen, Ordering::SeqCst);
+    }
+}
+
+fn idle_runs_before_join_returns_even_with_a_batch_limit(backend: Backend) {
+    within("idle with max_batch", move || {
+        let rt = runtime(backend);
+        let committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let h = rt
+            .manager("committer")
+            .max_batch(1)
+            .spawn(Committer {
+                seen: 0,
+                committed: Arc::clone(&committed),
+            })
+            .unwrap();
+        for round in 1..=20u64 {
+            h.tell(()).unwrap();
+            h.join().unwrap();
+            assert_eq!(committed.load(Ordering::SeqCst), round);
+        }
+    });
+}
 
 fn join_on_an_idle_manager_returns_at_once(backend: Backend) {
     within("idle join", move || {

@@ -1,0 +1,270 @@
+//! `Runtime`: spawns managers on their own threads and shuts them down.
+//!
+//! Graceful shutdown runs in two phases. First every non-daemon mailbox is
+//! closed to outsiders: sends from threads that are not this runtime's
+//! managers are refused. Then managers are stopped one at a time in reverse
+//! spawn order, each drained and joined before the next is closed, so a
+//! manager that talks to one spawned before it (a counter telling a printer)
+//! can still do so while it drains. Daemon managers are told to stop at once
+//! and are not waited for.
+
+mod builder;
+mod shutdown;
+mod spawn;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use builder::Config;
+pub use builder::{Builder, DEFAULT_MAX_BATCH};
+pub use shutdown::{CtrlcError, ShutdownReport, StopRecord};
+pub use spawn::ManagerBuilder;
+use spawn::SpawnOptions;
+
+use crate::error::SpawnError;
+use crate::handle::{Control, Handle};
+use crate::mailbox::{Backend, Capacity};
+use crate::manager::Manager;
+use crate::owner::Owner;
+use crate::schedule;
+use crate::stats::Stats;
+use crate::supervision::PanicPolicy;
+
+/// Ids for runtimes, unique in the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+struct Entry {
+    name: String,
+    daemon: bool,
+    control: Arc<dyn Control>,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub(crate) struct Inner {
+    id: u64,
+    config: Config,
+    registry: Mutex<Vec<Entry>>,
+    shutting_down: AtomicBool,
+    /// Held for the whole of a shutdown; holds its report once done.
+    shutdown_lock: Mutex<Option<ShutdownReport>>,
+    /// Signalled when a shutdown has completed.
+    shut_down: Condvar,
+    /// The timer manager, once spawned.
+    timers: Mutex<Option<Handle<schedule::Entry>>>,
+}
+
+impl Inner {
+    fn registry(&self) -> MutexGuard<'_, Vec<Entry>> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn default_options(&self, name: String) -> SpawnOptions {
+        SpawnOptions {
+            name,
+            backend: self.config.backend,
+            capacity: self.config.capacity,
+            daemon: false,
+            max_batch: self.config.max_batch,
+            policy: PanicPolicy::Resume,
+        }
+    }
+
+    /// The runtime's timer manager, spawned on first use.
+    pub(crate) fn timers(self: &Arc<Self>) -> Result<Handle<schedule::Entry>, SpawnError> {
+        let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(handle) = timers.as_ref().filter(|h| !h.is_stopped()) {
+            return Ok(handle.clone());
+        }
+        let mut options = self.default_options(schedule::TIMERS.to_owned());
+        options.capacity = Capacity::Unbounded;
+        let handle = self.register(&options, schedule::Timers::default(), None)?;
+        *timers = Some(handle.clone());
+        Ok(handle)
+    }
+}
+
+/// Owns manager threads: spawns them, reports on them, and shuts them down
+/// (gracefully on drop).
+///
+/// # Examples
+///
+/// ```
+/// use custody::Runtime;
+///
+/// let rt = Runtime::new();
+/// let counter = rt.own("counter", 0u64)?;
+/// let workers: Vec<_> = (0..4)
+///     .map(|_| {
+///         let counter = counter.clone();
+///         std::thread::spawn(move || counter.cast(|n| *n += 1).unwrap())
+///     })
+///     .collect();
+/// for w in workers {
+///     w.join().unwrap();
+/// }
+/// counter.join()?;
+/// assert_eq!(counter.call(|n| *n)?, 4);
+/// let report = rt.shutdown();
+/// assert_eq!(report.total_unhandled(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime::new()
+    }
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("backend", &self.inner.config.backend)
+            .field("capacity", &self.inner.config.capacity)
+            .field("managers", &self.inner.registry().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    fn from_config(config: Config) -> Runtime {
+        Runtime {
+            inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                config,
+                registry: Mutex::new(Vec::new()),
+                shutting_down: AtomicBool::new(false),
+                shutdown_lock: Mutex::new(None),
+                shut_down: Condvar::new(),
+                timers: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// A runtime with the defaults: crossbeam-channel, unbounded mailboxes.
+    pub fn new() -> Runtime {
+        Builder::default()
+            .build()
+            .expect("the default configuration is valid")
+    }
+
+    /// Starts configuring a runtime.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The default backend of this runtime.
+    pub fn backend(&self) -> Backend {
+        self.inner.config.backend
+    }
+
+    /// The default capacity of this runtime.
+    pub fn capacity(&self) -> Capacity {
+        self.inner.config.capacity
+    }
+
+    /// Spawns `manager` on its own thread with the runtime's defaults.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::DuplicateName`] if a running manager has that name,
+    /// [`SpawnError::InvalidName`], [`SpawnError::ShutDown`] after
+    /// [`shutdown`](Runtime::shutdown), [`SpawnError::Thread`] if the OS
+    /// refuses the thread.
+    pub fn spawn<Mg: Manager>(
+        &self,
+        name: impl Into<String>,
+        manager: Mg,
+    ) -> Result<Handle<Mg::Msg>, SpawnError> {
+        self.manager(name).spawn(manager)
+    }
+
+    /// Spawns a daemon manager: shutdown does not wait for it (its queued
+    /// messages are discarded), as Python does not wait for daemon threads.
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](Runtime::spawn).
+    pub fn spawn_daemon<Mg: Manager>(
+        &self,
+        name: impl Into<String>,
+        manager: Mg,
+    ) -> Result<Handle<Mg::Msg>, SpawnError> {
+        self.manager(name).daemon(true).spawn(manager)
+    }
+
+    /// Hands `resource` to its own thread; the returned [`Owner`] runs
+    /// closures on it.
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](Runtime::spawn).
+    pub fn own<R: Send + 'static>(
+        &self,
+        name: impl Into<String>,
+        resource: R,
+    ) -> Result<Owner<R>, SpawnError> {
+        self.manager(name).own(resource)
+    }
+
+    /// Configures one manager before spawning it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Backend, Capacity, Runtime};
+    ///
+    /// let rt = Runtime::new();
+    /// let owner = rt
+    ///     .manager("bounded")
+    ///     .backend(Backend::Flume)
+    ///     .capacity(Capacity::bounded(8)?)
+    ///     .own(String::new())?;
+    /// assert_eq!(owner.handle().capacity(), Capacity::Bounded(8));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn manager(&self, name: impl Into<String>) -> ManagerBuilder<'_> {
+        ManagerBuilder {
+            runtime: self,
+            options: self.inner.default_options(name.into()),
+        }
+    }
+
+    /// A snapshot of every manager's counters, in spawn order.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            managers: self
+                .inner
+                .registry()
+                .iter()
+                .map(|e| e.control.stats(e.daemon))
+                .collect(),
+        }
+    }
+
+    /// Shuts down gracefully and waits: new sends from outside are refused,
+    /// every non-daemon manager drains its mailbox (in reverse spawn order),
+    /// runs `stopped`, and its thread is joined. Daemon managers are stopped at
+    /// once and not waited for. Idempotent; `Drop` calls it.
+    pub fn shutdown(&self) -> ShutdownReport {
+        self.inner.shutdown(false)
+    }
+
+    /// Stops every manager at once: each finishes the message in hand, and
+    /// discards (and counts) what is queued; asks waiting on discarded messages
+    /// fail with [`AskError::Stopped`](crate::AskError::Stopped). Safe to call
+    /// while a graceful shutdown is in progress: it cuts it short.
+    pub fn shutdown_now(&self) -> ShutdownReport {
+        self.inner.shutdown(true)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
