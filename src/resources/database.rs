@@ -179,7 +179,7 @@ pub enum DatabaseError {
 /// db.execute("INSERT INTO t VALUES (1)", vec![])?;
 /// db.tell_execute("INSERT INTO nowhere VALUES (1)", vec![])?;
 /// db.join()?; // told writes are settled too
-/// let stats = db.stats()?;
+/// let stats = db.database_stats()?;
 /// assert_eq!(stats.committed_writes, 1);
 /// assert_eq!(stats.failed_writes, 1);
 /// assert_eq!(stats.failed_told_writes, 1);
@@ -945,12 +945,14 @@ impl DatabaseHandle {
             })
     }
 
-    /// The manager's counters.
+    /// The database manager's own counters. (The runtime's counters for this
+    /// manager are [`Handle::stats`], through
+    /// [`handle`](DatabaseHandle::handle).)
     ///
     /// # Errors
     ///
     /// [`DatabaseError::Runtime`] if the manager is stopped.
-    pub fn stats(&self) -> Result<DatabaseStats, DatabaseError> {
+    pub fn database_stats(&self) -> Result<DatabaseStats, DatabaseError> {
         Ok(self.handle.ask(|reply| DbMsg(Op::Stats(reply)))?)
     }
 

@@ -103,7 +103,7 @@ pub enum PrinterError {
 /// let printer = Printer::new(SharedBuffer::new()).spawn(&rt, "printer")?;
 /// printer.print_job(["a", "b"])?;
 /// printer.print("c")?;
-/// let stats = printer.stats()?;
+/// let stats = printer.printer_stats()?;
 /// assert_eq!((stats.jobs, stats.lines, stats.write_errors), (2, 3, 0));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -342,12 +342,13 @@ impl PrinterHandle {
         self.handle.ask(PrintMsg::Flush)?
     }
 
-    /// The printer's counters.
+    /// The printer's own counters. (The runtime's counters for this manager
+    /// are [`Handle::stats`], through [`handle`](PrinterHandle::handle).)
     ///
     /// # Errors
     ///
     /// As [`Handle::ask`].
-    pub fn stats(&self) -> Result<PrinterStats, AskError> {
+    pub fn printer_stats(&self) -> Result<PrinterStats, AskError> {
         self.handle.ask(PrintMsg::Stats)
     }
 
