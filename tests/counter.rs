@@ -129,3 +129,12 @@ fn a_stopped_counter_refuses_messages() {
         assert!(matches!(counter.get(), Err(AskError::Stopped { .. })));
     });
 }
+
+#[test]
+fn handles_and_messages_are_send_and_sync() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    fn send<T: Send + 'static>() {}
+    send_sync::<CounterHandle>();
+    send_sync::<Counter>();
+    send::<CounterMsg>();
+}

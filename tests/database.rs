@@ -559,3 +559,14 @@ fn bad_init_sql_and_paths_fail_at_open() {
         ));
     });
 }
+
+#[test]
+fn handles_and_errors_have_the_auto_traits() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    fn send<T: Send + 'static>() {}
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    send_sync::<DatabaseHandle>();
+    send::<Database>();
+    send::<custody::resources::DbMsg>();
+    error::<DatabaseError>();
+}

@@ -232,3 +232,13 @@ fn a_printer_spawned_with_options_works_through_from() {
         },
     );
 }
+
+#[test]
+fn handles_and_errors_have_the_auto_traits() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    send_sync::<PrinterHandle>();
+    send_sync::<SharedBuffer>();
+    send_sync::<Printer<SharedBuffer>>();
+    error::<PrinterError>();
+}

@@ -2,11 +2,11 @@
 //!
 //! - [`Counter`]: a number many threads add to; the simplest manager.
 //! - [`Printer`]: an output stream whose multi-line jobs never interleave.
-//! - [`Database`] (cargo feature `sqlite`, on by default): a real SQLite
+//! - `Database` (cargo feature `sqlite`, on by default): a real SQLite
 //!   connection whose writes are group-committed.
 //!
 //! Each manager comes with a message enum (or opaque message type) and a
-//! handle wrapper ([`CounterHandle`], [`PrinterHandle`], [`DatabaseHandle`])
+//! handle wrapper ([`CounterHandle`], [`PrinterHandle`], `DatabaseHandle`)
 //! whose methods build the messages, so callers write `counter.add(1)` rather
 //! than `counter.tell(CounterMsg::Add(1))`. The wrappers dereference to the
 //! runtime's [`Handle`](crate::Handle), and are made from one with `From`
