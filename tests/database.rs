@@ -570,3 +570,57 @@ fn handles_and_errors_have_the_auto_traits() {
     send::<custody::resources::DbMsg>();
     error::<DatabaseError>();
 }
+
+/// With a runtime batch limit of one message the manager loop never calls
+/// `idle`: writes must still be committed and answered when the mailbox is
+/// empty, including after a panicking write.
+#[test]
+fn writes_commit_even_when_the_runtime_skips_idle() {
+    each_backend(
+        "writes_commit_even_when_the_runtime_skips_idle",
+        |backend| {
+            let temp = TempDb::new("no-idle", backend);
+            let rt = runtime(backend);
+            let handle = rt
+                .manager("db")
+                .max_batch(1)
+                .spawn(
+                    Database::builder(&temp.path)
+                        .init_sql(SCHEMA)
+                        .open()
+                        .unwrap(),
+                )
+                .unwrap();
+            let db = DatabaseHandle::from(handle);
+
+            let (release, blocker) = block(&db);
+            let held = queue_ask(&db, |db| {
+                let (sql, params) = insert(1);
+                db.execute(sql, params)
+            });
+            // The last message of the batch panics; the write before it must
+            // still be committed and answered.
+            let panicking = queue_ask(&db, |db| {
+                db.write(|c| -> rusqlite::Result<()> {
+                    c.execute("INSERT INTO rows VALUES (2, 0, 0)", [])?;
+                    panic!("boom at the end of a batch");
+                })
+            });
+            release.send(()).unwrap();
+            blocker.join().unwrap();
+            assert_eq!(held.join().unwrap().unwrap(), 1);
+            assert!(matches!(
+                panicking.join().unwrap(),
+                Err(DatabaseError::Runtime(AskError::Panicked { .. }))
+            ));
+
+            for id in 10..20 {
+                let (sql, params) = insert(id);
+                db.tell_execute(sql, params).unwrap();
+            }
+            db.join().unwrap();
+            let expected: BTreeSet<i64> = [1].into_iter().chain(10..20).collect();
+            assert_eq!(temp.ids_on_disk(), expected);
+        },
+    );
+}

@@ -242,3 +242,25 @@ fn handles_and_errors_have_the_auto_traits() {
     send_sync::<Printer<SharedBuffer>>();
     error::<PrinterError>();
 }
+
+/// With a runtime batch limit of one message the manager loop never calls
+/// `idle`; the printer must still flush when its mailbox is empty.
+#[test]
+fn output_is_flushed_by_join_even_when_the_runtime_skips_idle() {
+    each_backend(
+        "output_is_flushed_by_join_even_when_the_runtime_skips_idle",
+        |backend| {
+            let rt = runtime(backend);
+            let out = SharedBuffer::new();
+            let handle = rt
+                .manager("printer")
+                .max_batch(1)
+                .spawn(Printer::with_capacity(1 << 20, out.clone()))
+                .unwrap();
+            let printer = PrinterHandle::from(handle);
+            print_from_writers(&printer, 0..50);
+            printer.join().unwrap();
+            assert_whole_jobs(&out.lines(), 0..50);
+        },
+    );
+}
