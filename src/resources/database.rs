@@ -33,8 +33,12 @@ use thiserror::Error;
 
 use crate::{AskError, Context, Handle, Manager, Reply, Runtime, SpawnError};
 
-/// The savepoint wrapped around each write message.
+/// The savepoint wrapped around each write message, and the statements that
+/// open, release and undo it.
 const SAVEPOINT: &str = "custody_write";
+const OPEN_SAVEPOINT: &str = "SAVEPOINT custody_write";
+const RELEASE_SAVEPOINT: &str = "RELEASE custody_write";
+const UNDO_SAVEPOINT: &str = "ROLLBACK TO custody_write; RELEASE custody_write";
 
 /// The default for [`DatabaseBuilder::max_batch`].
 pub const DEFAULT_MAX_BATCH_WRITES: usize = 512;
@@ -581,7 +585,7 @@ impl Database {
             self.in_transaction = true;
         }
         self.writes_in_batch += 1;
-        if let Err(error) = self.conn.execute_batch(&format!("SAVEPOINT {SAVEPOINT}")) {
+        if let Err(error) = self.conn.execute_batch(OPEN_SAVEPOINT) {
             self.reject(op, error.into());
             self.check_transaction();
             return;
@@ -621,7 +625,7 @@ impl Database {
             self.abandon(lost);
             return;
         }
-        match result.and_then(|()| self.conn.execute_batch(&format!("RELEASE {SAVEPOINT}"))) {
+        match result.and_then(|()| self.conn.execute_batch(RELEASE_SAVEPOINT)) {
             Ok(()) => {
                 self.savepoint_open = false;
                 if op.is_asked() {
@@ -657,8 +661,7 @@ impl Database {
             return;
         }
         self.savepoint_open = false;
-        let undo = format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}");
-        if let Err(error) = self.conn.execute_batch(&undo) {
+        if let Err(error) = self.conn.execute_batch(UNDO_SAVEPOINT) {
             tracing::error!(%error, "rolling back a write's savepoint failed");
             self.abandon("rolling back a failed write's savepoint failed");
         }
