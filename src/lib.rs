@@ -118,6 +118,7 @@ mod manager;
 mod manager_thread;
 mod owner;
 mod reply;
+pub mod resources;
 mod runtime;
 mod schedule;
 mod stats;
@@ -132,6 +133,9 @@ pub use mailbox::{Backend, Capacity};
 pub use manager::{Context, Manager};
 pub use owner::{Job, Owner};
 pub use reply::Reply;
+pub use resources::{Counter, CounterHandle, Printer, PrinterHandle, SharedBuffer};
+#[cfg(feature = "sqlite")]
+pub use resources::{Database, DatabaseError, DatabaseHandle};
 pub use runtime::{
     Builder, CtrlcError, DEFAULT_MAX_BATCH, ManagerBuilder, Runtime, ShutdownReport, StopRecord,
 };

@@ -1,0 +1,48 @@
+//! Ready-made managers for the resources programs share most often.
+//!
+//! - [`Counter`]: a number many threads add to; the simplest manager.
+//! - [`Printer`]: an output stream whose multi-line jobs never interleave.
+//! - `Database` (cargo feature `sqlite`, on by default): a real SQLite
+//!   connection whose writes are group-committed.
+//!
+//! Each manager comes with a message enum (or opaque message type) and a
+//! handle wrapper ([`CounterHandle`], [`PrinterHandle`], `DatabaseHandle`)
+//! whose methods build the messages, so callers write `counter.add(1)` rather
+//! than `counter.tell(CounterMsg::Add(1))`. The wrappers dereference to the
+//! runtime's [`Handle`](crate::Handle), and are made from one with `From`
+//! when a manager is spawned with custom options.
+//!
+//! # Examples
+//!
+//! ```
+//! use custody::Runtime;
+//! use custody::resources::{Counter, Printer, SharedBuffer};
+//!
+//! let rt = Runtime::new();
+//! let out = SharedBuffer::new();
+//! let printer = Printer::new(out.clone()).spawn(&rt, "printer")?;
+//! let counter = Counter::new().spawn(&rt, "counter")?;
+//! counter.add(1)?;
+//! printer.print_job([format!("The count is {}", counter.get()?), "-----".to_owned()])?;
+//! printer.join()?;
+//! assert_eq!(out.lines(), ["The count is 1", "-----"]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod counter;
+#[cfg(feature = "sqlite")]
+mod database;
+mod printer;
+
+pub use counter::{Counter, CounterHandle, CounterMsg};
+#[cfg(feature = "sqlite")]
+pub use database::{
+    DEFAULT_MAX_BATCH_WRITES, Database, DatabaseBuilder, DatabaseError, DatabaseHandle,
+    DatabaseStats, DbMsg, Synchronous,
+};
+pub use printer::{PrintMsg, Printer, PrinterError, PrinterHandle, PrinterStats, SharedBuffer};
+/// The SQLite bindings the [`Database`] manager is built on, re-exported so
+/// that closures can name `Connection`, `types::Value` and friends without a
+/// separate dependency.
+#[cfg(feature = "sqlite")]
+pub use rusqlite;
