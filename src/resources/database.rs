@@ -576,7 +576,7 @@ impl Database {
         rt.spawn(name, self).map(DatabaseHandle::from)
     }
 
-    fn write(&mut self, mut op: Box<dyn WriteOp>, handle: &Handle<DbMsg>) {
+    fn write(&mut self, mut op: Box<dyn WriteOp>) {
         if !self.in_transaction {
             if let Err(error) = self.conn.execute_batch("BEGIN IMMEDIATE") {
                 self.reject(op, error.into());
@@ -608,7 +608,7 @@ impl Database {
                 );
                 self.rollback_savepoint();
                 self.check_transaction();
-                self.commit_if_due(handle);
+                self.commit_if_full();
                 // Unwinding drops `op`, and with it the reply: the runtime
                 // answers the asker with the panic message.
                 panic::resume_unwind(payload);
@@ -674,11 +674,10 @@ impl Database {
         }
     }
 
-    /// Commits at a batch boundary: the batch is full, or the mailbox is
-    /// empty after this message. (`idle` commits too, but the runtime skips it when a batch ends
-    /// at the runtime's size limit just as the mailbox empties.)
-    fn commit_if_due(&mut self, handle: &Handle<DbMsg>) {
-        if self.in_transaction && (self.writes_in_batch >= self.max_batch || handle.is_empty()) {
+    /// Commits when the batch has reached its size limit; otherwise `idle`
+    /// (the mailbox ran dry) commits it.
+    fn commit_if_full(&mut self) {
+        if self.in_transaction && self.writes_in_batch >= self.max_batch {
             self.commit();
         }
     }
@@ -735,7 +734,7 @@ impl Database {
     /// work: rolls back a write savepoint left open by a panic, abandons a
     /// batch whose transaction vanished, and rolls back a transaction that a
     /// `call` left open.
-    fn recover(&mut self) {
+    fn restore(&mut self) {
         self.restricted.store(false, Ordering::Relaxed);
         if self.savepoint_open {
             tracing::warn!("a write's savepoint was left open; rolling it back");
@@ -762,28 +761,34 @@ impl Database {
 impl Manager for Database {
     type Msg = DbMsg;
 
-    fn handle(&mut self, msg: DbMsg, ctx: &mut Context<'_, DbMsg>) {
-        self.recover();
+    fn handle(&mut self, msg: DbMsg, _ctx: &mut Context<'_, DbMsg>) {
+        self.restore();
         match msg.0 {
-            Op::Write(op) => self.write(op, ctx.handle()),
+            Op::Write(op) => self.write(op),
             Op::Call(job) => {
                 self.commit();
                 job(&mut self.conn);
-                self.recover();
+                self.restore();
             }
             Op::Stats(reply) => reply.send(self.stats),
         }
-        self.commit_if_due(ctx.handle());
+        self.commit_if_full();
     }
 
     fn idle(&mut self, _ctx: &mut Context<'_, DbMsg>) {
-        self.recover();
+        self.restore();
         self.commit();
     }
 
     fn stopped(&mut self, _ctx: &mut Context<'_, DbMsg>) {
-        self.recover();
+        self.restore();
         self.commit();
+    }
+
+    /// A panic escaped a `call` or a write: roll back what it left open, at
+    /// once, before anything else reaches the connection.
+    fn recover(&mut self, _panic: &str, _ctx: &mut Context<'_, DbMsg>) {
+        self.restore();
     }
 }
 

@@ -242,18 +242,12 @@ impl<W: Write + Send + 'static> Printer<W> {
 impl<W: Write + Send + 'static> Manager for Printer<W> {
     type Msg = PrintMsg;
 
-    fn handle(&mut self, msg: PrintMsg, ctx: &mut Context<'_, PrintMsg>) {
+    fn handle(&mut self, msg: PrintMsg, _ctx: &mut Context<'_, PrintMsg>) {
         match msg {
             PrintMsg::Line(line) => self.print_lines([line.as_str()]),
             PrintMsg::Job(lines) => self.print_lines(lines.iter().map(String::as_str)),
             PrintMsg::Flush(reply) => reply.send(self.flush_now()),
             PrintMsg::Stats(reply) => reply.send(self.stats),
-        }
-        // `idle` is the usual flush point, but the runtime skips it when a
-        // batch ends at its size limit just as the mailbox empties; flushing
-        // here too keeps output from waiting for a later message.
-        if self.dirty && ctx.handle().is_empty() {
-            self.flush_if_dirty();
         }
     }
 

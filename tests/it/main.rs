@@ -34,6 +34,7 @@ mod join;
 mod nothing_lost;
 mod one_thread;
 mod panics;
+mod resources;
 mod schedule;
 mod shutdown;
 mod stats;

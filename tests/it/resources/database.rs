@@ -1,8 +1,6 @@
 //! The `Database` manager, on every backend, against real SQLite files.
 #![cfg(feature = "sqlite")]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +8,7 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use common::{each_backend, runtime};
+use super::{each_backend, runtime};
 use custody::resources::rusqlite::{self, Connection};
 use custody::resources::{Database, DatabaseError, DatabaseHandle, Synchronous};
 use custody::{AskError, Backend, sql_values};
@@ -575,9 +573,9 @@ fn handles_and_errors_have_the_auto_traits() {
 /// `idle`: writes must still be committed and answered when the mailbox is
 /// empty, including after a panicking write.
 #[test]
-fn writes_commit_even_when_the_runtime_skips_idle() {
+fn writes_commit_by_join_with_a_runtime_batch_limit_of_one() {
     each_backend(
-        "writes_commit_even_when_the_runtime_skips_idle",
+        "writes_commit_by_join_with_a_runtime_batch_limit_of_one",
         |backend| {
             let temp = TempDb::new("no-idle", backend);
             let rt = runtime(backend);

@@ -1,10 +1,8 @@
 //! The `Counter` manager, on every backend.
 
-mod common;
-
 use std::thread;
 
-use common::{each_backend, runtime};
+use super::{each_backend, runtime};
 use custody::resources::{Counter, CounterHandle, CounterMsg};
 use custody::{AskError, Backend};
 

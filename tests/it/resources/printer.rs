@@ -1,14 +1,12 @@
 //! The `Printer` manager, on every backend.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 
-use common::{each_backend, runtime};
+use super::{each_backend, runtime};
 use custody::resources::{PrintMsg, Printer, PrinterError, PrinterHandle, SharedBuffer};
 
 const WRITERS: usize = 8;
@@ -246,9 +244,9 @@ fn handles_and_errors_have_the_auto_traits() {
 /// With a runtime batch limit of one message the manager loop never calls
 /// `idle`; the printer must still flush when its mailbox is empty.
 #[test]
-fn output_is_flushed_by_join_even_when_the_runtime_skips_idle() {
+fn output_is_flushed_by_join_with_a_runtime_batch_limit_of_one() {
     each_backend(
-        "output_is_flushed_by_join_even_when_the_runtime_skips_idle",
+        "output_is_flushed_by_join_with_a_runtime_batch_limit_of_one",
         |backend| {
             let rt = runtime(backend);
             let out = SharedBuffer::new();

@@ -1,4 +1,10 @@
-//! Helpers shared by the resource tests.
+//! The ready-made resources (Counter, Printer, Database), each test run on
+//! every backend by `each_backend`.
+
+mod counter;
+#[cfg(feature = "sqlite")]
+mod database;
+mod printer;
 
 use std::panic;
 use std::sync::mpsc::{self, RecvTimeoutError};
