@@ -30,6 +30,7 @@ mod auto_traits;
 mod bad_input;
 mod deadlock;
 mod fuzz;
+mod graceful;
 mod join;
 mod nothing_lost;
 mod one_thread;
