@@ -83,8 +83,57 @@ fn tell(c: &mut Criterion) {
     group.finish();
 }
 
+/// Two threads bouncing a counter on one cache line: the floor for a round trip.
+fn spin_pingpong(b: &mut criterion::Bencher<'_>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let line = Arc::new(AtomicU64::new(0));
+    let server = {
+        let line = Arc::clone(&line);
+        thread::spawn(move || {
+            loop {
+                let v = line.load(Ordering::Acquire);
+                if v == u64::MAX {
+                    return;
+                }
+                if v % 2 == 1 {
+                    line.store(v + 1, Ordering::Release);
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        })
+    };
+    let mut next = 1u64;
+    b.iter(|| {
+        line.store(next, Ordering::Release);
+        while line.load(Ordering::Acquire) != next + 1 {
+            std::hint::spin_loop();
+        }
+        next += 2;
+    });
+    line.store(u64::MAX, Ordering::Release);
+    server.join().unwrap();
+}
+
+/// Asks `target` `n` times from inside a manager (so deadlock detection runs).
+struct Asker {
+    target: custody::Handle<Msg>,
+}
+
+impl Manager for Asker {
+    type Msg = (u64, Reply<()>);
+    fn handle(&mut self, (n, done): Self::Msg, _ctx: &mut Context<'_, Self::Msg>) {
+        for _ in 0..n {
+            black_box(self.target.ask(Msg::Get).unwrap());
+        }
+        done.send(());
+    }
+}
+
 fn ask(c: &mut Criterion) {
     let mut group = c.benchmark_group("ask");
+    group.bench_function("spin-pingpong", spin_pingpong);
     group.bench_function("raw-crossbeam-pingpong", |b| {
         let (tx, owner) = raw_owner();
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
@@ -102,6 +151,27 @@ fn ask(c: &mut Criterion) {
             b.iter(|| black_box(h.ask(Msg::Get).unwrap()));
         });
     }
+    group.bench_function("manager-ask-from-a-manager", |b| {
+        let rt = Runtime::new();
+        let target = rt.spawn("sum", Sum(0)).unwrap();
+        let asker = rt.spawn("asker", Asker { target }).unwrap();
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            asker.ask(|done| (iters, done)).unwrap();
+            start.elapsed()
+        });
+    });
+    group.bench_function("manager-ask-from-a-thread", |b| {
+        let rt = Runtime::new();
+        let target = rt.spawn("sum", Sum(0)).unwrap();
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                black_box(target.ask(Msg::Get).unwrap());
+            }
+            start.elapsed()
+        });
+    });
     group.bench_function("owner-call", |b| {
         let rt = Runtime::new();
         let owner = rt.own("n", 0u64).unwrap();

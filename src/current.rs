@@ -33,9 +33,10 @@ impl Drop for CurrentGuard {
     }
 }
 
-/// The wait-for node of the manager running on this thread, if any.
-pub(crate) fn node() -> Option<Arc<WaitNode>> {
-    NODE.with(|n| n.borrow().clone())
+/// Runs `f` with the wait-for node of the manager on this thread, if any.
+#[inline]
+pub(crate) fn with_node<T>(f: impl FnOnce(Option<&WaitNode>) -> T) -> T {
+    NODE.with(|n| f(n.borrow().as_deref()))
 }
 
 /// Whether this thread runs a manager of the given runtime.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::current;
-use crate::deadlock::{self, WaitNode};
+use crate::deadlock::WaitNode;
 use crate::error::{AskError, JoinError, SendError, SendTimeoutError, TrySendError};
 use crate::fuzz;
 use crate::mailbox::{Backend, Capacity, Envelope, Gate, Padded, SendFailure, Sender};
@@ -263,14 +263,11 @@ impl<M: Send + 'static> Handle<M> {
         R: Send + 'static,
         F: FnOnce(Reply<R>) -> M,
     {
-        let me = current::node();
-        let _edge = match &me {
-            None => None,
-            Some(me) => Some(
-                deadlock::begin_wait(me, &self.shared.waits)
-                    .map_err(|cycle| AskError::Deadlock { cycle })?,
-            ),
-        };
+        let waiting = current::with_node(|me| match me {
+            None => Ok(None),
+            Some(me) => me.begin_wait(&self.shared.waits).map(|()| Some(WaitEdge)),
+        });
+        let _edge = waiting.map_err(|cycle| AskError::Deadlock { cycle })?;
         let (reply, waiter) = reply::pair();
         if let Err(refusal) = self.post(make(reply), Wait::Until(deadline)) {
             // Dropping the refused request drops its reply outside a handler.
@@ -391,6 +388,19 @@ impl<M: Send + 'static> Handle<M> {
     /// A snapshot of this manager's counters.
     pub fn stats(&self) -> ManagerStats {
         self.shared.stats(false)
+    }
+}
+
+/// Clears the current manager's wait-for edge when an ask ends.
+struct WaitEdge;
+
+impl Drop for WaitEdge {
+    fn drop(&mut self) {
+        current::with_node(|me| {
+            if let Some(me) = me {
+                me.end_wait();
+            }
+        });
     }
 }
 

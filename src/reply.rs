@@ -21,8 +21,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, Thread};
 use std::time::Instant;
 
-/// How long an asker spins on the flag before it parks.
-const SPIN_LIMIT: u32 = 1 << 10;
+/// How many times an asker polls the flag with a spin hint before yielding:
+/// about a microsecond, enough for a manager on another core to answer.
+const SPIN_LIMIT: u32 = 64;
+/// How many times it then yields its core (to a manager that may share it)
+/// before it parks.
+const YIELD_LIMIT: u32 = 4;
 
 enum Outcome<T> {
     Pending,
@@ -190,9 +194,13 @@ impl<T> Waiter<T> {
     pub(crate) fn wait(self, deadline: Option<Instant>) -> Answer<T> {
         let mut spins = 0;
         while !self.slot.ready.load(Ordering::Acquire) {
-            if spins < SPIN_LIMIT {
+            if spins < SPIN_LIMIT + YIELD_LIMIT {
                 spins += 1;
-                std::hint::spin_loop();
+                if spins <= SPIN_LIMIT {
+                    std::hint::spin_loop();
+                } else {
+                    thread::yield_now();
+                }
                 continue;
             }
             match deadline {

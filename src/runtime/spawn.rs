@@ -168,7 +168,7 @@ impl Inner {
             counters: Padded(Counters::default()),
             abort: AtomicBool::new(false),
             fuzz: inner.config.fuzz.is_some(),
-            waits: WaitNode::new(name.clone()),
+            waits: Arc::new(WaitNode::new(&name)),
             name: name.clone(),
             backend: options.backend,
             capacity,
