@@ -17,6 +17,7 @@ backend_tests!(
     graceful_stop_mid_stream_bounded,
     asks_racing_a_stop_all_end,
     mixed_tell_ask_join_from_many_threads,
+    mixed_traffic_with_panics_restarts_and_a_random_stop,
 );
 
 fn graceful_stop_mid_stream(backend: Backend, capacity: Capacity) {
@@ -165,5 +166,110 @@ fn mixed_tell_ask_join_from_many_threads(backend: Backend) {
         }
         h.join().unwrap();
         assert_eq!(h.ask(Msg::Get).unwrap(), 30_000);
+    });
+}
+
+/// A manager that panics on request, restarted from a factory each time.
+struct Fragile {
+    total: u64,
+}
+
+enum FragileMsg {
+    Add(u64),
+    Get(custody::Reply<u64>),
+    Panic,
+    PanicAsked(custody::Reply<u64>),
+}
+
+impl custody::Manager for Fragile {
+    type Msg = FragileMsg;
+    fn handle(&mut self, msg: FragileMsg, _ctx: &mut custody::Context<'_, FragileMsg>) {
+        match msg {
+            FragileMsg::Add(n) => self.total += n,
+            FragileMsg::Get(reply) => reply.send(self.total),
+            FragileMsg::Panic | FragileMsg::PanicAsked(_) => panic!("probe: fragile"),
+        }
+    }
+}
+
+/// A small seeded generator, so a failing interleaving can be rerun.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn mixed_traffic_with_panics_restarts_and_a_random_stop(backend: Backend) {
+    crate::support::quiet_panics();
+    within("panics, restarts, stop", move || {
+        let rt = runtime(backend);
+        let h = rt
+            .manager("fragile")
+            .on_panic(custody::PanicPolicy::Restart {
+                max_restarts: u32::MAX,
+                within: std::time::Duration::from_secs(1),
+            })
+            .spawn_with(|| Fragile { total: 0 })
+            .unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
+        let producers: Vec<_> = (0..4u64)
+            .map(|p| {
+                let h = h.clone();
+                let accepted = Arc::clone(&accepted);
+                let refused = Arc::clone(&refused);
+                thread::spawn(move || {
+                    let mut rng = 0x9e37_79b9_7f4a_7c15 ^ (p + 1);
+                    let stop_at = if p == 0 {
+                        2_000 + xorshift(&mut rng) % 2_000
+                    } else {
+                        u64::MAX
+                    };
+                    for i in 0..5_000u64 {
+                        if i == stop_at {
+                            h.stop();
+                        }
+                        let ok = match xorshift(&mut rng) % 10 {
+                            0 => h.tell(FragileMsg::Panic).is_ok(),
+                            1 => match h.ask(FragileMsg::PanicAsked) {
+                                Err(AskError::Panicked { .. }) => true,
+                                Err(AskError::Stopped { .. }) => false,
+                                other => panic!("a panicking ask ended with {other:?}"),
+                            },
+                            2 => match h.ask(FragileMsg::Get) {
+                                Ok(_) => true,
+                                Err(AskError::Stopped { .. }) => false,
+                                Err(other) => panic!("an ask ended with {other}"),
+                            },
+                            3 if i % 97 == 0 => {
+                                h.join().unwrap();
+                                continue;
+                            }
+                            _ => h.tell(FragileMsg::Add(1)).is_ok(),
+                        };
+                        if ok {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        h.join().unwrap();
+        rt.shutdown();
+        let stats = h.stats();
+        let accepted = accepted.load(Ordering::Relaxed);
+        assert_eq!(stats.handled, accepted, "sent = handled + handed back");
+        assert!(
+            refused.load(Ordering::Relaxed) > 0,
+            "the stop refused nothing"
+        );
+        assert_eq!(stats.unhandled, 0);
+        assert!(stats.restarts > 0 && stats.restarts == stats.panicked);
     });
 }
