@@ -187,7 +187,8 @@ impl custody::Manager for Fragile {
         match msg {
             FragileMsg::Add(n) => self.total += n,
             FragileMsg::Get(reply) => reply.send(self.total),
-            FragileMsg::Panic | FragileMsg::PanicAsked(_) => panic!("probe: fragile"),
+            FragileMsg::Panic => panic!("probe: fragile"),
+            FragileMsg::PanicAsked(_reply) => panic!("probe: fragile, asked"),
         }
     }
 }
