@@ -170,6 +170,21 @@ impl<M: Send + 'static> Handle<M> {
     ///
     /// [`SendError`] with the message inside if the manager is stopping or
     /// stopped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::resources::{Counter, CounterMsg};
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let counter = Counter::new().spawn(&rt, "counter")?;
+    /// counter.handle().tell(CounterMsg::Add(2))?;
+    /// counter.handle().stop();
+    /// let refused = counter.handle().tell(CounterMsg::Add(3)).unwrap_err();
+    /// assert!(matches!(refused.into_inner(), CounterMsg::Add(3)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn tell(&self, msg: M) -> Result<(), SendError<M>> {
         self.post(msg, Wait::Until(None)).map_err(|r| match r {
@@ -184,6 +199,28 @@ impl<M: Send + 'static> Handle<M> {
     /// [`TrySendError::Full`] if a bounded mailbox is full,
     /// [`TrySendError::Stopped`] if the manager is stopping or stopped; the
     /// message comes back in both.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Capacity, Runtime};
+    ///
+    /// let rt = Runtime::new();
+    /// let slow = rt.manager("slow").capacity(Capacity::bounded(1)?).own(())?;
+    /// let (busy, is_busy) = std::sync::mpsc::channel();
+    /// let (go, wait) = std::sync::mpsc::channel::<()>();
+    /// slow.cast(move |_| {
+    ///     busy.send(()).unwrap();
+    ///     wait.recv().ok();
+    /// })?;
+    /// is_busy.recv()?; // the manager is inside the first closure
+    /// slow.handle().try_tell(Box::new(|_| {}))?; // fills the one slot
+    /// let full = slow.handle().try_tell(Box::new(|_| {})).unwrap_err();
+    /// assert!(full.is_full());
+    /// go.send(())?;
+    /// slow.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_tell(&self, msg: M) -> Result<(), TrySendError<M>> {
         self.post(msg, Wait::No).map_err(|r| match r {
             Refusal::Full(m) | Refusal::Timeout(m) => TrySendError::Full(m),
@@ -307,6 +344,23 @@ impl<M: Send + 'static> Handle<M> {
     ///
     /// [`JoinError::Stopped`] if the manager stopped at once and discarded
     /// messages it had accepted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::resources::Counter;
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let counter = Counter::new().spawn(&rt, "counter")?;
+    /// for _ in 0..100 {
+    ///     counter.add(1)?;
+    /// }
+    /// counter.join()?; // like Python's queue.join(): every add has been handled
+    /// assert_eq!(counter.unfinished(), 0);
+    /// assert_eq!(counter.get()?, 100);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn join(&self) -> Result<(), JoinError> {
         self.join_until(None)
     }
