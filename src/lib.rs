@@ -7,3 +7,9 @@
     unreachable_pub,
     rust_2018_idioms
 )]
+
+pub mod queue;
+pub mod sync;
+
+pub use queue::JoinableQueue;
+pub use sync::{Barrier, BoundedSemaphore, Event, Semaphore, Timer};
