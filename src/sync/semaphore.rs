@@ -314,7 +314,7 @@ impl Semaphore {
     pub fn try_acquire_guard(&self) -> Option<SemaphoreGuard<'_>> {
         self.inner
             .try_acquire()
-            .then_some(SemaphoreGuard { inner: &self.inner })
+            .then(|| SemaphoreGuard { inner: &self.inner })
     }
 
     /// Like [`acquire_timeout`](Semaphore::acquire_timeout), returning a
@@ -334,7 +334,7 @@ impl Semaphore {
     pub fn acquire_guard_timeout(&self, timeout: Duration) -> Option<SemaphoreGuard<'_>> {
         self.inner
             .acquire_until(deadline_after(timeout))
-            .then_some(SemaphoreGuard { inner: &self.inner })
+            .then(|| SemaphoreGuard { inner: &self.inner })
     }
 }
 
@@ -545,7 +545,7 @@ impl BoundedSemaphore {
     pub fn try_acquire_guard(&self) -> Option<SemaphoreGuard<'_>> {
         self.inner
             .try_acquire()
-            .then_some(SemaphoreGuard { inner: &self.inner })
+            .then(|| SemaphoreGuard { inner: &self.inner })
     }
 
     /// Like [`acquire_timeout`](BoundedSemaphore::acquire_timeout),
@@ -565,7 +565,7 @@ impl BoundedSemaphore {
     pub fn acquire_guard_timeout(&self, timeout: Duration) -> Option<SemaphoreGuard<'_>> {
         self.inner
             .acquire_until(deadline_after(timeout))
-            .then_some(SemaphoreGuard { inner: &self.inner })
+            .then(|| SemaphoreGuard { inner: &self.inner })
     }
 }
 
