@@ -49,6 +49,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -204,6 +205,46 @@ enum Block {
     Until(Option<Instant>),
 }
 
+/// Brief spinning before a blocking put or get goes to sleep.
+///
+/// A producer and a consumer on different cores usually hand over within
+/// microseconds, far less than a sleep and wake-up on a condition
+/// variable costs; and a thread that has not registered as a waiter
+/// spares the other side a notification.
+#[derive(Debug)]
+struct Backoff {
+    step: u32,
+}
+
+impl Backoff {
+    /// Steps that busy-wait (`2^step` spin hints each).
+    const SPIN_STEPS: u32 = 6;
+    /// Steps after which the thread sleeps on the condition variable;
+    /// those past `SPIN_STEPS` yield the processor instead of spinning.
+    const MAX_STEPS: u32 = 10;
+
+    fn new() -> Self {
+        Self { step: 0 }
+    }
+
+    /// Whether to snooze once more rather than sleep: not past the step
+    /// limit, nor past the deadline.
+    fn should_spin(&self, deadline: Option<Instant>) -> bool {
+        self.step < Self::MAX_STEPS && deadline.is_none_or(|deadline| Instant::now() < deadline)
+    }
+
+    fn snooze(&mut self) {
+        if self.step < Self::SPIN_STEPS {
+            for _ in 0..1_u32 << self.step {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
+        }
+        self.step += 1;
+    }
+}
+
 struct State<T> {
     items: VecDeque<T>,
     unfinished_tasks: usize,
@@ -274,6 +315,11 @@ pub struct JoinableQueue<T> {
     /// Signalled when `unfinished_tasks` drops to zero.
     all_tasks_done: Condvar,
     maxsize: usize,
+    /// Copies of `items.len()` and `shutdown`, written under the lock and
+    /// read without it by spinning threads. Only hints: every decision is
+    /// taken again under the lock.
+    len_hint: AtomicUsize,
+    shutdown_hint: AtomicBool,
 }
 
 impl<T> JoinableQueue<T> {
@@ -305,6 +351,8 @@ impl<T> JoinableQueue<T> {
             not_full: Condvar::new(),
             all_tasks_done: Condvar::new(),
             maxsize,
+            len_hint: AtomicUsize::new(0),
+            shutdown_hint: AtomicBool::new(false),
         }
     }
 
@@ -724,8 +772,10 @@ impl<T> JoinableQueue<T> {
     pub fn shutdown(&self, immediate: bool) {
         let mut state = self.lock();
         state.shutdown = true;
+        self.shutdown_hint.store(true, Ordering::Relaxed);
         let discarded = if immediate {
             let discarded = std::mem::take(&mut state.items);
+            self.len_hint.store(0, Ordering::Relaxed);
             state.unfinished_tasks = state.unfinished_tasks.saturating_sub(discarded.len());
             discarded
         } else {
@@ -756,7 +806,20 @@ impl<T> JoinableQueue<T> {
         self.maxsize > 0 && state.items.len() >= self.maxsize
     }
 
+    /// Whether a put might succeed now, judged without the lock.
+    fn may_put(&self) -> bool {
+        self.shutdown_hint.load(Ordering::Relaxed)
+            || self.maxsize == 0
+            || self.len_hint.load(Ordering::Relaxed) < self.maxsize
+    }
+
+    /// Whether a get might succeed now, judged without the lock.
+    fn may_get(&self) -> bool {
+        self.shutdown_hint.load(Ordering::Relaxed) || self.len_hint.load(Ordering::Relaxed) > 0
+    }
+
     fn put_inner(&self, item: T, block: Block) -> Result<(), PutError<T>> {
+        let mut backoff = Backoff::new();
         let mut state = self.lock();
         loop {
             if state.shutdown {
@@ -768,6 +831,14 @@ impl<T> JoinableQueue<T> {
             let Block::Until(deadline) = block else {
                 return Err(PutError::Full(item));
             };
+            if backoff.should_spin(deadline) {
+                drop(state);
+                while !self.may_put() && backoff.should_spin(deadline) {
+                    backoff.snooze();
+                }
+                state = self.lock();
+                continue;
+            }
             state.putters += 1;
             let waited = wait_until(&self.not_full, state, deadline);
             let expired = waited.is_err();
@@ -779,6 +850,7 @@ impl<T> JoinableQueue<T> {
             }
         }
         state.items.push_back(item);
+        self.len_hint.store(state.items.len(), Ordering::Relaxed);
         state.unfinished_tasks += 1;
         let wake = state.getters > 0;
         drop(state);
@@ -789,9 +861,11 @@ impl<T> JoinableQueue<T> {
     }
 
     fn get_inner(&self, block: Block) -> Result<T, GetError> {
+        let mut backoff = Backoff::new();
         let mut state = self.lock();
         loop {
             if let Some(item) = state.items.pop_front() {
+                self.len_hint.store(state.items.len(), Ordering::Relaxed);
                 let wake = state.putters > 0;
                 drop(state);
                 if wake {
@@ -805,6 +879,14 @@ impl<T> JoinableQueue<T> {
             let Block::Until(deadline) = block else {
                 return Err(GetError::Empty);
             };
+            if backoff.should_spin(deadline) {
+                drop(state);
+                while !self.may_get() && backoff.should_spin(deadline) {
+                    backoff.snooze();
+                }
+                state = self.lock();
+                continue;
+            }
             state.getters += 1;
             let waited = wait_until(&self.not_empty, state, deadline);
             let expired = waited.is_err();
