@@ -328,6 +328,27 @@ fn join_releases_every_joiner_when_count_reaches_zero() {
     });
 }
 
+/// Races the last `task_done` against joiners arriving at the same time,
+/// many times over: a lost wake-up would hang a joiner.
+#[test]
+fn join_never_misses_the_last_task_done() {
+    within(|| {
+        let queue = JoinableQueue::new(0);
+        for round in 0..1_000 {
+            queue.put(round).unwrap();
+            thread::scope(|s| {
+                s.spawn(|| queue.join());
+                s.spawn(|| queue.join_timeout(LIMIT).unwrap());
+                s.spawn(|| {
+                    queue.get().unwrap();
+                    queue.task_done().unwrap();
+                });
+            });
+            assert_eq!(queue.unfinished_tasks(), 0);
+        }
+    });
+}
+
 #[test]
 fn join_timeout_waits_at_least_the_timeout_then_fails() {
     let queue = JoinableQueue::new(0);
