@@ -247,11 +247,13 @@ impl Backoff {
 
 struct State<T> {
     items: VecDeque<T>,
+    unfinished_tasks: usize,
     shutdown: bool,
-    /// Threads blocked in a get and a put. Notifications are skipped when
-    /// nobody waits.
+    /// Threads blocked in a get, a put and a join. Notifications are
+    /// skipped when nobody waits.
     getters: usize,
     putters: usize,
+    joiners: usize,
 }
 
 /// A FIFO queue with task tracking and shutdown, with the semantics of
@@ -312,12 +314,6 @@ pub struct JoinableQueue<T> {
     not_full: Condvar,
     /// Signalled when `unfinished_tasks` drops to zero.
     all_tasks_done: Condvar,
-    /// Items put and not yet marked done. Atomic so that `task_done`
-    /// takes the lock only when it may have to wake a joiner; changed by
-    /// puts and shutdowns under the lock.
-    unfinished_tasks: AtomicUsize,
-    /// Threads in `join`, registered under the lock.
-    joiners: AtomicUsize,
     maxsize: usize,
     /// Copies of `items.len()` and `shutdown`, written under the lock and
     /// read without it by spinning threads. Only hints: every decision is
@@ -345,16 +341,16 @@ impl<T> JoinableQueue<T> {
         Self {
             state: Mutex::new(State {
                 items: VecDeque::new(),
+                unfinished_tasks: 0,
                 shutdown: false,
                 getters: 0,
                 putters: 0,
+                joiners: 0,
             }),
             not_empty: Condvar::new(),
             not_full: Condvar::new(),
             all_tasks_done: Condvar::new(),
             maxsize,
-            unfinished_tasks: AtomicUsize::new(0),
-            joiners: AtomicUsize::new(0),
             len_hint: AtomicUsize::new(0),
             shutdown_hint: AtomicBool::new(false),
         }
@@ -434,7 +430,7 @@ impl<T> JoinableQueue<T> {
     /// ```
     #[must_use]
     pub fn unfinished_tasks(&self) -> usize {
-        self.unfinished_tasks.load(Ordering::SeqCst)
+        self.lock().unfinished_tasks
     }
 
     /// Returns `true` once [`shutdown`](JoinableQueue::shutdown) has been
@@ -686,18 +682,14 @@ impl<T> JoinableQueue<T> {
     /// assert!(queue.task_done().is_err());
     /// ```
     pub fn task_done(&self) -> Result<(), TaskDoneError> {
-        // No lock needed unless someone may be joining: the counter and
-        // the joiner count are paired like Dekker's flags (both SeqCst),
-        // so either this call sees the joiner or the joiner sees zero.
-        let previous = self
-            .unfinished_tasks
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .map_err(|_| TaskDoneError)?;
-        if previous == 1 && self.joiners.load(Ordering::SeqCst) > 0 {
-            // A joiner holds the lock from its check until it sleeps;
-            // taking the lock once guarantees it is asleep and gets the
-            // notification.
-            drop(self.lock());
+        let mut state = self.lock();
+        if state.unfinished_tasks == 0 {
+            return Err(TaskDoneError);
+        }
+        state.unfinished_tasks -= 1;
+        let wake = state.unfinished_tasks == 0 && state.joiners > 0;
+        drop(state);
+        if wake {
             self.all_tasks_done.notify_all();
         }
         Ok(())
@@ -784,19 +776,14 @@ impl<T> JoinableQueue<T> {
         let discarded = if immediate {
             let discarded = std::mem::take(&mut state.items);
             self.len_hint.store(0, Ordering::Relaxed);
-            let _ = self
-                .unfinished_tasks
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                    Some(n.saturating_sub(discarded.len()))
-                });
+            state.unfinished_tasks = state.unfinished_tasks.saturating_sub(discarded.len());
             discarded
         } else {
             VecDeque::new()
         };
         let wake_getters = state.getters > 0;
         let wake_putters = state.putters > 0;
-        let wake_joiners = self.joiners.load(Ordering::SeqCst) > 0
-            && self.unfinished_tasks.load(Ordering::SeqCst) == 0;
+        let wake_joiners = state.joiners > 0 && state.unfinished_tasks == 0;
         drop(state);
         if wake_getters {
             self.not_empty.notify_all();
@@ -864,7 +851,7 @@ impl<T> JoinableQueue<T> {
         }
         state.items.push_back(item);
         self.len_hint.store(state.items.len(), Ordering::Relaxed);
-        self.unfinished_tasks.fetch_add(1, Ordering::SeqCst);
+        state.unfinished_tasks += 1;
         let wake = state.getters > 0;
         drop(state);
         if wake {
@@ -913,24 +900,19 @@ impl<T> JoinableQueue<T> {
     }
 
     fn join_until(&self, deadline: Option<Instant>) -> Result<(), JoinTimeoutError> {
-        if self.unfinished_tasks.load(Ordering::SeqCst) == 0 {
-            return Ok(());
-        }
         let mut state = self.lock();
-        // Registered before checking the counter; see `task_done`.
-        self.joiners.fetch_add(1, Ordering::SeqCst);
-        let mut result = Ok(());
-        while self.unfinished_tasks.load(Ordering::SeqCst) > 0 {
-            match wait_until(&self.all_tasks_done, state, deadline) {
-                Ok(guard) => state = guard,
-                Err(_) => {
-                    result = Err(JoinTimeoutError);
-                    break;
-                }
+        while state.unfinished_tasks > 0 {
+            state.joiners += 1;
+            let waited = wait_until(&self.all_tasks_done, state, deadline);
+            let expired = waited.is_err();
+            let (Ok(guard) | Err(guard)) = waited;
+            state = guard;
+            state.joiners -= 1;
+            if expired {
+                return Err(JoinTimeoutError);
             }
         }
-        self.joiners.fetch_sub(1, Ordering::SeqCst);
-        result
+        Ok(())
     }
 }
 
@@ -947,7 +929,7 @@ impl<T> fmt::Debug for JoinableQueue<T> {
         f.debug_struct("JoinableQueue")
             .field("maxsize", &self.maxsize)
             .field("qsize", &state.items.len())
-            .field("unfinished_tasks", &self.unfinished_tasks())
+            .field("unfinished_tasks", &state.unfinished_tasks)
             .field("is_shutdown", &state.shutdown)
             .finish_non_exhaustive()
     }
