@@ -117,12 +117,14 @@ mod mailbox;
 mod manager;
 mod manager_thread;
 mod owner;
+pub mod queue;
 mod reply;
 pub mod resources;
 mod runtime;
 mod schedule;
 mod stats;
 mod supervision;
+pub mod sync;
 
 pub use error::{
     AskError, BuildError, CapacityError, JoinError, SendError, SendTimeoutError, SpawnError,
@@ -132,6 +134,7 @@ pub use handle::Handle;
 pub use mailbox::{Backend, Capacity};
 pub use manager::{Context, Manager};
 pub use owner::{Job, Owner};
+pub use queue::JoinableQueue;
 pub use reply::Reply;
 pub use resources::{Counter, CounterHandle, Printer, PrinterHandle, SharedBuffer};
 #[cfg(feature = "sqlite")]
@@ -142,6 +145,7 @@ pub use runtime::{
 pub use schedule::{ScheduleError, ScheduleStatus, Scheduled};
 pub use stats::{ManagerState, ManagerStats, Stats};
 pub use supervision::PanicPolicy;
+pub use sync::{Barrier, BoundedSemaphore, Event, Semaphore, Timer};
 
 /// The README's example, compiled and run as a doctest.
 #[doc = include_str!("../README.md")]

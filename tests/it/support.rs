@@ -30,6 +30,11 @@ pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'sta
     }
 }
 
+/// [`within`] for scenarios that need no name of their own.
+pub fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    within("scenario", f)
+}
+
 pub fn runtime(backend: Backend) -> Runtime {
     Runtime::builder()
         .backend(backend)
