@@ -26,6 +26,7 @@ pub fn init_logging(level: Level) {
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
+                .with_ansi(false)
                 .event_format(SeedFormat)
                 .with_filter(filter),
         )
