@@ -10,14 +10,18 @@
 //! Part 1 runs the workers unsynchronised. The counter is an `AtomicU64`
 //! used with a separate `load` and `store` (a non-atomic read-modify-write,
 //! like Python's `counter += 1`, without `unsafe`), and the "terminal" takes
-//! each write whole but nothing more, like a real one. Between each step a
-//! worker lets the others run (a yield and a short sleep, as the seed's
-//! `time.sleep` does elsewhere), so the races show on every run rather than
-//! once in a while.
+//! each write whole but nothing more, like a real one. The workers start
+//! together (a `Barrier`), and between each step a worker lets the others run
+//! (a yield and a short sleep, as `racecond.py`'s `time.sleep` does), so the
+//! races show on every run rather than once in a while; `fuzzing` shows the
+//! same races brought out by random pauses instead.
 //!
 //! Part 2 does the same job the manager way (`queue_threading.py`): the
 //! counter is owned by one thread, and the workers send it "add one"; it
-//! sends each count to a `Printer` manager, which owns the terminal. The same
+//! sends each count to a `Printer` manager, which owns the terminal. (The
+//! counter is an `Owner<u64>`: the ready-made `Counter` manager only adds
+//! and answers `get`, so it could not pass on the count each addition
+//! made.) The same
 //! read, pause, write now runs on the counter's own thread, where nobody else
 //! can get in between: the count is exact and the lines come out in order.
 //!
