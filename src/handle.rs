@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::current;
@@ -27,6 +27,9 @@ pub(crate) struct Shared<M> {
     pub(crate) abort: AtomicBool,
     /// Fuzz mode: pause at random on each send.
     pub(crate) fuzz: bool,
+    /// Settles messages delivered from an outside queue (set when a manager
+    /// is served from a broker queue).
+    pub(crate) outside: OnceLock<Box<dyn SettleOutside>>,
     pub(crate) name: String,
     /// This manager in the wait-for graph of asks.
     pub(crate) waits: Arc<WaitNode>,
@@ -56,6 +59,15 @@ impl<M> Shared<M> {
     pub(crate) fn is_aborted(&self) -> bool {
         self.abort.load(Ordering::Relaxed)
     }
+}
+
+/// Settles the messages a manager received from an outside queue.
+pub(crate) trait SettleOutside: Send + Sync {
+    /// Every delivery up to and including `tag` has been handled, and the
+    /// batch's `idle` hook has run.
+    fn settle(&self, up_to: u64);
+    /// The handler panicked on the delivery with this tag.
+    fn failed(&self, tag: u64, panic: &str);
 }
 
 /// How `post` may wait for room in a bounded mailbox.
@@ -125,6 +137,22 @@ impl<M: Send + 'static> fmt::Debug for Handle<M> {
 impl<M: Send + 'static> Handle<M> {
     #[inline]
     fn post(&self, msg: M, wait: Wait) -> Result<(), Refusal<M>> {
+        self.post_envelope(Envelope::Msg(msg), wait)
+    }
+
+    /// Hands the manager a message that came from an outside queue, tagged so
+    /// that the queue can be settled once the manager's batch is done.
+    /// Counted like a tell. Blocks while a bounded mailbox is full.
+    #[allow(dead_code)] // used by the broker mailbox
+    pub(crate) fn deliver(&self, msg: M, tag: u64) -> Result<(), M> {
+        self.post_envelope(Envelope::Delivered(msg, tag), Wait::Until(None))
+            .map_err(|r| match r {
+                Refusal::Stopped(m) | Refusal::Full(m) | Refusal::Timeout(m) => m,
+            })
+    }
+
+    #[inline]
+    fn post_envelope(&self, envelope: Envelope<M>, wait: Wait) -> Result<(), Refusal<M>> {
         let shared = &*self.shared;
         if shared.fuzz {
             fuzz::pause();
@@ -133,11 +161,12 @@ impl<M: Send + 'static> Handle<M> {
             if refused.nudge {
                 shared.nudge();
             }
+            let msg = envelope.into_msg().expect("post only sends messages");
             return Err(Refusal::Stopped(msg));
         }
         let sent = match wait {
-            Wait::Until(deadline) => shared.tx.send(Envelope::Msg(msg), deadline),
-            Wait::No => shared.tx.try_send(Envelope::Msg(msg)),
+            Wait::Until(deadline) => shared.tx.send(envelope, deadline),
+            Wait::No => shared.tx.try_send(envelope),
         };
         match sent {
             Ok(()) => Ok(()),
@@ -155,10 +184,7 @@ impl<M: Send + 'static> Handle<M> {
             SendFailure::Timeout(e) => (e, Refusal::Timeout),
             SendFailure::Disconnected(e) => (e, Refusal::Stopped),
         };
-        match envelope {
-            Envelope::Msg(m) => refusal(m),
-            Envelope::Wake => unreachable!("post only sends messages"),
-        }
+        refusal(envelope.into_msg().expect("post only sends messages"))
     }
 
     /// Sends a message, blocking while a bounded mailbox is full.

@@ -53,6 +53,8 @@ struct Supervisor<'h, Mg: Manager> {
     window: RestartWindow,
     /// Whether `manager` still needs its `stopped` hook.
     live: bool,
+    /// The message of the latest handler panic.
+    last_panic: String,
     handle: &'h Handle<Mg::Msg>,
 }
 
@@ -76,6 +78,7 @@ pub(crate) fn run<Mg: Manager>(
         policy: spec.policy,
         window: RestartWindow::default(),
         live: true,
+        last_panic: String::new(),
         handle: &handle,
     };
 
@@ -87,19 +90,25 @@ pub(crate) fn run<Mg: Manager>(
             wake_at = sup.manager.next_wake();
         }
         let mut next = match rx.recv(wake_at) {
-            Ok(Envelope::Msg(msg)) => Some(msg),
+            Ok(Envelope::Msg(msg)) => Some((msg, None)),
+            Ok(Envelope::Delivered(msg, tag)) => Some((msg, Some(tag))),
             Ok(Envelope::Wake) => None,
             Err(RecvFailure::Timeout | RecvFailure::Empty) => continue,
             Err(RecvFailure::Disconnected) => break,
         };
         let mut handled: u64 = 0;
         let mut dry = false;
+        let mut last_tag = None;
         loop {
-            if let Some(msg) = next.take() {
+            if let Some((msg, tag)) = next.take() {
                 if fuzz {
                     fuzz::pause();
                 }
-                sup.handle_one(msg);
+                if sup.handle_one(msg) {
+                    last_tag = tag.or(last_tag);
+                } else if let Some(tag) = tag {
+                    sup.delivery_failed(tag);
+                }
                 handled += 1;
             }
             if shared.is_aborted() {
@@ -111,7 +120,8 @@ pub(crate) fn run<Mg: Manager>(
                 break;
             }
             match rx.try_recv() {
-                Ok(Envelope::Msg(msg)) => next = Some(msg),
+                Ok(Envelope::Msg(msg)) => next = Some((msg, None)),
+                Ok(Envelope::Delivered(msg, tag)) => next = Some((msg, Some(tag))),
                 Ok(Envelope::Wake) => {}
                 Err(RecvFailure::Empty) => {
                     dry = true;
@@ -124,6 +134,9 @@ pub(crate) fn run<Mg: Manager>(
             sup.hook("idle", |m, ctx| m.idle(ctx));
         }
         reply::settle_unwound("the handler panicked and caught its own panic");
+        if let (Some(tag), Some(outside)) = (last_tag, shared.outside.get()) {
+            outside.settle(tag);
+        }
         shared.gate.leave(handled);
         tracing::trace!(handled, "batch settled");
         if shared.is_aborted() {
@@ -148,15 +161,29 @@ pub(crate) fn run<Mg: Manager>(
 }
 
 impl<Mg: Manager> Supervisor<'_, Mg> {
+    /// Handles one message; `false` if the handler panicked.
     #[inline]
-    fn handle_one(&mut self, msg: Mg::Msg) {
+    fn handle_one(&mut self, msg: Mg::Msg) -> bool {
         let mut ctx = Context::new(self.handle);
         let manager = &mut self.manager;
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| manager.handle(msg, &mut ctx)));
         self.handle.shared.counters.add_handled();
-        if let Err(payload) = outcome {
-            let message = on_panic(self.handle, "handle", payload);
-            self.after_panic(&message);
+        match outcome {
+            Ok(()) => true,
+            Err(payload) => {
+                let message = on_panic(self.handle, "handle", payload);
+                self.after_panic(&message);
+                self.last_panic = message;
+                false
+            }
+        }
+    }
+
+    /// Tells the outside queue that the delivery with this tag failed.
+    #[cold]
+    fn delivery_failed(&mut self, tag: u64) {
+        if let Some(outside) = self.handle.shared.outside.get() {
+            outside.failed(tag, &self.last_panic);
         }
     }
 
@@ -257,7 +284,7 @@ fn discard_rest<M: Send + 'static>(handle: &Handle<M>, rx: &Receiver<Envelope<M>
     let previous = reply::set_drop_mode(DropMode::Discarding);
     while gate.unfinished() > 0 {
         match rx.recv(Some(Instant::now() + DISCARD_POLL)) {
-            Ok(Envelope::Msg(msg)) => {
+            Ok(Envelope::Msg(msg) | Envelope::Delivered(msg, _)) => {
                 drop(msg);
                 gate.add_dropped(1);
                 gate.leave(1);
@@ -272,5 +299,66 @@ fn discard_rest<M: Send + 'static>(handle: &Handle<M>, rx: &Receiver<Envelope<M>
             unhandled = gate.dropped(),
             "stopped at once; messages discarded"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Messages delivered from an outside queue are settled after the batch's
+    //! `idle`, and a panicking one is reported by its tag.
+
+    use std::sync::{Arc, Mutex};
+
+    use crate::handle::SettleOutside;
+    use crate::{Backend, Context, Manager, Runtime};
+
+    #[derive(Default)]
+    struct Record(Mutex<Vec<String>>);
+
+    impl SettleOutside for Arc<Record> {
+        fn settle(&self, up_to: u64) {
+            self.0.lock().unwrap().push(format!("settle {up_to}"));
+        }
+        fn failed(&self, tag: u64, panic: &str) {
+            self.0.lock().unwrap().push(format!("failed {tag}: {panic}"));
+        }
+    }
+
+    struct Worker(Arc<Record>);
+
+    impl Manager for Worker {
+        type Msg = u32;
+        fn handle(&mut self, n: u32, _ctx: &mut Context<'_, u32>) {
+            if n == 0 {
+                panic!("zero");
+            }
+            self.0.0.lock().unwrap().push(format!("handle {n}"));
+        }
+        fn idle(&mut self, _ctx: &mut Context<'_, u32>) {
+            self.0.0.lock().unwrap().push("idle".to_owned());
+        }
+    }
+
+    #[test]
+    fn deliveries_settle_after_idle_and_panics_report_their_tag() {
+        for backend in Backend::ALL {
+            let rt = Runtime::builder().backend(backend).build().unwrap();
+            let record = Arc::new(Record::default());
+            let h = rt.spawn("outside", Worker(Arc::clone(&record))).unwrap();
+            assert!(h.shared.outside.set(Box::new(Arc::clone(&record))).is_ok());
+            h.deliver(1, 10).map_err(|_| ()).unwrap();
+            h.join().unwrap();
+            h.deliver(2, 11).map_err(|_| ()).unwrap();
+            h.deliver(0, 12).map_err(|_| ()).unwrap();
+            h.deliver(3, 13).map_err(|_| ()).unwrap();
+            h.join().unwrap();
+            let log = record.0.lock().unwrap().clone();
+            assert_eq!(&log[..3], ["handle 1", "idle", "settle 10"]);
+            assert!(log.contains(&"failed 12: zero".to_owned()), "{log:?}");
+            let settle = log.iter().rposition(|l| l == "settle 13").expect("settled 13");
+            let idle = log.iter().rposition(|l| l == "idle").unwrap();
+            assert!(idle < settle, "settled before idle: {log:?}");
+            assert!(log.contains(&"handle 3".to_owned()));
+        }
     }
 }

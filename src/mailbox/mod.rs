@@ -123,11 +123,23 @@ impl fmt::Display for Capacity {
     }
 }
 
-/// What travels in a mailbox: a user message, or an uncounted nudge that makes
-/// the manager look at its gate again (sent on stop).
+/// What travels in a mailbox: a user message, a message delivered from an
+/// outside queue (with the tag to settle it by), or an uncounted nudge that
+/// makes the manager look at its gate again (sent on stop).
 pub(crate) enum Envelope<M> {
     Msg(M),
+    Delivered(M, u64),
     Wake,
+}
+
+impl<M> Envelope<M> {
+    /// The message inside, if any.
+    pub(crate) fn into_msg(self) -> Option<M> {
+        match self {
+            Envelope::Msg(m) | Envelope::Delivered(m, _) => Some(m),
+            Envelope::Wake => None,
+        }
+    }
 }
 
 /// Why a send did not go through; the envelope comes back.

@@ -1,6 +1,6 @@
 //! `ManagerBuilder` and registration: how a manager gets its thread.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Entry, Inner, Runtime};
@@ -168,6 +168,7 @@ impl Inner {
             counters: Padded(Counters::default()),
             abort: AtomicBool::new(false),
             fuzz: inner.config.fuzz.is_some(),
+            outside: OnceLock::new(),
             waits: Arc::new(WaitNode::new(&name)),
             name: name.clone(),
             backend: options.backend,
