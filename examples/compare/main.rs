@@ -1,0 +1,430 @@
+//! When does a manager thread beat a lock, on this machine?
+//!
+//! Runs the same workloads with locks, atomics, bare channels and custody
+//! managers, and prints one row per (workload, design, threads): the median
+//! nanoseconds per operation, operations per second, and the ratio to the
+//! workload's reference design at the same thread count.
+//!
+//! Run: `cargo run --release --example compare -- --help`
+
+mod ask;
+mod counter;
+mod database;
+mod measure;
+mod printer;
+mod report;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use report::{Machine, Reference, Row};
+
+/// One workload: its designs (the reference first), the thread counts it is
+/// measured at, and one run of a design.
+struct Workload {
+    name: &'static str,
+    designs: &'static [&'static str],
+    threads: &'static [usize],
+    /// What the thread count counts, for the progress line.
+    unit: &'static str,
+    run: fn(&str, usize, u64) -> Duration,
+}
+
+const WORKLOADS: [Workload; 4] = [
+    Workload {
+        name: counter::NAME,
+        designs: &counter::DESIGNS,
+        threads: &counter::THREADS,
+        unit: "threads",
+        run: counter::run,
+    },
+    Workload {
+        name: ask::NAME,
+        designs: &ask::DESIGNS,
+        threads: &ask::THREADS,
+        unit: "caller",
+        run: ask::run,
+    },
+    Workload {
+        name: printer::NAME,
+        designs: &printer::DESIGNS,
+        threads: &printer::THREADS,
+        unit: "threads",
+        run: printer::run,
+    },
+    Workload {
+        name: database::NAME,
+        designs: &database::DESIGNS,
+        threads: &database::THREADS,
+        unit: "writers",
+        run: database::run,
+    },
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Default,
+    Quick,
+    Tiny,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Default => "default",
+            Mode::Quick => "quick",
+            Mode::Tiny => "tiny",
+        }
+    }
+
+    /// Runs per row; the row reports their median.
+    fn runs(self) -> usize {
+        match self {
+            Mode::Default => 5,
+            Mode::Quick => 3,
+            Mode::Tiny => 1,
+        }
+    }
+
+    /// Operations per thread (`k`) in one run of `design`.
+    ///
+    /// Sized so that the default mode takes under a minute on a 2-core
+    /// machine, and `--quick` about 15 s. Database designs that pay for one
+    /// commit (an fsync) per insert get fewer inserts; ns/op stays per insert.
+    fn ops_per_thread(self, workload: &str, design: &str) -> u64 {
+        let (default, quick, tiny) = match (workload, design) {
+            // A few ns per increment.
+            ("counter", "atomic" | "mutex-std" | "mutex-parking-lot" | "manager-coalesced") => {
+                (1_000_000, 600_000, 2_000)
+            }
+            // Tens of ns per message.
+            ("counter", _) => (300_000, 200_000, 1_000),
+            ("ask", "mutex-read") => (1_000_000, 600_000, 2_000),
+            // A wake-up per round trip: microseconds, up to ~100 us on a
+            // loaded machine.
+            ("ask", _) => (4_000, 2_500, 100),
+            ("printer", _) => (20_000, 12_000, 200),
+            // One commit (an fsync, milliseconds here) per insert, or per
+            // few inserts.
+            ("database", "mutex-connection" | "manager-ask") => (30, 20, 2),
+            // Group commits: hundreds of inserts per fsync.
+            ("database", _) => (2_000, 1_200, 20),
+            _ => unreachable!("no size for {workload}/{design}"),
+        };
+        match self {
+            Mode::Default => default,
+            Mode::Quick => quick,
+            Mode::Tiny => tiny,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug)]
+struct Options {
+    mode: Mode,
+    format: Format,
+    svg: Option<PathBuf>,
+    /// Indices into `WORKLOADS`, in its order.
+    workloads: Vec<usize>,
+}
+
+enum Command {
+    Help,
+    Run(Options),
+}
+
+const USAGE: &str = "\
+Usage: cargo run --release --example compare -- [OPTIONS]
+
+When does a manager thread beat a lock, on this machine? Measures each
+workload with locks, atomics, bare channels and custody managers, and prints
+one row per (workload, design, threads): the median ns per operation, ops/s,
+and the ratio to the workload's reference design at the same thread count
+(ratio = ns_per_op / reference ns_per_op; below 1 beats the reference).
+
+Workloads:
+  counter   threads add 1 to a shared count (reference: atomic)
+  ask       one caller, sequential request/answer round trips
+            (reference: spin-pingpong, two threads spinning on one cache line)
+  printer   threads print lines to one file (reference: mutex-writer)
+  database  writers insert rows into one SQLite file, WAL, synchronous=FULL,
+            each acknowledged once committed (reference: mutex-connection)
+
+Options:
+      --quick            fewer and smaller runs (about 15 s)
+      --tiny             smallest sizes, one run each (a smoke test)
+      --json             one JSON object per line instead of the table
+      --csv              CSV (header + rows) instead of the table
+      --svg PATH         also draw ops/s against threads to an SVG file
+      --workload NAME    only these workloads (repeatable, or comma-separated)
+  -h, --help             print this help
+
+Progress goes to stderr; results to stdout. The default run takes under a
+minute on a 2-core machine.
+";
+
+fn workload_names() -> String {
+    WORKLOADS
+        .iter()
+        .map(|w| w.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut mode: Option<Mode> = None;
+    let mut format: Option<Format> = None;
+    let mut svg = None;
+    let mut chosen = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_owned(), Some(value.to_owned()))
+            }
+            _ => (arg.clone(), None),
+        };
+        const FLAGS: [&str; 8] = [
+            "-h",
+            "--help",
+            "--quick",
+            "--tiny",
+            "--json",
+            "--csv",
+            "--svg",
+            "--workload",
+        ];
+        if !FLAGS.contains(&flag.as_str()) {
+            return Err(format!("unknown option `{flag}`"));
+        }
+        let takes_value = matches!(flag.as_str(), "--svg" | "--workload");
+        if inline.is_some() && !takes_value {
+            return Err(format!("{flag} takes no value"));
+        }
+        let mut value = || -> Result<String, String> {
+            match inline.clone().or_else(|| args.next()) {
+                Some(v) if !v.is_empty() => Ok(v),
+                _ => Err(format!("{flag} needs a value")),
+            }
+        };
+        match flag.as_str() {
+            "--quick" | "--tiny" => {
+                let m = if flag == "--quick" {
+                    Mode::Quick
+                } else {
+                    Mode::Tiny
+                };
+                if mode.is_some_and(|old| old != m) {
+                    return Err("--quick and --tiny exclude each other".to_owned());
+                }
+                mode = Some(m);
+            }
+            "--json" | "--csv" => {
+                let f = if flag == "--json" {
+                    Format::Json
+                } else {
+                    Format::Csv
+                };
+                if format.is_some_and(|old| old != f) {
+                    return Err("--json and --csv exclude each other".to_owned());
+                }
+                format = Some(f);
+            }
+            "--svg" => svg = Some(PathBuf::from(value()?)),
+            "--workload" => {
+                for name in value()?.split(',') {
+                    let name = name.trim();
+                    let Some(i) = WORKLOADS.iter().position(|w| w.name == name) else {
+                        return Err(format!(
+                            "unknown workload `{name}`; valid workloads: {}",
+                            workload_names()
+                        ));
+                    };
+                    chosen.push(i);
+                }
+            }
+            _ => return Ok(Command::Help),
+        }
+    }
+    let workloads = if chosen.is_empty() {
+        (0..WORKLOADS.len()).collect()
+    } else {
+        chosen.sort_unstable();
+        chosen.dedup();
+        chosen
+    };
+    Ok(Command::Run(Options {
+        mode: mode.unwrap_or(Mode::Default),
+        format: format.unwrap_or(Format::Table),
+        svg,
+        workloads,
+    }))
+}
+
+/// The progress line on stderr: rewritten in place on a terminal, one line
+/// per (workload, threads) group otherwise.
+struct Progress {
+    done: usize,
+    total: usize,
+    terminal: bool,
+    width: usize,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        Progress {
+            done: 0,
+            total,
+            terminal: std::io::stderr().is_terminal(),
+            width: 0,
+        }
+    }
+
+    fn group(&mut self, workload: &Workload, threads: usize) {
+        if !self.terminal {
+            eprintln!(
+                "[{}/{}] {} {threads} {}",
+                self.done, self.total, workload.name, workload.unit
+            );
+        }
+    }
+
+    fn run(&mut self, workload: &Workload, design: &str, threads: usize, run: usize, runs: usize) {
+        self.done += 1;
+        if self.terminal {
+            let line = format!(
+                "[{}/{}] {} {design} {threads} {} (run {run}/{runs})",
+                self.done, self.total, workload.name, workload.unit
+            );
+            self.width = self.width.max(line.len());
+            eprint!("\r{line:<width$}", width = self.width);
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    fn finish(&mut self, elapsed: Duration) {
+        if self.terminal {
+            eprint!("\r{:width$}\r", "", width = self.width);
+        }
+        eprintln!(
+            "compare: {} runs in {:.2} s",
+            self.total,
+            elapsed.as_secs_f64()
+        );
+    }
+}
+
+/// Measures every (design, threads) of the chosen workloads. Within one
+/// (workload, threads) group the designs take turns, run after run, so that
+/// a burst of noise from the rest of the machine is spread over all of them.
+fn measure(options: &Options) -> Vec<Row> {
+    let mode = options.mode;
+    let runs = mode.runs();
+    let total = options
+        .workloads
+        .iter()
+        .map(|&w| WORKLOADS[w].designs.len() * WORKLOADS[w].threads.len() * runs)
+        .sum();
+    let mut progress = Progress::new(total);
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for &w in &options.workloads {
+        let workload = &WORKLOADS[w];
+        for &threads in workload.threads {
+            progress.group(workload, threads);
+            let mut samples = vec![Vec::with_capacity(runs); workload.designs.len()];
+            for run in 1..=runs {
+                for (d, &design) in workload.designs.iter().enumerate() {
+                    progress.run(workload, design, threads, run, runs);
+                    let k = mode.ops_per_thread(workload.name, design);
+                    let elapsed = (workload.run)(design, threads, k);
+                    samples[d].push(measure::ns_per_op(elapsed, threads as u64 * k));
+                }
+            }
+            let medians: Vec<f64> = samples.iter_mut().map(|s| measure::median(s)).collect();
+            let reference = medians[0];
+            for (d, &design) in workload.designs.iter().enumerate() {
+                rows.push(Row {
+                    workload: workload.name,
+                    design,
+                    threads,
+                    ns_per_op: medians[d],
+                    ops_per_s: 1e9 / medians[d],
+                    ratio: medians[d] / reference,
+                });
+            }
+        }
+    }
+    progress.finish(started.elapsed());
+    rows
+}
+
+fn main() -> ExitCode {
+    let options = match parse(std::env::args().skip(1)) {
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Run(options)) => options,
+        Err(message) => {
+            eprintln!("compare: {message}");
+            eprintln!("Try `cargo run --release --example compare -- --help`.");
+            return ExitCode::from(2);
+        }
+    };
+    if cfg!(debug_assertions) {
+        eprintln!("compare: this is a debug build; use --release for meaningful numbers");
+    }
+    let machine = Machine::detect(options.mode.name(), options.mode.runs());
+    if options.format != Format::Table {
+        eprintln!("compare: {}", machine.summary());
+    }
+    if machine.busy() {
+        eprintln!(
+            "compare: warning: the machine is already busy (load {:.2} on {} cpus); \
+             expect noisy numbers, worst for designs that spin",
+            machine.load.unwrap_or_default(),
+            machine.cpus
+        );
+    }
+    let rows = measure(&options);
+    let output = match options.format {
+        Format::Table => {
+            let references: Vec<Reference> = options
+                .workloads
+                .iter()
+                .map(|&w| Reference {
+                    workload: WORKLOADS[w].name,
+                    design: WORKLOADS[w].designs[0],
+                })
+                .collect();
+            report::table(&rows, &machine, &references)
+        }
+        Format::Json => report::json(&rows),
+        Format::Csv => report::csv(&rows),
+    };
+    // A closed stdout (`| head`) is not worth a panic.
+    let _ = std::io::stdout().lock().write_all(output.as_bytes());
+    if let Some(path) = &options.svg {
+        let panels: Vec<_> = options
+            .workloads
+            .iter()
+            .map(|&w| (WORKLOADS[w].name, WORKLOADS[w].designs))
+            .collect();
+        if let Err(message) = report::svg(path, &rows, &panels, &machine) {
+            eprintln!("compare: {message}");
+            return ExitCode::FAILURE;
+        }
+        eprintln!("compare: chart written to {}", path.display());
+    }
+    ExitCode::SUCCESS
+}
