@@ -88,35 +88,50 @@ impl Mode {
         }
     }
 
-    /// Operations per thread (`k`) in one run of `design`.
+    /// The time one run should take at most, or `None` (tiny) to use the
+    /// smallest sizes as they are.
+    fn run_budget(self) -> Option<Duration> {
+        match self {
+            Mode::Default => Some(Duration::from_millis(120)),
+            Mode::Quick => Some(Duration::from_millis(70)),
+            Mode::Tiny => None,
+        }
+    }
+
+    /// The smallest and largest number of operations per thread (`k`) in
+    /// one run of `design`.
     ///
-    /// Sized so that the default mode takes under a minute on a 2-core
-    /// machine, and `--quick` about 15 s. Database designs that pay for one
-    /// commit (an fsync) per insert get fewer inserts; ns/op stays per insert.
-    fn ops_per_thread(self, workload: &str, design: &str) -> u64 {
+    /// On a quiet machine most designs run at the largest `k`; where a run
+    /// would take longer than [`run_budget`](Mode::run_budget) (slow
+    /// designs, a busy machine, slow fsyncs) a pilot run sizes `k` down, so
+    /// that the default mode stays under a minute on a busy 2-core machine
+    /// and `--quick` around 15 s. Designs that pay for one commit (an fsync)
+    /// per insert get far fewer inserts than group-committed ones; ns/op
+    /// stays per insert.
+    fn ops_range(self, workload: &str, design: &str) -> (u64, u64) {
         let (default, quick, tiny) = match (workload, design) {
             // A few ns per increment.
             ("counter", "atomic" | "mutex-std" | "mutex-parking-lot" | "manager-coalesced") => {
-                (1_000_000, 600_000, 2_000)
+                (2_000_000, 1_000_000, 2_000)
             }
             // Tens of ns per message.
-            ("counter", _) => (300_000, 200_000, 1_000),
-            ("ask", "mutex-read") => (1_000_000, 600_000, 2_000),
-            // A wake-up per round trip: microseconds, up to ~100 us on a
-            // loaded machine.
-            ("ask", _) => (4_000, 2_500, 100),
-            ("printer", _) => (20_000, 12_000, 200),
-            // One commit (an fsync, milliseconds here) per insert, or per
+            ("counter", _) => (500_000, 250_000, 1_000),
+            ("ask", "mutex-read") => (2_000_000, 1_000_000, 2_000),
+            // A wake-up per round trip: from about 100 ns (spinning, on a
+            // quiet machine) to 100s of us (a busy one).
+            ("ask", _) => (20_000, 10_000, 100),
+            ("printer", _) => (40_000, 20_000, 200),
+            // One commit (an fsync: 0.1 to several ms) per insert, or per
             // few inserts.
-            ("database", "mutex-connection" | "manager-ask") => (30, 20, 2),
+            ("database", "mutex-connection" | "manager-ask") => (50, 25, 2),
             // Group commits: hundreds of inserts per fsync.
-            ("database", _) => (2_000, 1_200, 20),
+            ("database", _) => (4_000, 2_000, 20),
             _ => unreachable!("no size for {workload}/{design}"),
         };
         match self {
-            Mode::Default => default,
-            Mode::Quick => quick,
-            Mode::Tiny => tiny,
+            Mode::Default => (tiny, default),
+            Mode::Quick => (tiny, quick),
+            Mode::Tiny => (tiny, tiny),
         }
     }
 }
@@ -243,6 +258,12 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
             "--workload" => {
                 for name in value()?.split(',') {
                     let name = name.trim();
+                    if name.is_empty() {
+                        return Err(format!(
+                            "--workload got an empty name; valid workloads: {}",
+                            workload_names()
+                        ));
+                    }
                     let Some(i) = WORKLOADS.iter().position(|w| w.name == name) else {
                         return Err(format!(
                             "unknown workload `{name}`; valid workloads: {}",
@@ -311,6 +332,18 @@ impl Progress {
         }
     }
 
+    fn sizing(&mut self, workload: &Workload, design: &str, threads: usize) {
+        if self.terminal {
+            let line = format!(
+                "[{}/{}] {} {design} {threads} {} (sizing)",
+                self.done, self.total, workload.name, workload.unit
+            );
+            self.width = self.width.max(line.len());
+            eprint!("\r{line:<width$}", width = self.width);
+            let _ = std::io::stderr().flush();
+        }
+    }
+
     fn finish(&mut self, elapsed: Duration) {
         if self.terminal {
             eprint!("\r{:width$}\r", "", width = self.width);
@@ -341,13 +374,27 @@ fn measure(options: &Options) -> Vec<Row> {
         let workload = &WORKLOADS[w];
         for &threads in workload.threads {
             progress.group(workload, threads);
+            let ks: Vec<u64> = workload
+                .designs
+                .iter()
+                .map(|&design| {
+                    let (min, max) = mode.ops_range(workload.name, design);
+                    match mode.run_budget() {
+                        None => min,
+                        Some(budget) => {
+                            progress.sizing(workload, design, threads);
+                            let run = |k| (workload.run)(design, threads, k);
+                            measure::fit(run, min, max, budget)
+                        }
+                    }
+                })
+                .collect();
             let mut samples = vec![Vec::with_capacity(runs); workload.designs.len()];
             for run in 1..=runs {
                 for (d, &design) in workload.designs.iter().enumerate() {
                     progress.run(workload, design, threads, run, runs);
-                    let k = mode.ops_per_thread(workload.name, design);
-                    let elapsed = (workload.run)(design, threads, k);
-                    samples[d].push(measure::ns_per_op(elapsed, threads as u64 * k));
+                    let elapsed = (workload.run)(design, threads, ks[d]);
+                    samples[d].push(measure::ns_per_op(elapsed, threads as u64 * ks[d]));
                 }
             }
             let medians: Vec<f64> = samples.iter_mut().map(|s| measure::median(s)).collect();
@@ -357,6 +404,7 @@ fn measure(options: &Options) -> Vec<Row> {
                     workload: workload.name,
                     design,
                     threads,
+                    k: ks[d],
                     ns_per_op: medians[d],
                     ops_per_s: 1e9 / medians[d],
                     ratio: medians[d] / reference,

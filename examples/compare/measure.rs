@@ -49,6 +49,28 @@ where
     })
 }
 
+/// Picks the number of operations per thread for runs of about `budget`,
+/// between `min` and `max`: pilot runs (`run(k)`) from `min` up, four times
+/// larger each, until one takes an eighth of the budget or reaches `max`;
+/// its pace then sets the size.
+pub fn fit(mut run: impl FnMut(u64) -> Duration, min: u64, max: u64, budget: Duration) -> u64 {
+    let min = min.max(1);
+    let max = max.max(min);
+    let mut k = min;
+    loop {
+        let elapsed = run(k);
+        if k >= max || elapsed >= budget / 8 {
+            let per_op = elapsed.as_secs_f64() / k as f64;
+            if per_op <= 0.0 {
+                return max;
+            }
+            let fitted = (budget.as_secs_f64() / per_op).min(u64::MAX as f64) as u64;
+            return fitted.clamp(min, max);
+        }
+        k = k.saturating_mul(4).min(max);
+    }
+}
+
 /// The median of `values` (the mean of the middle two for an even count).
 ///
 /// # Panics

@@ -11,6 +11,8 @@ pub struct Row {
     pub workload: &'static str,
     pub design: &'static str,
     pub threads: usize,
+    /// Operations per thread in each run.
+    pub k: u64,
     /// The median over the runs.
     pub ns_per_op: f64,
     pub ops_per_s: f64,
@@ -99,8 +101,8 @@ pub fn table(rows: &[Row], machine: &Machine, references: &[Reference]) -> Strin
         .max()
         .unwrap_or(6);
     let header = format!(
-        "{:<9} {:<design_width$} {:>7} {:>13} {:>10} {:>8}",
-        "workload", "design", "threads", "ns/op", "ops/s", "ratio"
+        "{:<9} {:<design_width$} {:>7} {:>13} {:>10} {:>8} {:>10}",
+        "workload", "design", "threads", "ns/op", "ops/s", "ratio", "k"
     );
     let _ = writeln!(out, "{header}");
     let _ = writeln!(out, "{}", "-".repeat(header.len()));
@@ -113,13 +115,14 @@ pub fn table(rows: &[Row], machine: &Machine, references: &[Reference]) -> Strin
         previous = Some(group);
         let _ = writeln!(
             out,
-            "{:<9} {:<design_width$} {:>7} {:>13} {:>10} {:>8}",
+            "{:<9} {:<design_width$} {:>7} {:>13} {:>10} {:>8} {:>10}",
             row.workload,
             row.design,
             row.threads,
             ns(row.ns_per_op),
             si(row.ops_per_s),
             format!("{:.2}", row.ratio),
+            row.k,
         );
     }
     let _ = writeln!(out);
@@ -132,6 +135,10 @@ pub fn table(rows: &[Row], machine: &Machine, references: &[Reference]) -> Strin
         "ratio = ns/op / the reference's ns/op at the same thread count (reference: {}); \
          below 1 beats the reference.",
         refs.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "k = operations per thread in each run (sized down where a run would be too long)."
     );
     out
 }
@@ -279,7 +286,8 @@ fn draw(
         "custody compare: ops/s by threads ({} cpus, {}, {} mode)",
         machine.cpus, machine.cpu_model, machine.mode
     );
-    let root = root.titled(&title, ("sans-serif", 24))?;
+    let title_size = if columns == 1 { 17 } else { 24 };
+    let root = root.titled(&title, ("sans-serif", title_size))?;
     let panels = root.split_evenly((lines, columns));
     for (panel, &(workload, designs)) in panels.iter().zip(workloads) {
         let mine: Vec<&Row> = rows.iter().filter(|r| r.workload == workload).collect();
@@ -363,10 +371,17 @@ fn draw_panel(
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
     for (i, &design) in designs.iter().enumerate() {
+        // With one thread count, the designs' points stand side by side
+        // rather than on top of each other.
+        let nudge = if threads.len() == 1 {
+            (i as f64 - (designs.len() as f64 - 1.0) / 2.0) * 0.06
+        } else {
+            0.0
+        };
         let mut points: Vec<(f64, f64)> = rows
             .iter()
             .filter(|r| r.design == design && r.ops_per_s.is_finite() && r.ops_per_s > 0.0)
-            .map(|r| (x_of(r.threads), r.ops_per_s))
+            .map(|r| (x_of(r.threads) + nudge, r.ops_per_s))
             .collect();
         if points.is_empty() {
             continue;
