@@ -23,11 +23,19 @@ use report::{Machine, Reference, Row};
 
 /// One workload: its designs (the reference first), the thread counts it is
 /// measured at, and one run of a design.
+impl Workload {
+    /// `1 thread`, `4 threads`, `8 writers`.
+    fn count(&self, threads: usize) -> String {
+        let plural = if threads == 1 { "" } else { "s" };
+        format!("{threads} {}{plural}", self.unit)
+    }
+}
+
 struct Workload {
     name: &'static str,
     designs: &'static [&'static str],
     threads: &'static [usize],
-    /// What the thread count counts, for the progress line.
+    /// What the thread count counts (singular), for the progress line.
     unit: &'static str,
     run: fn(&str, usize, u64) -> Duration,
 }
@@ -37,7 +45,7 @@ const WORKLOADS: [Workload; 4] = [
         name: counter::NAME,
         designs: &counter::DESIGNS,
         threads: &counter::THREADS,
-        unit: "threads",
+        unit: "thread",
         run: counter::run,
     },
     Workload {
@@ -51,14 +59,14 @@ const WORKLOADS: [Workload; 4] = [
         name: printer::NAME,
         designs: &printer::DESIGNS,
         threads: &printer::THREADS,
-        unit: "threads",
+        unit: "thread",
         run: printer::run,
     },
     Workload {
         name: database::NAME,
         designs: &database::DESIGNS,
         threads: &database::THREADS,
-        unit: "writers",
+        unit: "writer",
         run: database::run,
     },
 ];
@@ -183,8 +191,11 @@ Options:
       --workload NAME    only these workloads (repeatable, or comma-separated)
   -h, --help             print this help
 
-Progress goes to stderr; results to stdout. The default run takes under a
-minute on a 2-core machine.
+Each row's runs do k operations per thread (the table's k column): a fixed
+size on a quiet machine, sized down by a pilot run where one run would take
+too long (slow fsyncs, a busy machine), so the default run stays under a
+minute and --quick around 15 s even on a busy 2-core machine. Progress goes to
+stderr; results to stdout.
 ";
 
 fn workload_names() -> String {
@@ -313,8 +324,11 @@ impl Progress {
     fn group(&mut self, workload: &Workload, threads: usize) {
         if !self.terminal {
             eprintln!(
-                "[{}/{}] {} {threads} {}",
-                self.done, self.total, workload.name, workload.unit
+                "[{}/{}] {} {}",
+                self.done,
+                self.total,
+                workload.name,
+                workload.count(threads)
             );
         }
     }
@@ -323,8 +337,11 @@ impl Progress {
         self.done += 1;
         if self.terminal {
             let line = format!(
-                "[{}/{}] {} {design} {threads} {} (run {run}/{runs})",
-                self.done, self.total, workload.name, workload.unit
+                "[{}/{}] {} {design} {} (run {run}/{runs})",
+                self.done,
+                self.total,
+                workload.name,
+                workload.count(threads)
             );
             self.width = self.width.max(line.len());
             eprint!("\r{line:<width$}", width = self.width);
@@ -335,8 +352,11 @@ impl Progress {
     fn sizing(&mut self, workload: &Workload, design: &str, threads: usize) {
         if self.terminal {
             let line = format!(
-                "[{}/{}] {} {design} {threads} {} (sizing)",
-                self.done, self.total, workload.name, workload.unit
+                "[{}/{}] {} {design} {} (sizing)",
+                self.done,
+                self.total,
+                workload.name,
+                workload.count(threads)
             );
             self.width = self.width.max(line.len());
             eprint!("\r{line:<width$}", width = self.width);
