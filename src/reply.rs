@@ -56,15 +56,14 @@ struct Slot<T> {
 impl<T> Slot<T> {
     fn complete(&self, outcome: Outcome<T>) {
         *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = outcome;
-        if self.state.swap(READY, Ordering::AcqRel) == PARKED {
-            if let Some(asker) = self
+        if self.state.swap(READY, Ordering::AcqRel) == PARKED
+            && let Some(asker) = self
                 .asker
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .as_ref()
-            {
-                asker.unpark();
-            }
+        {
+            asker.unpark();
         }
     }
 
