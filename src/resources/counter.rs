@@ -30,9 +30,6 @@ pub enum CounterMsg {
     Add(i64),
     /// Answers the current value.
     Get(Reply<i64>),
-    /// Adds the operand and answers the value it produced (a fetch-add that
-    /// hands back the new value).
-    AddAndGet(i64, Reply<i64>),
     /// Sets the value back to zero.
     Reset,
 }
@@ -105,10 +102,6 @@ impl Manager for Counter {
         match msg {
             CounterMsg::Add(n) => self.value = self.value.wrapping_add(n),
             CounterMsg::Get(reply) => reply.send(self.value),
-            CounterMsg::AddAndGet(n, reply) => {
-                self.value = self.value.wrapping_add(n);
-                reply.send(self.value);
-            }
             CounterMsg::Reset => self.value = 0,
         }
     }
@@ -158,29 +151,6 @@ impl CounterHandle {
     /// As [`Handle::ask`].
     pub fn get(&self) -> Result<i64, AskError> {
         self.handle.ask(CounterMsg::Get)
-    }
-
-    /// Adds `n` and returns the value this addition produced: no other
-    /// message can come between the two, so each caller sees its own count.
-    ///
-    /// # Errors
-    ///
-    /// As [`Handle::ask`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use custody::Runtime;
-    /// use custody::resources::Counter;
-    ///
-    /// let rt = Runtime::new();
-    /// let tickets = Counter::new().spawn(&rt, "tickets")?;
-    /// let mine: Vec<i64> = (0..3).map(|_| tickets.add_and_get(1)).collect::<Result<_, _>>()?;
-    /// assert_eq!(mine, [1, 2, 3]);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn add_and_get(&self, n: i64) -> Result<i64, AskError> {
-        self.handle.ask(|reply| CounterMsg::AddAndGet(n, reply))
     }
 
     /// Sets the value back to zero without waiting.

@@ -136,27 +136,3 @@ fn handles_and_messages_are_send_and_sync() {
     send_sync::<Counter>();
     send::<CounterMsg>();
 }
-
-#[test]
-fn add_and_get_hands_each_caller_a_distinct_count() {
-    each_backend(
-        "add_and_get_hands_each_caller_a_distinct_count",
-        |backend| {
-            let rt = runtime(backend);
-            let counter = Counter::new().spawn(&rt, "tickets").unwrap();
-            let takers: Vec<_> = (0..4)
-                .map(|_| {
-                    let counter = counter.clone();
-                    thread::spawn(move || {
-                        (0..250)
-                            .map(|_| counter.add_and_get(1).unwrap())
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            let mut all: Vec<i64> = takers.into_iter().flat_map(|t| t.join().unwrap()).collect();
-            all.sort_unstable();
-            assert_eq!(all, (1..=1000).collect::<Vec<_>>());
-        },
-    );
-}
