@@ -145,7 +145,7 @@ impl<M: Send + 'static> Handle<M> {
     /// Counted like a tell. Blocks while a bounded mailbox is full.
     #[allow(dead_code)] // used by the broker mailbox
     pub(crate) fn deliver(&self, msg: M, tag: u64) -> Result<(), M> {
-        self.post_envelope(Envelope::Delivered(msg, tag), Wait::Until(None))
+        self.post_envelope(Envelope::Delivered(Box::new((msg, tag))), Wait::Until(None))
             .map_err(|r| match r {
                 Refusal::Stopped(m) | Refusal::Full(m) | Refusal::Timeout(m) => m,
             })

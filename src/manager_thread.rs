@@ -91,7 +91,7 @@ pub(crate) fn run<Mg: Manager>(
         }
         let mut next = match rx.recv(wake_at) {
             Ok(Envelope::Msg(msg)) => Some((msg, None)),
-            Ok(Envelope::Delivered(msg, tag)) => Some((msg, Some(tag))),
+            Ok(Envelope::Delivered(delivered)) => Some((delivered.0, Some(delivered.1))),
             Ok(Envelope::Wake) => None,
             Err(RecvFailure::Timeout | RecvFailure::Empty) => continue,
             Err(RecvFailure::Disconnected) => break,
@@ -121,7 +121,7 @@ pub(crate) fn run<Mg: Manager>(
             }
             match rx.try_recv() {
                 Ok(Envelope::Msg(msg)) => next = Some((msg, None)),
-                Ok(Envelope::Delivered(msg, tag)) => next = Some((msg, Some(tag))),
+                Ok(Envelope::Delivered(delivered)) => next = Some((delivered.0, Some(delivered.1))),
                 Ok(Envelope::Wake) => {}
                 Err(RecvFailure::Empty) => {
                     dry = true;
@@ -284,8 +284,8 @@ fn discard_rest<M: Send + 'static>(handle: &Handle<M>, rx: &Receiver<Envelope<M>
     let previous = reply::set_drop_mode(DropMode::Discarding);
     while gate.unfinished() > 0 {
         match rx.recv(Some(Instant::now() + DISCARD_POLL)) {
-            Ok(Envelope::Msg(msg) | Envelope::Delivered(msg, _)) => {
-                drop(msg);
+            Ok(envelope @ (Envelope::Msg(_) | Envelope::Delivered(_))) => {
+                drop(envelope);
                 gate.add_dropped(1);
                 gate.leave(1);
             }

@@ -126,17 +126,26 @@ impl fmt::Display for Capacity {
 /// What travels in a mailbox: a user message, a message delivered from an
 /// outside queue (with the tag to settle it by), or an uncounted nudge that
 /// makes the manager look at its gate again (sent on stop).
+///
+/// `Delivered` is boxed so that it does not make every local message larger:
+/// the envelope of a local message is the message plus, at most, a tag word
+/// (often nothing, when the message has a niche), which keeps more messages
+/// per cache line on the hot path.
 pub(crate) enum Envelope<M> {
     Msg(M),
-    Delivered(M, u64),
+    Delivered(Box<(M, u64)>),
     Wake,
 }
+
+/// The envelope must not grow past the message plus one word.
+const _: () = assert!(std::mem::size_of::<Envelope<u64>>() <= 16);
 
 impl<M> Envelope<M> {
     /// The message inside, if any.
     pub(crate) fn into_msg(self) -> Option<M> {
         match self {
-            Envelope::Msg(m) | Envelope::Delivered(m, _) => Some(m),
+            Envelope::Msg(m) => Some(m),
+            Envelope::Delivered(delivered) => Some(delivered.0),
             Envelope::Wake => None,
         }
     }
