@@ -3,9 +3,9 @@
 //! The asker allocates one `Arc<Slot<T>>` and keeps a [`Waiter`]; the manager
 //! gets the [`Reply`] inside its message. The answer travels under an
 //! uncontended mutex and is announced by the slot's `state`, which the asker
-//! polls for a short, bounded while (a round trip to a manager on another core
-//! usually completes within it), then yields a few times (in case it shares a
-//! core with the manager), then parks. Only an asker about to park registers
+//! polls for a short, bounded while (about 20 µs: a round trip to a manager on
+//! another core usually completes within it), yielding its core now and then
+//! in case the manager is waiting for it, then parks. Only an asker about to park registers
 //! its `Thread` and moves the state to `PARKED`; the manager's single `swap` to
 //! `READY` tells it whether anyone must be unparked. So the fast path touches
 //! one cache line besides the value and makes no system call.
@@ -22,14 +22,15 @@ use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, Thread};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// How many times an asker polls the flag with a spin hint before yielding:
-/// about a microsecond, enough for a manager on another core to answer.
-const SPIN_LIMIT: u32 = 64;
-/// How many times it then yields its core (to a manager that may share it)
-/// before it parks.
-const YIELD_LIMIT: u32 = 4;
+/// How long an asker polls before it parks: long enough for a manager on
+/// another core to answer an ordinary request, short enough not to matter
+/// next to a parked wait.
+const SPIN_FOR: Duration = Duration::from_micros(20);
+/// Spin hints between two looks at the clock; every fourth look also yields
+/// the core, in case the manager is waiting for this very core.
+const SPINS_PER_LOOK: u32 = 32;
 
 enum Outcome<T> {
     Pending,
@@ -212,6 +213,27 @@ impl<T: Send + 'static> fmt::Debug for Reply<T> {
 }
 
 impl<T> Waiter<T> {
+    /// Polls for a short, bounded while; `true` once the slot is ready.
+    fn spin(&self) -> bool {
+        let started = Instant::now();
+        let mut looks = 0u32;
+        loop {
+            for _ in 0..SPINS_PER_LOOK {
+                if self.slot.is_ready() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            looks += 1;
+            if looks.is_multiple_of(4) {
+                thread::yield_now();
+            }
+            if started.elapsed() >= SPIN_FOR {
+                return self.slot.is_ready();
+            }
+        }
+    }
+
     /// Parks until the slot is ready; `false` if the deadline passed first.
     #[cold]
     fn park(&self, deadline: Option<Instant>) -> bool {
@@ -244,21 +266,8 @@ impl<T> Waiter<T> {
     /// Waits for the answer until `deadline` (forever when `None`).
     pub(crate) fn wait(self, deadline: Option<Instant>) -> Answer<T> {
         let slot = &*self.slot;
-        let mut polls = 0;
-        while !slot.is_ready() {
-            if polls < SPIN_LIMIT + YIELD_LIMIT {
-                polls += 1;
-                if polls <= SPIN_LIMIT {
-                    std::hint::spin_loop();
-                } else {
-                    thread::yield_now();
-                }
-                continue;
-            }
-            if !self.park(deadline) {
-                return Answer::TimedOut;
-            }
-            break;
+        if !slot.is_ready() && !self.spin() && !self.park(deadline) {
+            return Answer::TimedOut;
         }
         let outcome = std::mem::replace(
             &mut *self
