@@ -124,6 +124,9 @@ pub(crate) fn run<Mg: Manager>(
                 Ok(Envelope::Delivered(delivered)) => next = Some((delivered.0, Some(delivered.1))),
                 Ok(Envelope::Wake) => {}
                 Err(RecvFailure::Empty) => {
+                    if linger(&rx) {
+                        continue;
+                    }
                     dry = true;
                     break;
                 }
@@ -158,6 +161,25 @@ pub(crate) fn run<Mg: Manager>(
         "stopped"
     );
     shared.gate.mark_exited();
+}
+
+/// How many spin hints the loop waits for one more message before it calls
+/// the mailbox dry (about a microsecond).
+const LINGER_SPINS: u32 = 64;
+
+/// Before ending a batch, waits a moment for the next message. Under a steady
+/// stream this merges what would be many one-message batches into one, so the
+/// batch's fixed costs (idle, settling the gate) are paid once, not per
+/// message; an idle mailbox costs one extra microsecond per batch.
+#[inline]
+fn linger<M>(rx: &Receiver<Envelope<M>>) -> bool {
+    for _ in 0..LINGER_SPINS {
+        std::hint::spin_loop();
+        if !rx.is_empty() {
+            return true;
+        }
+    }
+    false
 }
 
 impl<Mg: Manager> Supervisor<'_, Mg> {
