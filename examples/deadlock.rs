@@ -259,12 +259,5 @@ fn main() -> ExitCode {
         failures.push(format!("shutdown left messages unhandled:\n{report}"));
     }
 
-    if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        for failure in failures {
-            eprintln!("check failed: {failure}");
-        }
-        ExitCode::FAILURE
-    }
+    common::verdict(failures)
 }

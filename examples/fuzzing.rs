@@ -203,21 +203,9 @@ fn show(output: &str) {
     }
 }
 
-fn trials_arg() -> Result<usize, String> {
-    match std::env::args().nth(1) {
-        None => Ok(20),
-        Some(text) => match text.parse() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!(
-                "expected a positive number of trials, got {text:?}"
-            )),
-        },
-    }
-}
-
 fn main() -> ExitCode {
     common::init_logging(Level::INFO);
-    let trials = match trials_arg() {
+    let trials = match common::positive_arg::<usize>("trials", 20) {
         Ok(n) => n,
         Err(why) => {
             eprintln!("{why}");
@@ -306,12 +294,5 @@ fn main() -> ExitCode {
             "the manager way was exact in only {managed_exact} of {trials} trials (seed {seed})"
         ));
     }
-    if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        for failure in failures {
-            eprintln!("check failed: {failure}");
-        }
-        ExitCode::FAILURE
-    }
+    common::verdict(failures)
 }

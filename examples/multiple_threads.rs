@@ -51,18 +51,6 @@ impl Manager for Worker {
     }
 }
 
-fn workers_arg() -> Result<u32, String> {
-    match std::env::args().nth(1) {
-        None => Ok(3),
-        Some(text) => match text.parse() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!(
-                "expected a positive number of workers, got {text:?}"
-            )),
-        },
-    }
-}
-
 fn order(events: &[Event], pick: fn(Event) -> Option<u32>) -> String {
     let ids: Vec<String> = events
         .iter()
@@ -74,7 +62,7 @@ fn order(events: &[Event], pick: fn(Event) -> Option<u32>) -> String {
 
 fn main() -> ExitCode {
     common::init_logging(Level::INFO);
-    let workers = match workers_arg() {
+    let workers = match common::positive_arg::<u32>("workers", 3) {
         Ok(n) => n,
         Err(why) => {
             eprintln!("{why}");
@@ -162,12 +150,5 @@ fn main() -> ExitCode {
     if joined_after_finish.len() != threads.len() {
         failures.push("the main thread did not join every worker".to_owned());
     }
-    if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        for failure in failures {
-            eprintln!("check failed: {failure}");
-        }
-        ExitCode::FAILURE
-    }
+    common::verdict(failures)
 }

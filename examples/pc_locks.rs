@@ -243,18 +243,6 @@ fn with_a_manager(
     Ok((sent, stored))
 }
 
-fn messages_arg() -> Result<usize, String> {
-    match std::env::args().nth(1) {
-        None => Ok(10),
-        Some(text) => match text.parse() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!(
-                "expected a positive number of messages, got {text:?}"
-            )),
-        },
-    }
-}
-
 fn check(part: &str, sent: &[u32], stored: &[u32], failures: &mut Vec<String>) {
     if sent == stored {
         println!(
@@ -268,7 +256,7 @@ fn check(part: &str, sent: &[u32], stored: &[u32], failures: &mut Vec<String>) {
 
 fn main() -> ExitCode {
     common::init_logging(Level::DEBUG);
-    let messages = match messages_arg() {
+    let messages = match common::positive_arg::<usize>("messages", 10) {
         Ok(n) => n,
         Err(why) => {
             eprintln!("{why}");
@@ -289,12 +277,5 @@ fn main() -> ExitCode {
         Err(error) => failures.push(format!("the manager part failed: {error}")),
     }
 
-    if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        for failure in failures {
-            eprintln!("check failed: {failure}");
-        }
-        ExitCode::FAILURE
-    }
+    common::verdict(failures)
 }

@@ -29,6 +29,8 @@
 //! Exits 0 only if part 1 lost updates and jumbled its lines, and part 2 was
 //! exact.
 
+mod common;
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Barrier;
@@ -166,18 +168,8 @@ fn managed(workers: u64) -> Result<(u64, Vec<String>), Box<dyn std::error::Error
     Ok((count, terminal.lines()))
 }
 
-fn workers_arg() -> Result<u64, String> {
-    match std::env::args().nth(1) {
-        None => Ok(10),
-        Some(text) => match text.parse() {
-            Ok(n) if n >= 2 => Ok(n),
-            _ => Err(format!("expected at least 2 workers, got {text:?}")),
-        },
-    }
-}
-
 fn main() -> ExitCode {
-    let workers = match workers_arg() {
+    let workers = match common::positive_arg::<u64>("workers", 10) {
         Ok(n) => n,
         Err(why) => {
             eprintln!("{why}");
@@ -231,12 +223,5 @@ fn main() -> ExitCode {
         Err(error) => failures.push(format!("part 2 failed: {error}")),
     }
 
-    if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        for failure in failures {
-            eprintln!("check failed: {failure}");
-        }
-        ExitCode::FAILURE
-    }
+    common::verdict(failures)
 }

@@ -123,13 +123,6 @@ fn main() -> ExitCode {
             daemon.shutdown_took
         ));
     }
-    if failures.is_empty() {
-        // Returning ends the process, daemon thread and all, mid-sleep.
-        ExitCode::SUCCESS
-    } else {
-        for failure in failures {
-            eprintln!("check failed: {failure}");
-        }
-        ExitCode::FAILURE
-    }
+    // Returning ends the process, daemon thread and all, mid-sleep.
+    common::verdict(failures)
 }

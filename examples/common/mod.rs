@@ -4,7 +4,12 @@
 //! Each example includes this file with `mod common;`. It is not an example
 //! of its own (Cargo only picks up `examples/*.rs` and `examples/*/main.rs`).
 
+// Each example uses only some of these helpers.
+#![allow(dead_code)]
+
 use std::fmt;
+use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{Event, Level, Subscriber};
@@ -59,4 +64,33 @@ where
         ctx.format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }
+}
+
+/// The first command-line argument as a positive number of `what`, or
+/// `default` when there is none.
+pub fn positive_arg<T: FromStr + PartialOrd + Default>(
+    what: &str,
+    default: T,
+) -> Result<T, String> {
+    match std::env::args().nth(1) {
+        None => Ok(default),
+        Some(text) => match text.parse::<T>() {
+            Ok(n) if n > T::default() => Ok(n),
+            _ => Err(format!(
+                "expected a positive number of {what}, got {text:?}"
+            )),
+        },
+    }
+}
+
+/// Success if no check failed; otherwise each failure on stderr and a failure
+/// exit code.
+pub fn verdict(failures: Vec<String>) -> ExitCode {
+    if failures.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for failure in failures {
+        eprintln!("check failed: {failure}");
+    }
+    ExitCode::FAILURE
 }
