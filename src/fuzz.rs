@@ -63,6 +63,25 @@ pub(crate) fn enable(seed: u64, max_pause: Duration) {
     eprintln!("custody: fuzz mode on, seed {seed} (replay with CUSTODY_FUZZ_SEED={seed})");
 }
 
+/// Switches [`point`] off again for the whole process (runtimes built with
+/// [`Builder::fuzz`](crate::Builder::fuzz) keep pausing at their own sends and
+/// messages; build a new runtime without it to stop those).
+///
+/// # Examples
+///
+/// ```
+/// use custody::{Runtime, fuzz};
+///
+/// let fuzzed = Runtime::builder().fuzz(1).build()?;
+/// assert!(fuzz::seed().is_some());
+/// fuzz::disable();
+/// assert_eq!(fuzz::seed(), None);
+/// # Ok::<(), custody::BuildError>(())
+/// ```
+pub fn disable() {
+    ENABLED.store(false, Relaxed);
+}
+
 /// The seed of the current fuzz run, if fuzz mode is on.
 pub fn seed() -> Option<u64> {
     ENABLED.load(Relaxed).then(|| SEED.load(Relaxed))
