@@ -320,7 +320,10 @@ mod tests {
             self.0.lock().unwrap().push(format!("settle {up_to}"));
         }
         fn failed(&self, tag: u64, panic: &str) {
-            self.0.lock().unwrap().push(format!("failed {tag}: {panic}"));
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("failed {tag}: {panic}"));
         }
     }
 
@@ -355,7 +358,10 @@ mod tests {
             let log = record.0.lock().unwrap().clone();
             assert_eq!(&log[..3], ["handle 1", "idle", "settle 10"]);
             assert!(log.contains(&"failed 12: zero".to_owned()), "{log:?}");
-            let settle = log.iter().rposition(|l| l == "settle 13").expect("settled 13");
+            let settle = log
+                .iter()
+                .rposition(|l| l == "settle 13")
+                .expect("settled 13");
             let idle = log.iter().rposition(|l| l == "idle").unwrap();
             assert!(idle < settle, "settled before idle: {log:?}");
             assert!(log.contains(&"handle 3".to_owned()));

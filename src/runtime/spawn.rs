@@ -1,7 +1,7 @@
 //! `ManagerBuilder` and registration: how a manager gets its thread.
 
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use super::{Entry, Inner, Runtime};
 use crate::deadlock::WaitNode;
