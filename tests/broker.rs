@@ -1,0 +1,397 @@
+//! Tests against a real RabbitMQ broker (feature `amqp`): the URL comes from
+//! `CUSTODY_AMQP_URL`, or guest@127.0.0.1:5672. An unreachable broker fails
+//! these tests; it never skips them.
+//!
+//! Every test uses queue names of its own (process id, counter, clock) and
+//! deletes its queues at the end, and runs inside `within`, which fails it
+//! after 60 s instead of hanging.
+
+#![cfg(feature = "amqp")]
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use custody::broker::{Broker, BrokerBuilder, BrokerError, RemoteJoinError};
+use custody::{Context, Manager, Runtime};
+use serde::{Deserialize, Serialize};
+
+/// Runs `f` on a thread of its own and fails the test if it takes over 60 s.
+fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("the scenario did not finish within 60 s"),
+    }
+}
+
+fn url() -> String {
+    std::env::var("CUSTODY_AMQP_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| custody::broker::DEFAULT_URL.to_owned())
+}
+
+fn builder() -> BrokerBuilder {
+    Broker::builder(url())
+}
+
+fn connect(b: BrokerBuilder) -> Broker {
+    b.connect()
+        .unwrap_or_else(|e| panic!("the broker tests need a RabbitMQ broker at {}: {e}", url()))
+}
+
+/// A manager name no other test run uses.
+fn unique_name(label: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "test.{label}.{}.{}.{nanos:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Deletes the queues of a manager name when dropped, pass or fail.
+struct Queues {
+    broker: Broker,
+    name: String,
+}
+
+impl Queues {
+    fn new(label: &str) -> Queues {
+        Queues {
+            broker: connect(builder()),
+            name: unique_name(label),
+        }
+    }
+}
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        if let Err(e) = self.broker.delete_queues(&self.name) {
+            eprintln!("could not delete the queues of {}: {e}", self.name);
+        }
+    }
+}
+
+/// Records what it handles; panics on `Poison` every time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Job {
+    Work(u64),
+    Poison,
+}
+
+#[derive(Default)]
+struct Log {
+    handled: Vec<u64>,
+    poison_attempts: u32,
+    idles: u32,
+}
+
+struct Recorder(Arc<Mutex<Log>>);
+
+impl Manager for Recorder {
+    type Msg = Job;
+    fn handle(&mut self, job: Job, _ctx: &mut Context<'_, Job>) {
+        let mut log = self.0.lock().unwrap();
+        match job {
+            Job::Work(n) => log.handled.push(n),
+            Job::Poison => {
+                log.poison_attempts += 1;
+                drop(log);
+                panic!("poison job");
+            }
+        }
+    }
+    fn idle(&mut self, _ctx: &mut Context<'_, Job>) {
+        self.0.lock().unwrap().idles += 1;
+    }
+}
+
+fn handled(log: &Arc<Mutex<Log>>) -> Vec<u64> {
+    log.lock().unwrap().handled.clone()
+}
+
+#[test]
+fn tells_from_a_remote_handle_are_handled_in_order_and_joined() {
+    within(|| {
+        let queues = Queues::new("order");
+        let rt = Runtime::new();
+        let owner = connect(builder());
+        let log = Arc::new(Mutex::new(Log::default()));
+        let served = owner
+            .serve(&rt, &queues.name, Recorder(Arc::clone(&log)))
+            .unwrap();
+        let sender = connect(builder());
+        let jobs = sender.remote_handle::<Job>(&queues.name).unwrap();
+        const N: u64 = 200;
+        let started = Instant::now();
+        for n in 0..N {
+            jobs.tell(Job::Work(n)).unwrap();
+        }
+        let told = started.elapsed();
+        jobs.join().unwrap();
+        let joined = started.elapsed();
+        eprintln!(
+            "{N} tells: {:?} a tell (confirmed), {:?} until joined",
+            told / N as u32,
+            joined
+        );
+        assert_eq!(jobs.outstanding(), 0);
+        assert_eq!(handled(&log), (0..N).collect::<Vec<_>>());
+        assert!(log.lock().unwrap().idles >= 1);
+        // Nothing is left unacknowledged: a graceful stop returns nothing.
+        served.stop();
+        assert!(
+            owner
+                .take_dead_letters(&queues.name, 10)
+                .unwrap()
+                .is_empty()
+        );
+        drop(jobs);
+        drop(queues);
+    });
+}
+
+#[test]
+fn an_unreachable_broker_is_a_typed_error_within_seconds() {
+    within(|| {
+        let closed_port = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        for port in [1, closed_port] {
+            let started = Instant::now();
+            let err = Broker::connect(&format!("amqp://guest:s3cr3t-pw@127.0.0.1:{port}/%2f"))
+                .unwrap_err();
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(10), "took {took:?}");
+            assert!(
+                matches!(&err, BrokerError::Unreachable { host, .. } if *host == format!("127.0.0.1:{port}")),
+                "{err:?}"
+            );
+            let shown = err.to_string();
+            assert!(shown.contains(&format!("127.0.0.1:{port}")), "{shown}");
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(!format!("{err:?}").contains("s3cr3t"));
+        }
+        // A peer that accepts and never speaks AMQP: the connect timeout ends it.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let started = Instant::now();
+        let err = Broker::builder(format!("amqp://guest:s3cr3t-pw@127.0.0.1:{port}/%2f"))
+            .connect_timeout(Duration::from_secs(1))
+            .connect()
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(matches!(err, BrokerError::Unreachable { .. }), "{err:?}");
+        assert!(!err.to_string().contains("s3cr3t"));
+        drop(silent);
+    });
+}
+
+#[test]
+fn a_message_of_the_wrong_type_is_dead_lettered_while_good_ones_flow() {
+    within(|| {
+        let queues = Queues::new("wrongtype");
+        let rt = Runtime::new();
+        let owner = connect(builder());
+        let log = Arc::new(Mutex::new(Log::default()));
+        let served = owner
+            .serve(&rt, &queues.name, Recorder(Arc::clone(&log)))
+            .unwrap();
+        let sender = connect(builder());
+        let jobs = sender.remote_handle::<Job>(&queues.name).unwrap();
+        let strangers = sender.remote_handle::<(String, f64)>(&queues.name).unwrap();
+        for n in 0..5 {
+            jobs.tell(Job::Work(n)).unwrap();
+        }
+        strangers.tell(("not a job".to_owned(), 1.5)).unwrap();
+        for n in 5..10 {
+            jobs.tell(Job::Work(n)).unwrap();
+        }
+        jobs.join().unwrap();
+        match strangers.join() {
+            Err(RemoteJoinError::DeadLettered { dead, .. }) => {
+                assert_eq!(dead.len(), 1);
+                assert!(dead[0].reason.contains("Job"), "{:?}", dead[0]);
+            }
+            other => panic!("expected DeadLettered, got {other:?}"),
+        }
+        assert_eq!(handled(&log), (0..10).collect::<Vec<_>>());
+        served.stop();
+        let dead = owner.take_dead_letters(&queues.name, 10).unwrap();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        let error = dead[0].error.as_deref().expect("an x-custody-error header");
+        assert!(error.contains("Job"), "{error}");
+        assert!(
+            dead[0]
+                .id
+                .as_deref()
+                .unwrap()
+                .starts_with(strangers.producer_id())
+        );
+        drop(queues);
+    });
+}
+
+#[test]
+fn a_poison_message_is_dead_lettered_after_the_delivery_limit() {
+    within(|| {
+        const LIMIT: u32 = 2;
+        let queues = Queues::new("poison");
+        let rt = Runtime::new();
+        let owner = connect(builder().delivery_limit(LIMIT));
+        let log = Arc::new(Mutex::new(Log::default()));
+        let served = owner
+            .serve(&rt, &queues.name, Recorder(Arc::clone(&log)))
+            .unwrap();
+        let sender = connect(builder().delivery_limit(LIMIT));
+        let jobs = sender.remote_handle::<Job>(&queues.name).unwrap();
+        jobs.tell(Job::Work(0)).unwrap();
+        jobs.tell(Job::Work(1)).unwrap();
+        jobs.tell(Job::Poison).unwrap();
+        for n in 2..6 {
+            jobs.tell(Job::Work(n)).unwrap();
+        }
+        match jobs.join() {
+            Err(RemoteJoinError::DeadLettered { dead, .. }) => {
+                assert_eq!(dead.len(), 1);
+                assert!(dead[0].reason.contains("poison job"), "{:?}", dead[0]);
+            }
+            other => panic!("expected DeadLettered, got {other:?}"),
+        }
+        // A second join has nothing more to report.
+        jobs.join().unwrap();
+        {
+            let log = log.lock().unwrap();
+            assert_eq!(log.handled, (0..6).collect::<Vec<_>>());
+            // The first delivery and LIMIT redeliveries.
+            assert_eq!(log.poison_attempts, LIMIT + 1);
+        }
+        served.stop();
+        let dead = owner.take_dead_letters(&queues.name, 10).unwrap();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        let error = dead[0].error.as_deref().expect("an x-custody-error header");
+        assert!(error.contains("poison job"), "{error}");
+        drop(queues);
+    });
+}
+
+/// Handles one job a millisecond, so that a stop lands mid-stream.
+struct Slow(Arc<Mutex<Log>>, Arc<AtomicU64>);
+
+impl Manager for Slow {
+    type Msg = Job;
+    fn handle(&mut self, job: Job, _ctx: &mut Context<'_, Job>) {
+        std::thread::sleep(Duration::from_millis(1));
+        if let Job::Work(n) = job {
+            self.0.lock().unwrap().handled.push(n);
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn a_graceful_stop_hands_over_to_the_next_owner_with_nothing_lost_and_order_kept() {
+    within(|| {
+        let queues = Queues::new("handover");
+        let log = Arc::new(Mutex::new(Log::default()));
+        let first_count = Arc::new(AtomicU64::new(0));
+        let sender = connect(builder());
+        let jobs = sender.remote_handle::<Job>(&queues.name).unwrap();
+        const N: u64 = 300;
+        // Queued before any owner runs: the queue is durable.
+        for n in 0..N {
+            jobs.tell(Job::Work(n)).unwrap();
+        }
+        let rt = Runtime::new();
+        let first = connect(builder().prefetch(16));
+        let served = first
+            .serve(
+                &rt,
+                &queues.name,
+                Slow(Arc::clone(&log), Arc::clone(&first_count)),
+            )
+            .unwrap();
+        while first_count.load(Ordering::SeqCst) < 40 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        served.stop();
+        let by_first = first_count.load(Ordering::SeqCst);
+        assert!(by_first < N, "the first owner handled everything");
+        // The same name again, on the same runtime: free once the first exited.
+        let second = connect(builder().prefetch(16));
+        let second_count = Arc::new(AtomicU64::new(0));
+        let served = second
+            .serve(
+                &rt,
+                &queues.name,
+                Slow(Arc::clone(&log), Arc::clone(&second_count)),
+            )
+            .unwrap();
+        jobs.join().unwrap();
+        assert_eq!(handled(&log), (0..N).collect::<Vec<_>>());
+        assert_eq!(by_first + second_count.load(Ordering::SeqCst), N);
+        served.stop();
+        drop(queues);
+    });
+}
+
+#[test]
+fn a_hot_standby_takes_over_when_the_active_owner_stops() {
+    within(|| {
+        let queues = Queues::new("standby");
+        let log = Arc::new(Mutex::new(Log::default()));
+        let (active_count, standby_count) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let sender = connect(builder());
+        let jobs = sender.remote_handle::<Job>(&queues.name).unwrap();
+        const N: u64 = 100;
+        for n in 0..N {
+            jobs.tell(Job::Work(n)).unwrap();
+        }
+        let rt_a = Runtime::new();
+        let rt_b = Runtime::new();
+        let a = connect(builder().prefetch(8));
+        let b = connect(builder().prefetch(8));
+        let served_a = a
+            .serve(
+                &rt_a,
+                &queues.name,
+                Slow(Arc::clone(&log), Arc::clone(&active_count)),
+            )
+            .unwrap();
+        let served_b = b
+            .serve(
+                &rt_b,
+                &queues.name,
+                Slow(Arc::clone(&log), Arc::clone(&standby_count)),
+            )
+            .unwrap();
+        while active_count.load(Ordering::SeqCst) < 20 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            standby_count.load(Ordering::SeqCst),
+            0,
+            "two owners at once"
+        );
+        served_a.stop();
+        jobs.join().unwrap();
+        assert_eq!(handled(&log), (0..N).collect::<Vec<_>>());
+        assert!(standby_count.load(Ordering::SeqCst) > 0);
+        served_b.stop();
+        drop(queues);
+    });
+}
