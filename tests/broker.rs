@@ -43,8 +43,9 @@ fn builder() -> BrokerBuilder {
 }
 
 fn connect(b: BrokerBuilder) -> Broker {
-    b.connect()
-        .unwrap_or_else(|e| panic!("the broker tests need a RabbitMQ broker at {}: {e}", url()))
+    b.connect().unwrap_or_else(|e| {
+        panic!("the broker tests need a reachable RabbitMQ broker (CUSTODY_AMQP_URL): {e}")
+    })
 }
 
 /// A manager name no other test run uses.
