@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use custody::broker::{Broker, BrokerBuilder, BrokerError, RemoteJoinError};
+use custody::broker::{Broker, BrokerBuilder, BrokerError, RemoteJoinError, RemoteSendError};
 use custody::{Context, Manager, Runtime};
 use serde::{Deserialize, Serialize};
 
@@ -393,6 +393,72 @@ fn a_hot_standby_takes_over_when_the_active_owner_stops() {
         assert_eq!(handled(&log), (0..N).collect::<Vec<_>>());
         assert!(standby_count.load(Ordering::SeqCst) > 0);
         served_b.stop();
+        drop(queues);
+    });
+}
+
+#[test]
+fn a_runtime_shutdown_ends_the_serving_and_leaves_the_rest_queued_in_order() {
+    within(|| {
+        let queues = Queues::new("rtshutdown");
+        let log = Arc::new(Mutex::new(Log::default()));
+        let sender = connect(builder());
+        let jobs = sender.remote_handle::<Job>(&queues.name).unwrap();
+        const N: u64 = 200;
+        for n in 0..N {
+            jobs.tell(Job::Work(n)).unwrap();
+        }
+        let first_count = Arc::new(AtomicU64::new(0));
+        let rt = Runtime::new();
+        let first = connect(builder().prefetch(16));
+        let served = first
+            .serve(
+                &rt,
+                &queues.name,
+                Slow(Arc::clone(&log), Arc::clone(&first_count)),
+            )
+            .unwrap();
+        while first_count.load(Ordering::SeqCst) < 30 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let report = rt.shutdown();
+        assert_eq!(report.total_unhandled(), 0);
+        drop(served);
+        assert!(first_count.load(Ordering::SeqCst) < N);
+        let rt = Runtime::new();
+        let second = connect(builder());
+        let served = second
+            .serve(
+                &rt,
+                &queues.name,
+                Slow(Arc::clone(&log), Arc::new(AtomicU64::new(0))),
+            )
+            .unwrap();
+        jobs.join().unwrap();
+        assert_eq!(handled(&log), (0..N).collect::<Vec<_>>());
+        served.stop();
+        drop(queues);
+    });
+}
+
+#[test]
+fn a_tell_to_a_deleted_queue_gives_the_message_back() {
+    within(|| {
+        let queues = Queues::new("deleted");
+        let sender = connect(builder());
+        let jobs = sender.remote_handle::<Job>(&queues.name).unwrap();
+        jobs.tell(Job::Work(1)).unwrap();
+        queues.broker.delete_queues(&queues.name).unwrap();
+        let err = jobs.tell(Job::Work(2)).unwrap_err();
+        assert!(matches!(err, RemoteSendError::Unroutable { .. }), "{err:?}");
+        assert!(err.to_string().contains(&queues.name), "{err}");
+        assert_eq!(err.into_inner(), Job::Work(2));
+        // The first message went with the queue: join does not wait for it
+        // forever when asked for a deadline.
+        match jobs.join_timeout(Duration::from_millis(100)) {
+            Err(RemoteJoinError::Timeout { outstanding: 1, .. }) => {}
+            other => panic!("expected a timeout, got {other:?}"),
+        }
         drop(queues);
     });
 }
