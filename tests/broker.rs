@@ -462,3 +462,18 @@ fn a_tell_to_a_deleted_queue_gives_the_message_back() {
         drop(queues);
     });
 }
+
+#[test]
+fn broker_types_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Broker>();
+    send_sync::<custody::broker::RemoteHandle<Job>>();
+    send_sync::<custody::broker::Served<Job>>();
+    send_sync::<BrokerError>();
+    send_sync::<RemoteSendError<Job>>();
+    send_sync::<RemoteJoinError>();
+    fn std_error<E: std::error::Error + Send + Sync + 'static>() {}
+    std_error::<BrokerError>();
+    std_error::<RemoteSendError<Job>>();
+    std_error::<RemoteJoinError>();
+}

@@ -239,6 +239,11 @@ fn consume<M: DeserializeOwned + Send + 'static>(
 ) {
     let limit = u64::from(owner.link.settings.delivery_limit);
     loop {
+        // Looked at first: with deliveries always buffered, the race below
+        // would pick the delivery every time.
+        if owner.stop.is_raised() {
+            break;
+        }
         let next = block_until(
             None,
             futures_lite::future::or(async { consumer.next().await.map(Some) }, async {
@@ -305,15 +310,19 @@ impl StopSignal {
         }
     }
 
+    fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::SeqCst)
+    }
+
     /// Completes once `raise` was called.
     fn raised(&self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(|cx| {
-            if self.raised.load(Ordering::SeqCst) {
+            if self.is_raised() {
                 return Poll::Ready(());
             }
             *self.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
             // Raised between the first look and storing the waker?
-            if self.raised.load(Ordering::SeqCst) {
+            if self.is_raised() {
                 Poll::Ready(())
             } else {
                 Poll::Pending
