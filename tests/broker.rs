@@ -627,3 +627,37 @@ fn a_hot_standby_takes_over_when_the_owner_is_killed() {
         drop(queues);
     });
 }
+
+#[test]
+fn tell_all_keeps_many_publishes_in_flight_and_the_order() {
+    within(|| {
+        let queues = Queues::new("tellall");
+        let rt = Runtime::new();
+        let owner = connect(builder());
+        let log = Arc::new(Mutex::new(Log::default()));
+        let served = owner
+            .serve(&rt, &queues.name, Recorder(Arc::clone(&log)))
+            .unwrap();
+        let sender = connect(builder());
+        let jobs = sender.remote_handle::<Job>(&queues.name).unwrap();
+        const N: u64 = 3000;
+        let started = Instant::now();
+        jobs.tell_all((0..N).map(Job::Work)).unwrap();
+        let told = started.elapsed();
+        jobs.join().unwrap();
+        eprintln!(
+            "tell_all of {N}: {:?} a message confirmed, {:?} until joined",
+            told / N as u32,
+            started.elapsed()
+        );
+        assert_eq!(handled(&log), (0..N).collect::<Vec<_>>());
+        // A deleted queue: every message comes back, in order.
+        served.stop();
+        queues.broker.delete_queues(&queues.name).unwrap();
+        let err = jobs.tell_all((0..3).map(Job::Work)).unwrap_err();
+        assert_eq!(err.confirmed, 0);
+        assert_eq!(err.into_inner(), (0..3).map(Job::Work).collect::<Vec<_>>());
+        assert_eq!(jobs.outstanding(), 0);
+        drop(queues);
+    });
+}

@@ -179,6 +179,42 @@ impl<M> fmt::Debug for RemoteSendError<M> {
     }
 }
 
+/// A [`RemoteHandle::tell_all`](super::RemoteHandle::tell_all) in which some
+/// messages were not confirmed; each comes back inside its error.
+#[derive(Error)]
+#[error("{} messages not confirmed ({confirmed} confirmed); the first: {}", refused.len(), first_reason(refused))]
+pub struct TellAllError<M> {
+    /// How many messages were confirmed (and count for `join`).
+    pub confirmed: usize,
+    /// The messages that were not, in the order they were given.
+    pub refused: Vec<RemoteSendError<M>>,
+}
+
+fn first_reason<M>(refused: &[RemoteSendError<M>]) -> String {
+    refused
+        .first()
+        .map_or_else(String::new, ToString::to_string)
+}
+
+impl<M> TellAllError<M> {
+    /// The messages that were not confirmed, in order.
+    pub fn into_inner(self) -> Vec<M> {
+        self.refused
+            .into_iter()
+            .map(RemoteSendError::into_inner)
+            .collect()
+    }
+}
+
+impl<M> fmt::Debug for TellAllError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TellAllError")
+            .field("confirmed", &self.confirmed)
+            .field("refused", &self.refused)
+            .finish()
+    }
+}
+
 /// A message that ended in the dead-letter queue instead of being handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {

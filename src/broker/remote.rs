@@ -3,22 +3,25 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
-use lapin::Channel;
 use lapin::message::DeliveryResult;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Confirmation, PublisherConfirm};
 use serde::Serialize;
 
 use super::codec::{self, DoneRecord};
 use super::connection::{self, Broker, Link, block_until};
-use super::error::{BrokerError, DeadLetter, RemoteJoinError, RemoteSendError};
+use super::error::{BrokerError, DeadLetter, RemoteJoinError, RemoteSendError, TellAllError};
 use super::serve::unique;
 
 /// How long an unused done queue outlives its producer (a producer that
@@ -225,14 +228,139 @@ impl<M: Serialize> RemoteHandle<M> {
     /// As [`tell`](RemoteHandle::tell). After a `Timeout` the broker may still
     /// take the message; `join` does not wait for it.
     pub fn tell_timeout(&self, msg: M, timeout: Duration) -> Result<(), RemoteSendError<M>> {
+        let (msg, id, body) = self.prepare(msg)?;
+        let outcome = block_until(connection::deadline(timeout), async {
+            self.publish(&id, &body).await?.await
+        });
+        self.conclude(msg, &id, outcome, timeout)
+    }
+
+    /// Sends every message with many publishes in flight at once (up to
+    /// 1024), then waits for their confirms: much faster than one `tell`
+    /// after another, which waits for each confirm (about an fsync on the
+    /// broker) before the next publish. The messages reach the queue in
+    /// iteration order. Each confirm wait ends at the confirm timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`TellAllError`] holding each message that was not confirmed, inside
+    /// its [`RemoteSendError`]; the others were confirmed and count for `join`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use custody::broker::Broker;
+    ///
+    /// let broker = Broker::from_env()?;
+    /// let total = broker.remote_handle::<u64>("total")?;
+    /// total.tell_all(1..=10_000)?;
+    /// total.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn tell_all<I>(&self, msgs: I) -> Result<(), TellAllError<M>>
+    where
+        I: IntoIterator<Item = M>,
+    {
+        const WINDOW: usize = 1024;
+        let mut refused = Vec::new();
+        let mut confirmed = 0;
+        let mut in_flight = Vec::with_capacity(WINDOW);
+        // Once a publish itself failed, the channel is gone: the rest are
+        // refused without trying each in turn.
+        let mut broken: Option<String> = None;
+        for msg in msgs {
+            if let Some(reason) = &broken {
+                refused.push(RemoteSendError::Disconnected {
+                    msg,
+                    queue: self.remote.queue.clone(),
+                    reason: format!("not sent after an earlier publish failed: {reason}"),
+                });
+                continue;
+            }
+            let (msg, id, body) = match self.prepare(msg) {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    refused.push(e);
+                    continue;
+                }
+            };
+            match self.start(&id, body) {
+                Started::Sending(sending) => in_flight.push((msg, id, sending)),
+                Started::Failed(e) => {
+                    broken = Some(e.to_string());
+                    refused.extend(self.conclude(msg, &id, Some(Err(e)), Duration::ZERO).err());
+                }
+            }
+            if in_flight.len() >= WINDOW {
+                self.await_confirms(&mut in_flight, &mut confirmed, &mut refused);
+            }
+        }
+        self.await_confirms(&mut in_flight, &mut confirmed, &mut refused);
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(TellAllError { confirmed, refused })
+        }
+    }
+
+    /// Waits for every confirm in flight, with one confirm timeout for all.
+    fn await_confirms(
+        &self,
+        in_flight: &mut Vec<(M, String, Sending<'_>)>,
+        confirmed: &mut usize,
+        refused: &mut Vec<RemoteSendError<M>>,
+    ) {
+        let timeout = self.remote.link.settings.confirm_timeout;
+        let deadline = connection::deadline(timeout);
+        for (msg, id, sending) in in_flight.drain(..) {
+            match self.conclude(msg, &id, block_until(deadline, sending), timeout) {
+                Ok(()) => *confirmed += 1,
+                Err(e) => refused.push(e),
+            }
+        }
+    }
+
+    /// Starts publishing: the first poll hands the frames to the connection's
+    /// I/O thread at once, in call order, without waiting for them to be
+    /// written; the returned future then waits for the write and the confirm.
+    fn start(&self, id: &str, body: Vec<u8>) -> Started<'_> {
+        let props = codec::message_properties(id, &self.remote.producer);
         let remote = &*self.remote;
-        let queue = || remote.queue.clone();
+        let mut sending: Sending<'_> = Box::pin(async move {
+            remote
+                .channel
+                .basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(remote.queue.as_str()),
+                    mandatory(),
+                    &body,
+                    props,
+                )
+                .await?
+                .await
+        });
+        match sending
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Pending => Started::Sending(sending),
+            Poll::Ready(Err(e)) => Started::Failed(e),
+            Poll::Ready(Ok(confirmation)) => {
+                Started::Sending(Box::pin(std::future::ready(Ok(confirmation))))
+            }
+        }
+    }
+
+    /// Encodes the message and gives it an id, counted for `join` from now
+    /// on (the done record may beat the confirm).
+    fn prepare(&self, msg: M) -> Result<(M, String, Vec<u8>), RemoteSendError<M>> {
+        let remote = &*self.remote;
         let body = match codec::encode(&msg) {
             Ok(body) => body,
             Err(reason) => {
                 return Err(RemoteSendError::Encode {
                     msg,
-                    queue: queue(),
+                    queue: remote.queue.clone(),
                     reason,
                 });
             }
@@ -242,25 +370,36 @@ impl<M: Serialize> RemoteHandle<M> {
             remote.producer,
             remote.next_id.fetch_add(1, Ordering::Relaxed)
         );
-        // Counted before the publish: the done record may beat the confirm.
         remote.joins.state().outstanding.insert(id.clone());
-        let deadline = connection::deadline(timeout);
-        let outcome = block_until(deadline, async {
-            let confirm = remote
-                .channel
-                .basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(remote.queue.as_str()),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &body,
-                    codec::message_properties(&id, &remote.producer),
-                )
-                .await?;
-            confirm.await
-        });
+        Ok((msg, id, body))
+    }
+
+    /// Publishes one prepared message (persistent, mandatory).
+    fn publish<'a>(
+        &'a self,
+        id: &str,
+        body: &'a [u8],
+    ) -> impl Future<Output = lapin::Result<PublisherConfirm>> + 'a {
+        let remote = &*self.remote;
+        remote.channel.basic_publish(
+            ShortString::from(""),
+            ShortString::from(remote.queue.as_str()),
+            mandatory(),
+            body,
+            codec::message_properties(id, &remote.producer),
+        )
+    }
+
+    /// Turns the broker's answer to one publish into the result of the send;
+    /// a message that was not confirmed is no longer waited for by `join`.
+    fn conclude(
+        &self,
+        msg: M,
+        id: &str,
+        outcome: Option<lapin::Result<Confirmation>>,
+        waited: Duration,
+    ) -> Result<(), RemoteSendError<M>> {
+        let queue = || self.remote.queue.clone();
         let refused = match outcome {
             Some(Ok(confirm)) if confirm.is_ack() => match confirm.take_message() {
                 None => return Ok(()),
@@ -281,10 +420,10 @@ impl<M: Serialize> RemoteHandle<M> {
             None => RemoteSendError::Timeout {
                 msg,
                 queue: queue(),
-                waited: timeout,
+                waited,
             },
         };
-        remote.joins.forget(&id);
+        self.remote.joins.forget(id);
         Err(refused)
     }
 }
@@ -400,6 +539,24 @@ impl Drop for Remote {
             self.channel
                 .close(200, ShortString::from("custody: handle dropped")),
         );
+    }
+}
+
+/// A publish under way: the write and then the confirm.
+type Sending<'a> = Pin<Box<dyn Future<Output = lapin::Result<Confirmation>> + 'a>>;
+
+/// A publish just started.
+enum Started<'a> {
+    Sending(Sending<'a>),
+    Failed(lapin::Error),
+}
+
+/// Publishes are mandatory: a missing queue returns the message instead of
+/// dropping it.
+fn mandatory() -> BasicPublishOptions {
+    BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
     }
 }
 
