@@ -423,6 +423,10 @@ fn a_runtime_shutdown_ends_the_serving_and_leaves_the_rest_queued_in_order() {
         }
         let report = rt.shutdown();
         assert_eq!(report.total_unhandled(), 0);
+        // The next delivery is refused, and the serving ends on its own.
+        while served.is_serving() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         drop(served);
         assert!(first_count.load(Ordering::SeqCst) < N);
         let rt = Runtime::new();

@@ -79,6 +79,14 @@ impl<M: Send + 'static> Served<M> {
         &self.owner.queue
     }
 
+    /// Whether it still serves: `false` once stopped, or once the serving
+    /// ended on its own, which stops the manager too: the connection was
+    /// lost, the queue was deleted, or the manager refused a delivery (after
+    /// a runtime shutdown, at the next delivery).
+    pub fn is_serving(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Stops serving gracefully and waits until it is done (see [`Served`]).
     pub fn stop(mut self) {
         self.finish();
@@ -123,6 +131,9 @@ struct Book {
     /// Done records not yet confirmed by the broker, by producer; kept when a
     /// publish fails and sent again with the next batch.
     pending: BTreeMap<String, DoneRecord>,
+    /// The last settled tag not yet acknowledged because its batch's done
+    /// records are still pending.
+    unacked: Option<u64>,
 }
 
 /// One delivery in the manager's hands.
@@ -285,7 +296,8 @@ fn consume<M: DeserializeOwned + Send + 'static>(
     handle.stop();
     // Returns once every delivery handed over has been handled and settled.
     let _ = handle.join();
-    owner.flush_pending();
+    // A last try for records that failed with a batch no later batch retried.
+    owner.ack_settled();
     owner.close_channel();
     tracing::debug!(queue = %owner.queue, "stopped serving");
 }
@@ -447,6 +459,20 @@ impl Owner {
         }
     }
 
+    /// Once every pending done record is confirmed, acknowledges everything
+    /// settled so far with one multiple-ack (earlier batches whose records
+    /// failed are covered too); `false` if records are still pending.
+    fn ack_settled(&self) -> bool {
+        if !self.flush_pending() {
+            return false;
+        }
+        let unacked = self.book().unacked.take();
+        if let Some(up_to) = unacked {
+            self.ack(up_to, true);
+        }
+        true
+    }
+
     /// Publishes every pending done record and waits for all the confirms;
     /// `true` if none is left pending.
     fn flush_pending(&self) -> bool {
@@ -530,12 +556,9 @@ impl SettleOutside for Settler {
                         .push(origin.id);
                 }
             }
+            book.unacked = Some(up_to);
         }
-        if owner.flush_pending() {
-            // One multiple-ack for the batch; earlier batches whose records
-            // failed are covered too, now that their records are confirmed.
-            owner.ack(up_to, true);
-        } else {
+        if !owner.ack_settled() {
             tracing::warn!(queue = %owner.queue, up_to, "batch left unacknowledged until its done records are confirmed");
         }
     }
