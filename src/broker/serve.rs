@@ -47,8 +47,8 @@ use crate::runtime::Runtime;
 /// then the channel closes, and the deliveries the broker had sent ahead (at
 /// most the prefetch) go back to the queue, in order, for the next owner. On
 /// RabbitMQ 3.x each such return counts as a delivery towards the delivery
-/// limit. Only then does a standby become the active owner: two owners never
-/// handle messages of one queue at once.
+/// limit. Only then does a standby become the active owner, so a graceful
+/// hand-over never has two owners handling one queue at once.
 ///
 /// A [`Runtime::shutdown`] ends the serving the same way: the manager refuses
 /// the next delivery, and the consumer stops handing any over.
