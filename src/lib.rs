@@ -108,6 +108,8 @@
     rust_2018_idioms
 )]
 
+#[cfg(feature = "amqp")]
+pub mod broker;
 mod current;
 mod deadlock;
 mod error;
@@ -126,6 +128,8 @@ mod stats;
 mod supervision;
 pub mod sync;
 
+#[cfg(feature = "amqp")]
+pub use broker::{Broker, BrokerError, RemoteHandle, Served};
 pub use error::{
     AskError, BuildError, CapacityError, JoinError, SendError, SendTimeoutError, SpawnError,
     TrySendError,

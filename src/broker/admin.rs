@@ -1,0 +1,107 @@
+//! Looking after a served manager's queues: reading its dead letters,
+//! deleting its queues.
+
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use lapin::types::ShortString;
+
+use super::codec::{self, ERROR_HEADER};
+use super::connection::{self, Broker, block_until};
+use super::error::BrokerError;
+
+/// A message taken from a dead-letter queue `custody.<name>.dead`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadMessage {
+    /// The message id the sender gave it, if any.
+    pub id: Option<String>,
+    /// Why the owner dead-lettered it (`x-custody-error`): the decode error,
+    /// or the panic of its last delivery. `None` if the broker dead-lettered
+    /// it on its own (an owner crashed on every delivery).
+    pub error: Option<String>,
+    /// The broker's reason (`x-first-death-reason`, e.g. `delivery_limit`),
+    /// when the broker dead-lettered it.
+    pub broker_reason: Option<String>,
+    /// The payload as it was published (CBOR from a `RemoteHandle`).
+    pub body: Vec<u8>,
+}
+
+impl Broker {
+    /// Takes (and removes) up to `max` messages from the dead-letter queue of
+    /// the manager served as `name`, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::InvalidName`], or a failed or timed-out operation (for
+    /// example when the queue does not exist).
+    pub fn take_dead_letters(
+        &self,
+        name: &str,
+        max: usize,
+    ) -> Result<Vec<DeadMessage>, BrokerError> {
+        connection::check_name(name)?;
+        let link = &*self.link;
+        let channel = link.run(
+            || "opening a channel".to_owned(),
+            link.connection.create_channel(),
+        )?;
+        let queue = connection::dead_queue(name);
+        let mut taken = Vec::new();
+        while taken.len() < max {
+            let got = link.run(
+                || format!("reading queue `{queue}`"),
+                channel.basic_get(
+                    ShortString::from(queue.as_str()),
+                    BasicGetOptions { no_ack: true },
+                ),
+            );
+            let Some(message) = got? else {
+                break;
+            };
+            let props = &message.delivery.properties;
+            taken.push(DeadMessage {
+                id: props.message_id().as_ref().map(|id| id.as_str().to_owned()),
+                error: codec::header_string(props, ERROR_HEADER),
+                broker_reason: codec::header_string(props, "x-first-death-reason"),
+                body: message.delivery.data,
+            });
+        }
+        let _ = block_until(
+            link.confirm_deadline(),
+            channel.close(200, ShortString::from("OK")),
+        );
+        Ok(taken)
+    }
+
+    /// Deletes the queues of the manager served as `name`: `custody.<name>`
+    /// and `custody.<name>.dead`, with every message in them. Owners still
+    /// serving it see their consumer cancelled and stop.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::InvalidName`], or a failed or timed-out deletion.
+    pub fn delete_queues(&self, name: &str) -> Result<(), BrokerError> {
+        connection::check_name(name)?;
+        let link = &*self.link;
+        let channel = link.run(
+            || "opening a channel".to_owned(),
+            link.connection.create_channel(),
+        )?;
+        for queue in [
+            connection::mailbox_queue(name),
+            connection::dead_queue(name),
+        ] {
+            link.run(
+                || format!("deleting queue `{queue}`"),
+                channel.queue_delete(
+                    ShortString::from(queue.as_str()),
+                    QueueDeleteOptions::default(),
+                ),
+            )?;
+        }
+        let _ = block_until(
+            link.confirm_deadline(),
+            channel.close(200, ShortString::from("OK")),
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,500 @@
+//! `Broker`: one AMQP connection per process, and the settings every queue
+//! and channel made from it shares.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::error::BrokerError;
+use super::remote::RemoteHandle;
+use super::serve::{self, Served};
+use crate::manager::Manager;
+use crate::runtime::Runtime;
+
+/// The environment variable [`Broker::from_env`] reads.
+pub const URL_VAR: &str = "CUSTODY_AMQP_URL";
+/// The URL [`Broker::from_env`] uses when [`URL_VAR`] is not set.
+pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The longest manager name: `custody.<name>.dead` must fit in 255 bytes.
+const MAX_NAME: usize = 200;
+
+/// Settings for a [`Broker`]; made by [`Broker::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a BrokerBuilder does nothing until `connect`"]
+pub struct BrokerBuilder {
+    url: String,
+    settings: Settings,
+}
+
+/// What every channel and queue of one `Broker` shares.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) heartbeat: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) confirm_timeout: Duration,
+    pub(crate) prefetch: u16,
+    pub(crate) delivery_limit: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            heartbeat: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            confirm_timeout: Duration::from_secs(10),
+            prefetch: 256,
+            delivery_limit: 5,
+        }
+    }
+}
+
+impl BrokerBuilder {
+    /// The heartbeat interval asked of the broker (default 5 s; whole
+    /// seconds, at least 1). A frozen peer is noticed after about twice this.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.settings.heartbeat = interval.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How long `connect` may take, TCP and AMQP handshake together
+    /// (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a publish waits for the broker's confirm, and any other
+    /// operation for its answer (default 10 s). A broker under a memory or
+    /// disk alarm blocks publishers without a word: this is what ends the wait.
+    pub fn confirm_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.confirm_timeout = timeout;
+        self
+    }
+
+    /// How many unacknowledged deliveries a served manager may hold (default
+    /// 256; 0 is taken as 1). Bigger batches, fewer acks; more redelivered
+    /// after a crash.
+    pub fn prefetch(mut self, n: u16) -> Self {
+        self.settings.prefetch = n.max(1);
+        self
+    }
+
+    /// How many times a message is redelivered after a failed delivery
+    /// before it is dead-lettered (default 5, so at most 6 deliveries). It is
+    /// an argument of the queue: every process declaring the queue must use
+    /// the same value, or the second declaration fails.
+    pub fn delivery_limit(mut self, n: u32) -> Self {
+        self.settings.delivery_limit = n;
+        self
+    }
+
+    /// Connects.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::InvalidUrl`], [`BrokerError::Unreachable`] (within the
+    /// connect timeout), or [`BrokerError::Refused`] (credentials, vhost).
+    pub fn connect(self) -> Result<Broker, BrokerError> {
+        let mut uri: AMQPUri =
+            self.url
+                .parse()
+                .map_err(|reason: String| BrokerError::InvalidUrl {
+                    reason: reason.replace(&self.url, &mask_password(&self.url)),
+                })?;
+        let host = format!("{}:{}", uri.authority.host, uri.authority.port);
+        let settings = self.settings;
+        if uri.query.heartbeat.is_none() {
+            let seconds = settings.heartbeat.as_secs().clamp(1, u64::from(u16::MAX));
+            uri.query.heartbeat = Some(u16::try_from(seconds).unwrap_or(u16::MAX));
+        }
+        if uri.query.connection_timeout.is_none() {
+            let millis = settings.connect_timeout.as_millis().max(1);
+            uri.query.connection_timeout = Some(u64::try_from(millis).unwrap_or(u64::MAX));
+        }
+        let properties = ConnectionProperties::default().with_connection_name(LongString::from(
+            format!("custody pid {}", std::process::id()),
+        ));
+        let connecting = Connection::connect_uri(uri, properties);
+        let connection = match block_until(deadline(settings.connect_timeout), connecting) {
+            None => {
+                return Err(BrokerError::Unreachable {
+                    host,
+                    source: Box::new(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no connection within {:?}", settings.connect_timeout),
+                    )),
+                });
+            }
+            Some(Err(e)) if e.is_amqp_error() => {
+                return Err(BrokerError::Refused {
+                    host,
+                    source: Box::new(e),
+                });
+            }
+            Some(Err(e)) => {
+                return Err(BrokerError::Unreachable {
+                    host,
+                    source: Box::new(e),
+                });
+            }
+            Some(Ok(connection)) => connection,
+        };
+        tracing::debug!(%host, "connected to the AMQP broker");
+        Ok(Broker {
+            link: Arc::new(Link {
+                connection,
+                host,
+                settings,
+            }),
+        })
+    }
+}
+
+/// One connection to a RabbitMQ broker: the process's way to serve managers
+/// from durable queues ([`serve`](Broker::serve)) and to send to managers
+/// served elsewhere ([`remote_handle`](Broker::remote_handle)).
+///
+/// Cheap to clone; the connection closes when the last clone, and the last
+/// [`Served`] and [`RemoteHandle`] made from it, are dropped. The connection
+/// runs its own I/O thread: make one per process and share it.
+///
+/// # Examples
+///
+/// ```no_run
+/// use custody::broker::Broker;
+///
+/// let broker = Broker::from_env()?; // CUSTODY_AMQP_URL, or guest@127.0.0.1
+/// println!("connected to {}", broker.host());
+/// # Ok::<(), custody::broker::BrokerError>(())
+/// ```
+#[derive(Clone)]
+pub struct Broker {
+    pub(crate) link: Arc<Link>,
+}
+
+/// The connection and its settings, shared by everything made from it.
+pub(crate) struct Link {
+    pub(crate) connection: Connection,
+    pub(crate) host: String,
+    pub(crate) settings: Settings,
+}
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker")
+            .field("host", &self.link.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Settings for a connection to `url` (`amqp://user:password@host:port/vhost`,
+    /// with the vhost URL-encoded: `%2f` is `/`).
+    pub fn builder(url: impl Into<String>) -> BrokerBuilder {
+        BrokerBuilder {
+            url: url.into(),
+            settings: Settings::default(),
+        }
+    }
+
+    /// Connects to `url` with the default settings: a 5 s heartbeat and
+    /// connect timeout, 10 s confirm timeout, prefetch 256, delivery limit 5.
+    ///
+    /// # Errors
+    ///
+    /// As [`BrokerBuilder::connect`].
+    pub fn connect(url: &str) -> Result<Broker, BrokerError> {
+        Broker::builder(url).connect()
+    }
+
+    /// Connects to the URL in `CUSTODY_AMQP_URL`, or to
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f` if it is not set.
+    ///
+    /// # Errors
+    ///
+    /// As [`BrokerBuilder::connect`].
+    pub fn from_env() -> Result<Broker, BrokerError> {
+        Broker::builder(url_from_env()).connect()
+    }
+
+    /// `host:port` of the broker.
+    pub fn host(&self) -> &str {
+        &self.link.host
+    }
+
+    /// Serves `manager` from the durable queue `custody.<name>`: spawns it on
+    /// `rt` under `name`, declares the queue (and its dead-letter queue
+    /// `custody.<name>.dead`), and feeds it every delivery. A delivery is
+    /// acknowledged only after the batch it came in was handled and the
+    /// manager's `idle` hook ran, and after the done records of the batch
+    /// were confirmed. While another process serves the same name, this one
+    /// is its hot standby: it gets deliveries only once the other stops.
+    ///
+    /// The returned [`Served`] stops serving when dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::InvalidName`], [`BrokerError::Spawn`] (for example a
+    /// name already running in `rt`), or a failed or timed-out declaration.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use custody::broker::Broker;
+    /// use custody::{Context, Manager, Runtime};
+    ///
+    /// struct Total(u64);
+    /// impl Manager for Total {
+    ///     type Msg = u64;
+    ///     fn handle(&mut self, n: u64, _ctx: &mut Context<'_, u64>) {
+    ///         self.0 += n;
+    ///     }
+    /// }
+    ///
+    /// let rt = Runtime::new();
+    /// let broker = Broker::from_env()?;
+    /// let served = broker.serve(&rt, "total", Total(0))?;
+    /// // ... other processes send with broker.remote_handle::<u64>("total") ...
+    /// served.stop(); // finish what was delivered, acknowledge it, leave the rest queued
+    /// # Ok::<(), custody::broker::BrokerError>(())
+    /// ```
+    pub fn serve<Mg>(
+        &self,
+        rt: &Runtime,
+        name: &str,
+        manager: Mg,
+    ) -> Result<Served<Mg::Msg>, BrokerError>
+    where
+        Mg: Manager,
+        Mg::Msg: DeserializeOwned,
+    {
+        serve::serve(self, rt, name, manager)
+    }
+
+    /// A new sender to the manager served under `name`, with a producer id
+    /// of its own and a durable done queue `custody.done.<producer-id>`
+    /// (deleted when the last clone of the handle is dropped). Declares the
+    /// manager's queue too, so messages can be sent before any owner runs.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::InvalidName`], or a failed or timed-out declaration.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use custody::broker::Broker;
+    ///
+    /// let broker = Broker::from_env()?;
+    /// let total = broker.remote_handle::<u64>("total")?;
+    /// for n in 1..=10 {
+    ///     total.tell(n)?; // confirmed: the broker has it on disk
+    /// }
+    /// total.join()?; // every one handled, and the owner's idle hook ran
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn remote_handle<M: Serialize>(&self, name: &str) -> Result<RemoteHandle<M>, BrokerError> {
+        RemoteHandle::new(self, name)
+    }
+}
+
+impl Link {
+    /// A deadline `confirm_timeout` from now.
+    pub(crate) fn confirm_deadline(&self) -> Option<Instant> {
+        deadline(self.settings.confirm_timeout)
+    }
+
+    /// Runs one broker operation with the confirm timeout as its deadline.
+    pub(crate) fn run<T, E, F>(
+        &self,
+        what: impl FnOnce() -> String,
+        fut: F,
+    ) -> Result<T, BrokerError>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match block_until(self.confirm_deadline(), fut) {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(BrokerError::Operation {
+                what: what(),
+                host: self.host.clone(),
+                source: Box::new(e),
+            }),
+            None => Err(BrokerError::Timeout {
+                what: what(),
+                host: self.host.clone(),
+                waited: self.settings.confirm_timeout,
+            }),
+        }
+    }
+
+    /// A new channel with publisher confirms on.
+    pub(crate) fn confirmed_channel(&self) -> Result<Channel, BrokerError> {
+        let channel = self.run(
+            || "opening a channel".to_owned(),
+            self.connection.create_channel(),
+        )?;
+        self.run(
+            || "turning on publisher confirms".to_owned(),
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )?;
+        Ok(channel)
+    }
+
+    /// Declares the durable quorum queue of manager `name`, single active
+    /// consumer, with its delivery limit and its dead-letter queue.
+    pub(crate) fn declare_mailbox(&self, channel: &Channel, name: &str) -> Result<(), BrokerError> {
+        let dead = dead_queue(name);
+        let mut dead_args = FieldTable::default();
+        dead_args.insert("x-queue-type".into(), long_string("quorum"));
+        self.run(
+            || format!("declaring queue `{dead}`"),
+            channel.queue_declare(ShortString::from(dead.as_str()), durable(), dead_args),
+        )?;
+        let queue = mailbox_queue(name);
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), long_string("quorum"));
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(self.settings.delivery_limit)),
+        );
+        args.insert("x-dead-letter-exchange".into(), long_string(""));
+        args.insert("x-dead-letter-routing-key".into(), long_string(&dead));
+        self.run(
+            || format!("declaring queue `{queue}`"),
+            channel.queue_declare(ShortString::from(queue.as_str()), durable(), args),
+        )?;
+        Ok(())
+    }
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// The URL in `CUSTODY_AMQP_URL`, or the default.
+pub(crate) fn url_from_env() -> String {
+    std::env::var(URL_VAR)
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| DEFAULT_URL.to_owned())
+}
+
+/// Checks that a manager name makes valid queue names.
+pub(crate) fn check_name(name: &str) -> Result<(), BrokerError> {
+    if name.is_empty() || name.len() > MAX_NAME || name.contains('\0') {
+        Err(BrokerError::InvalidName(name.to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
+/// The queue a manager named `name` is served from.
+pub(crate) fn mailbox_queue(name: &str) -> String {
+    format!("custody.{name}")
+}
+
+/// Where messages of `custody.<name>` that could not be handled end.
+pub(crate) fn dead_queue(name: &str) -> String {
+    format!("custody.{name}.dead")
+}
+
+/// The queue a producer's done records arrive in.
+pub(crate) fn done_queue(producer: &str) -> String {
+    format!("custody.done.{producer}")
+}
+
+/// `now + timeout`, or no deadline when that overflows.
+pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+/// Runs `fut` on this thread until it completes or `deadline` passes (`None`).
+pub(crate) fn block_until<F: Future>(deadline: Option<Instant>, fut: F) -> Option<F::Output> {
+    futures_lite::future::block_on(futures_lite::future::or(async { Some(fut.await) }, async {
+        match deadline {
+            Some(at) => {
+                async_io::Timer::at(at).await;
+                None
+            }
+            None => futures_lite::future::pending().await,
+        }
+    }))
+}
+
+/// `url` with the password of its user info replaced by `***`.
+pub(crate) fn mask_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let user_info = &authority[..at];
+    let Some(colon) = user_info.find(':') else {
+        return url.to_owned();
+    };
+    format!(
+        "{}{}:***{}",
+        &url[..scheme_end + 3],
+        &user_info[..colon],
+        &rest[at..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            mask_password("amqp://guest:s3cret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(mask_password("amqp://host/%2f"), "amqp://host/%2f");
+        assert_eq!(mask_password("amqp://user@host"), "amqp://user@host");
+        assert_eq!(mask_password("not a url"), "not a url");
+        assert_eq!(
+            mask_password("amqp://u:p@ss@host?x=@"),
+            "amqp://u:***@host?x=@"
+        );
+    }
+
+    #[test]
+    fn names_must_make_valid_queue_names() {
+        assert!(check_name("jobs").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name(&"x".repeat(MAX_NAME + 1)).is_err());
+        assert!(dead_queue(&"x".repeat(MAX_NAME)).len() <= 255);
+    }
+
+    #[test]
+    fn an_invalid_url_is_a_typed_error_without_the_password() {
+        let err = Broker::connect("amqp://user:hunter2@").unwrap_err();
+        assert!(matches!(err, BrokerError::InvalidUrl { .. }), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}

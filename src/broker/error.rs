@@ -1,0 +1,260 @@
+//! The broker's error types.
+//!
+//! No error names the password of the URL it came from, and none exposes the
+//! AMQP client's own types: causes are kept as boxed `std::error::Error`s.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::error::SpawnError;
+
+/// The cause of a broker error, as the AMQP client reported it.
+pub type Cause = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Connecting to the broker, declaring queues, or serving a manager failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The URL could not be parsed (its password, if any, is masked).
+    #[error("invalid AMQP url: {reason}")]
+    InvalidUrl {
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// No connection could be made: nothing listens there, the address does
+    /// not resolve, or the handshake did not finish in time.
+    #[error("cannot reach the AMQP broker at {host}")]
+    Unreachable {
+        /// `host:port` of the broker (never the credentials).
+        host: String,
+        /// The cause.
+        #[source]
+        source: Cause,
+    },
+    /// The broker answered but refused the connection (credentials, vhost).
+    #[error("the AMQP broker at {host} refused the connection")]
+    Refused {
+        /// `host:port` of the broker.
+        host: String,
+        /// The broker's reason.
+        #[source]
+        source: Cause,
+    },
+    /// An operation on the broker failed: `what` says which.
+    #[error("{what} on the AMQP broker at {host} failed")]
+    Operation {
+        /// The operation, e.g. "declaring queue `custody.jobs`".
+        what: String,
+        /// `host:port` of the broker.
+        host: String,
+        /// The cause (for a queue declared with other arguments elsewhere,
+        /// the broker's PRECONDITION_FAILED text).
+        #[source]
+        source: Cause,
+    },
+    /// The broker did not answer an operation in time.
+    #[error("{what} on the AMQP broker at {host} got no answer within {waited:?}")]
+    Timeout {
+        /// The operation.
+        what: String,
+        /// `host:port` of the broker.
+        host: String,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The manager name cannot make a queue name: empty, or too long for AMQP
+    /// (queue names are at most 255 bytes).
+    #[error("invalid manager name {0:?} for a broker queue: it must be 1 to 200 bytes")]
+    InvalidName(String),
+    /// Spawning the served manager on the runtime failed.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+}
+
+/// A [`RemoteHandle::tell`](super::RemoteHandle::tell) that was not confirmed;
+/// the message comes back inside.
+///
+/// Only `Timeout` is ambiguous: the broker may still have taken the message,
+/// which is then handled (and its done record ignored by `join`).
+#[derive(Error)]
+#[non_exhaustive]
+pub enum RemoteSendError<M> {
+    /// No publisher confirm arrived before the deadline (a broker under a
+    /// memory or disk alarm blocks publishers without saying so).
+    #[error("no confirm from the broker within {waited:?} for a message to `{queue}`")]
+    Timeout {
+        /// The message.
+        msg: M,
+        /// The queue it was sent to.
+        queue: String,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The broker refused the message (a publisher nack).
+    #[error("the broker refused a message to `{queue}`")]
+    Nacked {
+        /// The message.
+        msg: M,
+        /// The queue it was sent to.
+        queue: String,
+    },
+    /// The queue does not exist (deleted since the handle was made).
+    #[error("no queue `{queue}` to take the message")]
+    Unroutable {
+        /// The message.
+        msg: M,
+        /// The queue it was sent to.
+        queue: String,
+    },
+    /// The channel or connection to the broker is gone.
+    #[error("lost the connection to the broker while sending to `{queue}`: {reason}")]
+    Disconnected {
+        /// The message.
+        msg: M,
+        /// The queue it was sent to.
+        queue: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// The message could not be encoded as CBOR.
+    #[error("cannot encode a message for `{queue}`: {reason}")]
+    Encode {
+        /// The message.
+        msg: M,
+        /// The queue it was for.
+        queue: String,
+        /// What the encoder said.
+        reason: String,
+    },
+}
+
+impl<M> RemoteSendError<M> {
+    /// The message that was not confirmed.
+    pub fn into_inner(self) -> M {
+        match self {
+            RemoteSendError::Timeout { msg, .. }
+            | RemoteSendError::Nacked { msg, .. }
+            | RemoteSendError::Unroutable { msg, .. }
+            | RemoteSendError::Disconnected { msg, .. }
+            | RemoteSendError::Encode { msg, .. } => msg,
+        }
+    }
+
+    /// Whether the deadline passed (the message may still arrive).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, RemoteSendError::Timeout { .. })
+    }
+}
+
+impl<M> fmt::Debug for RemoteSendError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RemoteSendError::Timeout { queue, waited, .. } => f
+                .debug_struct("Timeout")
+                .field("queue", queue)
+                .field("waited", waited)
+                .finish_non_exhaustive(),
+            RemoteSendError::Nacked { queue, .. } => f
+                .debug_struct("Nacked")
+                .field("queue", queue)
+                .finish_non_exhaustive(),
+            RemoteSendError::Unroutable { queue, .. } => f
+                .debug_struct("Unroutable")
+                .field("queue", queue)
+                .finish_non_exhaustive(),
+            RemoteSendError::Disconnected { queue, reason, .. } => f
+                .debug_struct("Disconnected")
+                .field("queue", queue)
+                .field("reason", reason)
+                .finish_non_exhaustive(),
+            RemoteSendError::Encode { queue, reason, .. } => f
+                .debug_struct("Encode")
+                .field("queue", queue)
+                .field("reason", reason)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// A [`RemoteHandle::tell_all`](super::RemoteHandle::tell_all) in which some
+/// messages were not confirmed; each comes back inside its error.
+#[derive(Error)]
+#[error("{} messages not confirmed ({confirmed} confirmed); the first: {}", refused.len(), first_reason(refused))]
+pub struct TellAllError<M> {
+    /// How many messages were confirmed (and count for `join`).
+    pub confirmed: usize,
+    /// The messages that were not, in the order they were given.
+    pub refused: Vec<RemoteSendError<M>>,
+}
+
+fn first_reason<M>(refused: &[RemoteSendError<M>]) -> String {
+    refused
+        .first()
+        .map_or_else(String::new, ToString::to_string)
+}
+
+impl<M> TellAllError<M> {
+    /// The messages that were not confirmed, in order.
+    pub fn into_inner(self) -> Vec<M> {
+        self.refused
+            .into_iter()
+            .map(RemoteSendError::into_inner)
+            .collect()
+    }
+}
+
+impl<M> fmt::Debug for TellAllError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TellAllError")
+            .field("confirmed", &self.confirmed)
+            .field("refused", &self.refused)
+            .finish()
+    }
+}
+
+/// A message that ended in the dead-letter queue instead of being handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message id the sender gave it.
+    pub id: String,
+    /// Why: the decode error, or the panic of the last delivery.
+    pub reason: String,
+}
+
+/// A [`RemoteHandle::join`](super::RemoteHandle::join) that did not end with
+/// every message handled.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RemoteJoinError {
+    /// Messages were still unreported when the deadline passed.
+    #[error("{outstanding} messages to `{queue}` not yet reported done")]
+    Timeout {
+        /// The queue.
+        queue: String,
+        /// Messages confirmed by the broker and not yet reported done.
+        outstanding: usize,
+    },
+    /// Every message was reported, but some were dead-lettered rather than
+    /// handled (reported once: the next `join` does not repeat them).
+    #[error("{} messages to `{queue}` were dead-lettered", dead.len())]
+    DeadLettered {
+        /// The queue.
+        queue: String,
+        /// The dead-lettered messages.
+        dead: Vec<DeadLetter>,
+    },
+    /// The channel or connection to the broker is gone, so no more done
+    /// records can arrive.
+    #[error("lost the connection to the broker while joining `{queue}`: {reason}")]
+    Disconnected {
+        /// The queue.
+        queue: String,
+        /// What the client said.
+        reason: String,
+        /// Messages not yet reported done.
+        outstanding: usize,
+    },
+}

@@ -1,0 +1,588 @@
+//! The owner side: a manager fed from its durable queue.
+//!
+//! ```text
+//! consumer thread                          manager thread (the one loop)
+//! ---------------                          -----------------------------
+//! delivery -> decode CBOR
+//!   ok:  note (tag, origin), deliver  -->  handle ... handle, idle
+//!   bad: copy to custody.<name>.dead       settle(last tag):
+//!        with x-custody-error, ack it        publish done records, await confirms,
+//!                                            then basic_ack(last tag, multiple)
+//!                                          failed(tag):
+//!                                            nack and requeue it, or on its last
+//!                                            delivery dead-letter it with the panic
+//! asked to stop, refused, cancelled or lost:
+//!   hand over nothing more, stop the manager, wait until it has settled,
+//!   close the channel (what was sent ahead returns to the queue)
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
+use std::thread::JoinHandle;
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Consumer};
+use serde::de::DeserializeOwned;
+
+use super::codec::{self, DoneRecord, Origin};
+use super::connection::{self, Broker, Link, block_until};
+use super::error::BrokerError;
+use crate::handle::{Handle, SettleOutside};
+use crate::manager::Manager;
+use crate::runtime::Runtime;
+
+/// A manager served from its broker queue; stops serving when dropped.
+///
+/// Stopping (by [`stop`](Served::stop) or drop) is graceful: no more
+/// deliveries are handed to the manager; it handles and acknowledges those it
+/// was given (its `idle` hook runs after the last batch, then `stopped`);
+/// then the channel closes, and the deliveries the broker had sent ahead (at
+/// most the prefetch) go back to the queue, in order, for the next owner. On
+/// RabbitMQ 3.x each such return counts as a delivery towards the delivery
+/// limit. Only then does a standby become the active owner, so a graceful
+/// hand-over never has two owners handling one queue at once.
+///
+/// A [`Runtime::shutdown`] ends the serving the same way: the manager refuses
+/// the next delivery, and the consumer stops handing any over.
+pub struct Served<M: Send + 'static> {
+    handle: Handle<M>,
+    owner: Arc<Owner>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<M: Send + 'static> fmt::Debug for Served<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Served")
+            .field("name", &self.handle.name())
+            .field("queue", &self.owner.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Send + 'static> Served<M> {
+    /// The local handle of the served manager: its stats, `join`, `len`.
+    /// Messages told through it skip the broker (they are not durable).
+    pub fn handle(&self) -> &Handle<M> {
+        &self.handle
+    }
+
+    /// The queue this manager is served from, `custody.<name>`.
+    pub fn queue(&self) -> &str {
+        &self.owner.queue
+    }
+
+    /// Whether it still serves: `false` once stopped, or once the serving
+    /// ended on its own, which stops the manager too: the connection was
+    /// lost, the queue was deleted, or the manager refused a delivery (after
+    /// a runtime shutdown, at the next delivery).
+    pub fn is_serving(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Stops serving gracefully and waits until it is done (see [`Served`]).
+    pub fn stop(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.owner.stop.raise();
+        if thread.join().is_err() {
+            tracing::error!(queue = %self.owner.queue, "the consumer thread panicked");
+        }
+    }
+}
+
+impl<M: Send + 'static> Drop for Served<M> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The owner's channel and the book of deliveries not yet settled.
+pub(crate) struct Owner {
+    link: Arc<Link>,
+    channel: Channel,
+    queue: String,
+    dead_queue: String,
+    book: Mutex<Book>,
+    /// Held through a whole flush of the pending done records, so that a
+    /// batch is acknowledged only after its records are confirmed, even when
+    /// the consumer thread is flushing a dead record at the same time.
+    flushing: Mutex<()>,
+    /// Raised by `Served::stop`: hand the manager no more deliveries.
+    stop: StopSignal,
+}
+
+#[derive(Default)]
+struct Book {
+    /// Deliveries handed to the manager and not yet settled, in tag order.
+    open: VecDeque<Open>,
+    /// Done records not yet confirmed by the broker, by producer; kept when a
+    /// publish fails and sent again with the next batch.
+    pending: BTreeMap<String, DoneRecord>,
+    /// The last settled tag not yet acknowledged because its batch's done
+    /// records are still pending.
+    unacked: Option<u64>,
+}
+
+/// One delivery in the manager's hands.
+struct Open {
+    tag: u64,
+    origin: Option<Origin>,
+    /// The body and properties, kept only on a message's last allowed delivery:
+    /// if its handler panics again, it is dead-lettered with the panic message.
+    last: Option<(Vec<u8>, BasicProperties)>,
+}
+
+pub(crate) fn serve<Mg>(
+    broker: &Broker,
+    rt: &Runtime,
+    name: &str,
+    manager: Mg,
+) -> Result<Served<Mg::Msg>, BrokerError>
+where
+    Mg: Manager,
+    Mg::Msg: DeserializeOwned,
+{
+    connection::check_name(name)?;
+    let link = Arc::clone(&broker.link);
+    let channel = link.confirmed_channel()?;
+    link.declare_mailbox(&channel, name)?;
+    let queue = connection::mailbox_queue(name);
+    link.run(
+        || format!("setting the prefetch for `{queue}`"),
+        channel.basic_qos(link.settings.prefetch, BasicQosOptions::default()),
+    )?;
+    let owner = Arc::new(Owner {
+        link: Arc::clone(&link),
+        channel: channel.clone(),
+        queue: queue.clone(),
+        dead_queue: connection::dead_queue(name),
+        book: Mutex::new(Book::default()),
+        flushing: Mutex::new(()),
+        stop: StopSignal::default(),
+    });
+    let handle = match rt.manager(name).spawn(manager) {
+        Ok(handle) => handle,
+        Err(e) => {
+            owner.close_channel();
+            return Err(e.into());
+        }
+    };
+    let settler: Box<dyn SettleOutside> = Box::new(Settler(Arc::clone(&owner)));
+    if handle.shared.outside.set(settler).is_err() {
+        unreachable!("a freshly spawned manager has no settler");
+    }
+    let consumer_tag = format!("{queue}.{}.{}", std::process::id(), unique());
+    let consumed = link.run(
+        || format!("consuming from `{queue}`"),
+        channel.basic_consume(
+            ShortString::from(queue.as_str()),
+            ShortString::from(consumer_tag.as_str()),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    );
+    let consumer = match consumed {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            handle.stop();
+            owner.close_channel();
+            return Err(e);
+        }
+    };
+    let thread_owner = Arc::clone(&owner);
+    let thread_handle = handle.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("custody-amqp-{name}"))
+        .spawn(move || consume(consumer, thread_handle, thread_owner));
+    let thread = match thread {
+        Ok(thread) => thread,
+        Err(source) => {
+            handle.stop();
+            owner.close_channel();
+            return Err(crate::error::SpawnError::Thread {
+                name: name.to_owned(),
+                source,
+            }
+            .into());
+        }
+    };
+    tracing::debug!(%queue, "serving");
+    Ok(Served {
+        handle,
+        owner,
+        thread: Some(thread),
+    })
+}
+
+/// A number unique in this process.
+pub(crate) fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The consumer thread: decodes each delivery and hands it to the manager.
+///
+/// When asked to stop (or when the manager refuses a delivery, in a runtime
+/// shutdown), it hands over nothing more, waits until the manager has
+/// handled and settled everything it was given, and only then closes the
+/// channel, which returns the deliveries it held back to the queue. It does
+/// not cancel the consumer first: on a single-active-consumer queue a cancel
+/// makes the standby active at once, while this owner would still be
+/// handling earlier messages: two owners, and the order lost.
+fn consume<M: DeserializeOwned + Send + 'static>(
+    mut consumer: Consumer,
+    handle: Handle<M>,
+    owner: Arc<Owner>,
+) {
+    let limit = u64::from(owner.link.settings.delivery_limit);
+    loop {
+        // Looked at first: with deliveries always buffered, the race below
+        // would pick the delivery every time.
+        if owner.stop.is_raised() {
+            break;
+        }
+        let next = block_until(
+            None,
+            futures_lite::future::or(async { consumer.next().await.map(Some) }, async {
+                owner.stop.raised().await;
+                Some(None)
+            }),
+        )
+        .flatten();
+        let delivery = match next {
+            Some(Some(Ok(delivery))) => delivery,
+            Some(None) => break, // asked to stop
+            None => {
+                tracing::debug!(queue = %owner.queue, "the broker cancelled the consumer");
+                break;
+            }
+            Some(Some(Err(e))) => {
+                tracing::warn!(queue = %owner.queue, error = %e, "consumer ended by an error");
+                break;
+            }
+        };
+        let tag = delivery.delivery_tag;
+        let origin = Origin::of(&delivery.properties);
+        let msg = match codec::decode::<M>(&delivery.data) {
+            Ok(msg) => msg,
+            Err(reason) => {
+                owner.reject(tag, &delivery.data, &delivery.properties, origin, &reason);
+                continue;
+            }
+        };
+        let last = (codec::delivery_count(&delivery.properties) >= limit)
+            .then_some((delivery.data, delivery.properties));
+        owner.book().open.push_back(Open { tag, origin, last });
+        if handle.deliver(msg, tag).is_err() {
+            // The manager is stopping (a runtime shutdown): hand over no more.
+            owner.book().open.retain(|o| o.tag != tag);
+            break;
+        }
+    }
+    handle.stop();
+    // Returns once every delivery handed over has been handled and settled.
+    let _ = handle.join();
+    // A last try for records that failed with a batch no later batch retried.
+    owner.ack_settled();
+    owner.close_channel();
+    tracing::debug!(queue = %owner.queue, "stopped serving");
+}
+
+/// A one-way flag a thread blocked on the broker can wait for.
+#[derive(Default)]
+struct StopSignal {
+    raised: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl StopSignal {
+    fn raise(&self) {
+        self.raised.store(true, Ordering::SeqCst);
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::SeqCst)
+    }
+
+    /// Completes once `raise` was called.
+    fn raised(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.is_raised() {
+                return Poll::Ready(());
+            }
+            *self.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+            // Raised between the first look and storing the waker?
+            if self.is_raised() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+}
+
+impl Owner {
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn close_channel(&self) {
+        let _ = block_until(
+            self.link.confirm_deadline(),
+            self.channel
+                .close(200, ShortString::from("custody: stopped serving")),
+        );
+    }
+
+    /// A delivery that cannot be decoded: copied to the dead-letter queue
+    /// with the reason, then acknowledged; its producer hears it is dead.
+    fn reject(
+        &self,
+        tag: u64,
+        data: &[u8],
+        props: &BasicProperties,
+        origin: Option<Origin>,
+        reason: &str,
+    ) {
+        tracing::warn!(queue = %self.queue, tag, reason, "undecodable delivery: dead-lettered");
+        self.dead_letter(tag, data, props, origin, reason);
+    }
+
+    /// Publishes a copy to the dead-letter queue, tells its producer, and acks
+    /// the delivery; if the copy is not confirmed, requeues the delivery
+    /// instead (the broker's delivery limit dead-letters it in the end).
+    fn dead_letter(
+        &self,
+        tag: u64,
+        data: &[u8],
+        props: &BasicProperties,
+        origin: Option<Origin>,
+        reason: &str,
+    ) {
+        let copy = codec::dead_letter_properties(props, reason);
+        let published = self.publish_confirmed(&self.dead_queue, data, copy);
+        if let Err(e) = published {
+            tracing::error!(queue = %self.queue, tag, error = %e, "dead-lettering failed: requeued");
+            self.nack(tag);
+            return;
+        }
+        if let Some(origin) = origin {
+            let record = DoneRecord {
+                done: Vec::new(),
+                dead: vec![(origin.id, codec::cut(reason).to_owned())],
+            };
+            self.book()
+                .pending
+                .entry(origin.producer)
+                .or_default()
+                .merge(record);
+            self.flush_pending();
+        }
+        self.ack(tag, false);
+    }
+
+    fn ack(&self, tag: u64, multiple: bool) {
+        let acked = self.link.run(
+            || format!("acknowledging deliveries of `{}`", self.queue),
+            self.channel.basic_ack(tag, BasicAckOptions { multiple }),
+        );
+        if let Err(e) = acked {
+            tracing::error!(queue = %self.queue, tag, error = %e, "ack failed; the broker will redeliver");
+        }
+    }
+
+    fn nack(&self, tag: u64) {
+        let nacked = self.link.run(
+            || format!("requeueing a delivery of `{}`", self.queue),
+            self.channel.basic_nack(
+                tag,
+                BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                },
+            ),
+        );
+        if let Err(e) = nacked {
+            tracing::error!(queue = %self.queue, tag, error = %e, "nack failed");
+        }
+    }
+
+    /// Publishes to `queue` through the default exchange and waits for the
+    /// confirm (with the confirm timeout).
+    fn publish_confirmed(
+        &self,
+        queue: &str,
+        data: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), String> {
+        let confirm = self.link.run(
+            || format!("publishing to `{queue}`"),
+            self.channel.basic_publish(
+                ShortString::from(""),
+                ShortString::from(queue),
+                BasicPublishOptions::default(),
+                data,
+                props,
+            ),
+        );
+        let confirm = confirm.map_err(|e| e.to_string())?;
+        match block_until(self.link.confirm_deadline(), confirm) {
+            Some(Ok(c)) if c.is_ack() => Ok(()),
+            Some(Ok(_)) => Err(format!("the broker refused a message to `{queue}`")),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err(format!(
+                "no confirm within {:?}",
+                self.link.settings.confirm_timeout
+            )),
+        }
+    }
+
+    /// Once every pending done record is confirmed, acknowledges everything
+    /// settled so far with one multiple-ack (earlier batches whose records
+    /// failed are covered too); `false` if records are still pending.
+    fn ack_settled(&self) -> bool {
+        if !self.flush_pending() {
+            return false;
+        }
+        let unacked = self.book().unacked.take();
+        if let Some(up_to) = unacked {
+            self.ack(up_to, true);
+        }
+        true
+    }
+
+    /// Publishes every pending done record and waits for all the confirms;
+    /// `true` if none is left pending.
+    fn flush_pending(&self) -> bool {
+        let _flushing = self.flushing.lock().unwrap_or_else(PoisonError::into_inner);
+        let pending = std::mem::take(&mut self.book().pending);
+        if pending.is_empty() {
+            return true;
+        }
+        let mut sent = Vec::with_capacity(pending.len());
+        let mut failed: Vec<(String, DoneRecord)> = Vec::new();
+        for (producer, record) in pending {
+            let body = match codec::encode(&record) {
+                Ok(body) => body,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a done record");
+                    continue;
+                }
+            };
+            let queue = connection::done_queue(&producer);
+            let props = BasicProperties::default()
+                .with_content_type(ShortString::from(codec::CONTENT_TYPE))
+                .with_delivery_mode(2);
+            let published = self.link.run(
+                || format!("publishing to `{queue}`"),
+                self.channel.basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(queue.as_str()),
+                    BasicPublishOptions::default(),
+                    &body,
+                    props,
+                ),
+            );
+            match published {
+                Ok(confirm) => sent.push((producer, record, confirm)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "done record not sent; kept for the next batch");
+                    failed.push((producer, record));
+                }
+            }
+        }
+        let deadline = self.link.confirm_deadline();
+        for (producer, record, confirm) in sent {
+            match block_until(deadline, confirm) {
+                Some(Ok(c)) if c.is_ack() => {}
+                outcome => {
+                    tracing::warn!(
+                        %producer,
+                        timed_out = outcome.is_none(),
+                        "done record not confirmed; kept for the next batch"
+                    );
+                    failed.push((producer, record));
+                }
+            }
+        }
+        if failed.is_empty() {
+            return true;
+        }
+        let mut book = self.book();
+        for (producer, record) in failed {
+            book.pending.entry(producer).or_default().merge(record);
+        }
+        false
+    }
+}
+
+/// The manager thread's view of the owner: settles batches, reports panics.
+struct Settler(Arc<Owner>);
+
+impl SettleOutside for Settler {
+    fn settle(&self, up_to: u64) {
+        let owner = &*self.0;
+        {
+            let mut book = owner.book();
+            while book.open.front().is_some_and(|o| o.tag <= up_to) {
+                let open = book.open.pop_front().expect("checked");
+                if let Some(origin) = open.origin {
+                    book.pending
+                        .entry(origin.producer)
+                        .or_default()
+                        .done
+                        .push(origin.id);
+                }
+            }
+            book.unacked = Some(up_to);
+        }
+        if !owner.ack_settled() {
+            tracing::warn!(queue = %owner.queue, up_to, "batch left unacknowledged until its done records are confirmed");
+        }
+    }
+
+    fn failed(&self, tag: u64, panic: &str) {
+        let owner = &*self.0;
+        let open = {
+            let mut book = owner.book();
+            let at = book.open.iter().position(|o| o.tag == tag);
+            at.and_then(|at| book.open.remove(at))
+        };
+        match open {
+            Some(Open {
+                origin,
+                last: Some((data, props)),
+                ..
+            }) => {
+                let reason = format!(
+                    "the handler panicked on every delivery (limit {}): {panic}",
+                    owner.link.settings.delivery_limit
+                );
+                owner.dead_letter(tag, &data, &props, origin, &reason);
+            }
+            _ => owner.nack(tag),
+        }
+    }
+}
