@@ -90,9 +90,7 @@ pub(crate) fn run<Mg: Manager>(
             wake_at = sup.manager.next_wake();
         }
         let mut next = match rx.recv(wake_at) {
-            Ok(Envelope::Msg(msg)) => Some((msg, None)),
-            Ok(Envelope::Delivered(delivered)) => Some((delivered.0, Some(delivered.1))),
-            Ok(Envelope::Wake) => None,
+            Ok(envelope) => envelope.open(),
             Err(RecvFailure::Timeout | RecvFailure::Empty) => continue,
             Err(RecvFailure::Disconnected) => break,
         };
@@ -120,9 +118,7 @@ pub(crate) fn run<Mg: Manager>(
                 break;
             }
             match rx.try_recv() {
-                Ok(Envelope::Msg(msg)) => next = Some((msg, None)),
-                Ok(Envelope::Delivered(delivered)) => next = Some((delivered.0, Some(delivered.1))),
-                Ok(Envelope::Wake) => {}
+                Ok(envelope) => next = envelope.open(),
                 Err(RecvFailure::Empty) => {
                     if linger(&rx) {
                         continue;

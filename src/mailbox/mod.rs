@@ -141,6 +141,20 @@ pub(crate) enum Envelope<M> {
 const _: () = assert!(std::mem::size_of::<Envelope<u64>>() <= 16);
 
 impl<M> Envelope<M> {
+    /// The message and its outside tag (if it came from an outside queue);
+    /// `None` for a wake-up.
+    #[inline]
+    pub(crate) fn open(self) -> Option<(M, Option<u64>)> {
+        match self {
+            Envelope::Msg(m) => Some((m, None)),
+            Envelope::Delivered(delivered) => {
+                let (m, tag) = *delivered;
+                Some((m, Some(tag)))
+            }
+            Envelope::Wake => None,
+        }
+    }
+
     /// The message inside, if any.
     pub(crate) fn into_msg(self) -> Option<M> {
         match self {
