@@ -19,7 +19,7 @@ use thiserror::Error;
 /// let rt = Runtime::new();
 /// let owner = rt.own("n", 0u32)?;
 /// owner.handle().stop();
-/// let refused = owner.handle().tell(Box::new(|n: &mut u32| *n += 1)).unwrap_err();
+/// let refused = owner.handle().tell(custody::Job::new(|n: &mut u32| *n += 1)).unwrap_err();
 /// let _message_back = refused.into_inner();
 /// # Ok::<(), custody::SpawnError>(())
 /// ```

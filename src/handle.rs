@@ -11,7 +11,7 @@ use crate::deadlock::WaitNode;
 use crate::error::{AskError, JoinError, SendError, SendTimeoutError, TrySendError};
 use crate::fuzz;
 use crate::mailbox::{Backend, Capacity, Envelope, Gate, Padded, SendFailure, Sender};
-use crate::reply::{self, Answer, Reply};
+use crate::reply::{self, Answer, HoldsSlot, Reply, Waiter};
 use crate::runtime::Inner;
 use crate::stats::{Counters, ManagerState, ManagerStats};
 
@@ -240,8 +240,8 @@ impl<M: Send + 'static> Handle<M> {
     ///     wait.recv().ok();
     /// })?;
     /// is_busy.recv()?; // the manager is inside the first closure
-    /// slow.handle().try_tell(Box::new(|_| {}))?; // fills the one slot
-    /// let full = slow.handle().try_tell(Box::new(|_| {})).unwrap_err();
+    /// slow.handle().try_tell(custody::Job::new(|_| {}))?; // fills the one slot
+    /// let full = slow.handle().try_tell(custody::Job::new(|_| {})).unwrap_err();
     /// assert!(full.is_full());
     /// go.send(())?;
     /// slow.join()?;
@@ -326,13 +326,23 @@ impl<M: Send + 'static> Handle<M> {
         R: Send + 'static,
         F: FnOnce(Reply<R>) -> M,
     {
+        let (reply, waiter) = reply::pair();
+        self.request(make(reply), waiter, deadline)
+    }
+
+    /// Sends a request whose answer lands in `waiter`'s slot, and waits for it.
+    pub(crate) fn request<C: HoldsSlot>(
+        &self,
+        msg: M,
+        waiter: Waiter<C>,
+        deadline: Option<Instant>,
+    ) -> Result<C::Value, AskError> {
         let waiting = current::with_node(|me| match me {
             None => Ok(None),
             Some(me) => me.begin_wait(&self.shared.waits).map(|()| Some(WaitEdge)),
         });
         let _edge = waiting.map_err(|cycle| AskError::Deadlock { cycle })?;
-        let (reply, waiter) = reply::pair();
-        if let Err(refusal) = self.post(make(reply), Wait::Until(deadline)) {
+        if let Err(refusal) = self.post(msg, Wait::Until(deadline)) {
             // Dropping the refused request drops its reply outside a handler.
             return Err(match refusal {
                 Refusal::Stopped(_) => self.ask_error(AskErrorKind::Stopped),

@@ -69,8 +69,8 @@
 //! })?;
 //! is_busy.recv()?;
 //! // The manager is busy; one message fits in the mailbox, the next does not.
-//! slow.handle().try_tell(Box::new(|_| {}))?;
-//! assert!(slow.handle().try_tell(Box::new(|_| {})).unwrap_err().is_full());
+//! slow.handle().try_tell(custody::Job::new(|_| {}))?;
+//! assert!(slow.handle().try_tell(custody::Job::new(|_| {})).unwrap_err().is_full());
 //! go.send(())?;
 //! slow.join()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())

@@ -1,14 +1,142 @@
 //! `Owner<R>`: any value handed to its own thread, reached through closures.
+//!
+//! A `cast` is a boxed closure. A `call` needs the closure and the slot its
+//! answer lands in; both live in one allocation (a `CallCell`), shared by the
+//! caller, who waits on the slot, and the owner thread, who takes the closure
+//! out, runs it, and fills the slot.
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::error::{AskError, JoinError, SendError};
-use crate::handle::Handle;
+use crate::handle::{Handle, deadline_after};
 use crate::manager::{Context, Manager};
+use crate::reply::{self, HoldsSlot, Slot, Unanswered, Waiter};
 
-/// A closure to run on an owner's thread.
-pub type Job<R> = Box<dyn FnOnce(&mut R) + Send>;
+/// A closure to run on an owner's thread: what [`Owner::cast`] sends, and
+/// what comes back inside its error when the owner is stopped.
+///
+/// # Examples
+///
+/// ```
+/// use custody::{Job, Runtime};
+///
+/// let rt = Runtime::new();
+/// let n = rt.own("n", 1u32)?;
+/// n.handle().tell(Job::new(|n: &mut u32| *n *= 10))?;
+/// assert_eq!(n.call(|n| *n)?, 10);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Job<R>(Kind<R>);
+
+enum Kind<R> {
+    Cast(Box<dyn FnOnce(&mut R) + Send>),
+    Call(CallJob<R>),
+}
+
+impl<R> Job<R> {
+    /// A job that runs `f` on the owner's thread.
+    pub fn new(f: impl FnOnce(&mut R) + Send + 'static) -> Job<R> {
+        Job(Kind::Cast(Box::new(f)))
+    }
+
+    /// Runs the job against the resource.
+    fn run(self, resource: &mut R) {
+        match self.0 {
+            Kind::Cast(f) => f(resource),
+            Kind::Call(call) => call.run(resource),
+        }
+    }
+}
+
+impl<R> fmt::Debug for Job<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Kind::Cast(_) => "Job::Cast(..)",
+            Kind::Call(_) => "Job::Call(..)",
+        })
+    }
+}
+
+/// A call's closure and its answer, in one allocation.
+struct CallCell<F, T> {
+    f: Mutex<Option<F>>,
+    slot: Slot<T>,
+}
+
+/// The owner thread's view of a call: run it against the resource.
+trait Call<R>: Unanswered {
+    fn run(self: Arc<Self>, resource: &mut R);
+}
+
+impl<F: Send, T: Send> Unanswered for CallCell<F, T> {
+    fn end(&self, ending: reply::Ending) {
+        self.slot.end(ending);
+    }
+}
+
+impl<F: Send, T: Send> HoldsSlot for CallCell<F, T> {
+    type Value = T;
+    fn slot(&self) -> &Slot<T> {
+        &self.slot
+    }
+}
+
+impl<R, F, T> Call<R> for CallCell<F, T>
+where
+    F: FnOnce(&mut R) -> T + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(self: Arc<Self>, resource: &mut R) {
+        let f = self.f.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let Some(f) = f else { return };
+        // If `f` panics, the armed cell is dropped while unwinding and the
+        // caller is answered with the panic message.
+        let armed = Armed(Some(self));
+        let value = f(resource);
+        if let Some(cell) = armed.disarm() {
+            cell.slot.answer(value);
+        }
+    }
+}
+
+/// Holds a call's cell while its closure runs.
+struct Armed<C: Unanswered + 'static>(Option<Arc<C>>);
+
+impl<C: Unanswered + 'static> Armed<C> {
+    fn disarm(mut self) -> Option<Arc<C>> {
+        self.0.take()
+    }
+}
+
+impl<C: Unanswered + 'static> Drop for Armed<C> {
+    fn drop(&mut self) {
+        if let Some(cell) = self.0.take() {
+            reply::drop_unanswered(cell);
+        }
+    }
+}
+
+/// A call in the owner's mailbox; dropped unrun (a discard, a refused send),
+/// it answers the caller instead of leaving it waiting.
+struct CallJob<R>(Option<Arc<dyn Call<R>>>);
+
+impl<R> CallJob<R> {
+    fn run(mut self, resource: &mut R) {
+        if let Some(call) = self.0.take() {
+            call.run(resource);
+        }
+    }
+}
+
+impl<R> Drop for CallJob<R> {
+    fn drop(&mut self) {
+        if let Some(call) = self.0.take() {
+            reply::drop_unanswered(call);
+        }
+    }
+}
 
 /// The manager behind an [`Owner`]: it runs each job against the resource.
 pub(crate) struct Owned<R>(pub(crate) R);
@@ -17,7 +145,7 @@ impl<R: Send + 'static> Manager for Owned<R> {
     type Msg = Job<R>;
 
     fn handle(&mut self, job: Job<R>, _ctx: &mut Context<'_, Job<R>>) {
-        job(&mut self.0);
+        job.run(&mut self.0);
     }
 }
 
@@ -49,7 +177,8 @@ impl<R: Send + 'static> Owner<R> {
         Owner { handle }
     }
 
-    /// Runs `f` on the owning thread and returns its result.
+    /// Runs `f` on the owning thread and returns its result. One allocation
+    /// carries both the closure and its answer.
     ///
     /// # Errors
     ///
@@ -75,32 +204,33 @@ impl<R: Send + 'static> Owner<R> {
         T: Send + 'static,
         F: FnOnce(&mut R) -> T + Send + 'static,
     {
-        self.call_until(f, Some(timeout))
+        self.call_until(f, deadline_after(timeout))
     }
 
-    fn call_until<T, F>(&self, f: F, timeout: Option<Duration>) -> Result<T, AskError>
+    fn call_until<T, F>(&self, f: F, deadline: Option<std::time::Instant>) -> Result<T, AskError>
     where
         T: Send + 'static,
         F: FnOnce(&mut R) -> T + Send + 'static,
     {
-        let make =
-            |reply: crate::Reply<T>| -> Job<R> { Box::new(move |r: &mut R| reply.send(f(r))) };
-        match timeout {
-            None => self.handle.ask(make),
-            Some(t) => self.handle.ask_timeout(make, t),
-        }
+        let cell = Arc::new(CallCell {
+            f: Mutex::new(Some(f)),
+            slot: Slot::new(),
+        });
+        let call: Arc<dyn Call<R>> = Arc::clone(&cell) as Arc<dyn Call<R>>;
+        let job = Job(Kind::Call(CallJob(Some(call))));
+        self.handle.request(job, Waiter::new(cell), deadline)
     }
 
     /// Queues `f` to run on the owning thread and returns at once.
     ///
     /// # Errors
     ///
-    /// [`SendError`] with the boxed closure inside if the owner is stopped.
+    /// [`SendError`] with the job inside if the owner is stopped.
     pub fn cast<F>(&self, f: F) -> Result<(), SendError<Job<R>>>
     where
         F: FnOnce(&mut R) + Send + 'static,
     {
-        self.handle.tell(Box::new(f))
+        self.handle.tell(Job::new(f))
     }
 
     /// Waits until every closure queued so far has run.
@@ -125,9 +255,7 @@ impl<R: Send + 'static> Owner<R> {
 
 impl<R: Send + 'static> Clone for Owner<R> {
     fn clone(&self) -> Self {
-        Owner {
-            handle: self.handle.clone(),
-        }
+        Owner::new(self.handle.clone())
     }
 }
 

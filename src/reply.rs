@@ -47,7 +47,9 @@ const PARKED: u8 = 1;
 /// The outcome is in.
 const READY: u8 = 2;
 
-struct Slot<T> {
+/// Where one answer lands: the value (or why there is none), and how the
+/// asker is woken.
+pub(crate) struct Slot<T> {
     state: AtomicU8,
     outcome: Mutex<Outcome<T>>,
     /// Set by the asker just before it parks.
@@ -55,6 +57,19 @@ struct Slot<T> {
 }
 
 impl<T> Slot<T> {
+    pub(crate) fn new() -> Slot<T> {
+        Slot {
+            state: AtomicU8::new(EMPTY),
+            outcome: Mutex::new(Outcome::Pending),
+            asker: Mutex::new(None),
+        }
+    }
+
+    /// Answers with a value.
+    pub(crate) fn answer(&self, value: T) {
+        self.complete(Outcome::Value(value));
+    }
+
     fn complete(&self, outcome: Outcome<T>) {
         *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = outcome;
         if self.state.swap(READY, Ordering::AcqRel) == PARKED
@@ -73,14 +88,57 @@ impl<T> Slot<T> {
     }
 }
 
-/// Something that can be told "the handler panicked with this message".
-trait PanicSink {
-    fn panicked(&self, message: &str);
+/// Why an answer will never come.
+pub(crate) enum Ending {
+    /// The handler dropped the reply without answering.
+    NoReply,
+    /// An immediate stop discarded the request.
+    Discarded,
+    /// The handler panicked, with this message.
+    Panicked(String),
 }
 
-impl<T> PanicSink for Slot<T> {
-    fn panicked(&self, message: &str) {
-        self.complete(Outcome::Panicked(message.to_owned()));
+/// A reply slot, seen from the side that may have to give up on it.
+pub(crate) trait Unanswered: Send + Sync {
+    fn end(&self, ending: Ending);
+}
+
+impl<T: Send> Unanswered for Slot<T> {
+    fn end(&self, ending: Ending) {
+        self.complete(match ending {
+            Ending::NoReply => Outcome::NoReply,
+            Ending::Discarded => Outcome::Discarded,
+            Ending::Panicked(message) => Outcome::Panicked(message),
+        });
+    }
+}
+
+/// Something that holds the slot an asker waits on.
+pub(crate) trait HoldsSlot: Send + Sync {
+    type Value;
+    fn slot(&self) -> &Slot<Self::Value>;
+}
+
+impl<T: Send> HoldsSlot for Slot<T> {
+    type Value = T;
+    fn slot(&self) -> &Slot<T> {
+        self
+    }
+}
+
+/// Ends a slot that is being dropped unanswered, according to what this
+/// thread is doing: a handler unwinding (answered with the panic message once
+/// the loop has it), a discard (`Stopped`), or a plain drop (`NoReply`).
+pub(crate) fn drop_unanswered(cell: Arc<dyn Unanswered>) {
+    match MODE.with(Cell::get) {
+        DropMode::Handling if thread::panicking() => {
+            UNWOUND.with(|u| u.borrow_mut().push(cell));
+        }
+        DropMode::Discarding => cell.end(Ending::Discarded),
+        _ if thread::panicking() => {
+            cell.end(Ending::Panicked("panicked outside a handler".to_owned()));
+        }
+        _ => cell.end(Ending::NoReply),
     }
 }
 
@@ -97,7 +155,7 @@ pub(crate) enum DropMode {
 
 thread_local! {
     static MODE: Cell<DropMode> = const { Cell::new(DropMode::Normal) };
-    static UNWOUND: RefCell<Vec<Arc<dyn PanicSink>>> = const { RefCell::new(Vec::new()) };
+    static UNWOUND: RefCell<Vec<Arc<dyn Unanswered>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Sets what an unanswered drop on this thread means; returns the old mode.
@@ -109,7 +167,7 @@ pub(crate) fn set_drop_mode(mode: DropMode) -> DropMode {
 pub(crate) fn settle_unwound(message: &str) {
     let sinks = UNWOUND.with(|u| std::mem::take(&mut *u.borrow_mut()));
     for sink in sinks {
-        sink.panicked(message);
+        sink.end(Ending::Panicked(message.to_owned()));
     }
 }
 
@@ -143,9 +201,9 @@ pub struct Reply<T: Send + 'static> {
     slot: Option<Arc<Slot<T>>>,
 }
 
-/// The asking half: waits for the slot to be completed.
-pub(crate) struct Waiter<T> {
-    slot: Arc<Slot<T>>,
+/// The asking half: waits for the slot inside `C` to be completed.
+pub(crate) struct Waiter<C> {
+    cell: Arc<C>,
 }
 
 /// How an ask ended, before it is turned into the public error.
@@ -158,17 +216,13 @@ pub(crate) enum Answer<T> {
 }
 
 /// A fresh reply slot, owned by the calling thread.
-pub(crate) fn pair<T: Send + 'static>() -> (Reply<T>, Waiter<T>) {
-    let slot = Arc::new(Slot {
-        state: AtomicU8::new(EMPTY),
-        outcome: Mutex::new(Outcome::Pending),
-        asker: Mutex::new(None),
-    });
+pub(crate) fn pair<T: Send + 'static>() -> (Reply<T>, Waiter<Slot<T>>) {
+    let slot = Arc::new(Slot::new());
     (
         Reply {
             slot: Some(Arc::clone(&slot)),
         },
-        Waiter { slot },
+        Waiter { cell: slot },
     )
 }
 
@@ -190,16 +244,8 @@ impl<T: Send + 'static> Reply<T> {
 
 impl<T: Send + 'static> Drop for Reply<T> {
     fn drop(&mut self) {
-        let Some(slot) = self.slot.take() else { return };
-        match MODE.with(Cell::get) {
-            DropMode::Handling if thread::panicking() => {
-                UNWOUND.with(|u| u.borrow_mut().push(slot));
-            }
-            DropMode::Discarding => slot.complete(Outcome::Discarded),
-            _ if thread::panicking() => {
-                slot.complete(Outcome::Panicked("panicked outside a handler".to_owned()))
-            }
-            _ => slot.complete(Outcome::NoReply),
+        if let Some(slot) = self.slot.take() {
+            drop_unanswered(slot);
         }
     }
 }
@@ -212,14 +258,19 @@ impl<T: Send + 'static> fmt::Debug for Reply<T> {
     }
 }
 
-impl<T> Waiter<T> {
+impl<C: HoldsSlot> Waiter<C> {
+    /// Waits on the slot inside `cell`.
+    pub(crate) fn new(cell: Arc<C>) -> Waiter<C> {
+        Waiter { cell }
+    }
+
     /// Polls for a short, bounded while; `true` once the slot is ready.
     fn spin(&self) -> bool {
         let started = Instant::now();
         let mut looks = 0u32;
         loop {
             for _ in 0..SPINS_PER_LOOK {
-                if self.slot.is_ready() {
+                if self.cell.slot().is_ready() {
                     return true;
                 }
                 std::hint::spin_loop();
@@ -229,7 +280,7 @@ impl<T> Waiter<T> {
                 thread::yield_now();
             }
             if started.elapsed() >= SPIN_FOR {
-                return self.slot.is_ready();
+                return self.cell.slot().is_ready();
             }
         }
     }
@@ -237,7 +288,7 @@ impl<T> Waiter<T> {
     /// Parks until the slot is ready; `false` if the deadline passed first.
     #[cold]
     fn park(&self, deadline: Option<Instant>) -> bool {
-        let slot = &*self.slot;
+        let slot = self.cell.slot();
         *slot.asker.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread::current());
         if slot
             .state
@@ -264,17 +315,13 @@ impl<T> Waiter<T> {
     }
 
     /// Waits for the answer until `deadline` (forever when `None`).
-    pub(crate) fn wait(self, deadline: Option<Instant>) -> Answer<T> {
-        let slot = &*self.slot;
+    pub(crate) fn wait(self, deadline: Option<Instant>) -> Answer<C::Value> {
+        let slot = self.cell.slot();
         if !slot.is_ready() && !self.spin() && !self.park(deadline) {
             return Answer::TimedOut;
         }
         let outcome = std::mem::replace(
-            &mut *self
-                .slot
-                .outcome
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
+            &mut *slot.outcome.lock().unwrap_or_else(PoisonError::into_inner),
             Outcome::Pending,
         );
         match outcome {

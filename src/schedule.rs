@@ -99,10 +99,10 @@ impl TimerState {
 /// let ticks = rt.own("ticks", 0u32)?;
 /// let soon = ticks
 ///     .handle()
-///     .tell_after(Duration::from_millis(10), Box::new(|n: &mut u32| *n += 1))?;
+///     .tell_after(Duration::from_millis(10), custody::Job::new(|n: &mut u32| *n += 1))?;
 /// let never = ticks
 ///     .handle()
-///     .tell_after(Duration::from_secs(3600), Box::new(|n: &mut u32| *n += 100))?;
+///     .tell_after(Duration::from_secs(3600), custody::Job::new(|n: &mut u32| *n += 100))?;
 /// never.cancel();
 /// while soon.status() == ScheduleStatus::Pending {
 ///     std::thread::sleep(Duration::from_millis(1));
@@ -376,7 +376,7 @@ impl<M: Send + 'static> Handle<M> {
     /// let beats = rt.own("beats", 0u32)?;
     /// let heartbeat = beats
     ///     .handle()
-    ///     .tell_every(Duration::from_millis(2), || Box::new(|n: &mut u32| *n += 1) as custody::Job<u32>)?;
+    ///     .tell_every(Duration::from_millis(2), || custody::Job::new(|n: &mut u32| *n += 1))?;
     /// while heartbeat.delivered() < 3 {
     ///     std::thread::sleep(Duration::from_millis(1));
     /// }

@@ -19,7 +19,44 @@ backend_tests!(
     a_manager_asking_itself_gets_deadlock_at_once,
     owner_call_that_panics_leaves_the_owner_usable,
     a_huge_timeout_waits_like_no_timeout,
+    owner_calls_discarded_or_refused_end_with_stopped,
 );
+
+fn owner_calls_discarded_or_refused_end_with_stopped(backend: Backend) {
+    within("owner call discarded", move || {
+        let rt = runtime(backend);
+        let owner = rt.own("o", 0u32).unwrap();
+        let (busy, is_busy) = std::sync::mpsc::channel();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        owner
+            .cast(move |_| {
+                busy.send(()).unwrap();
+                let _ = wait.recv_timeout(Duration::from_secs(30));
+            })
+            .unwrap();
+        is_busy.recv().unwrap();
+        let queued = {
+            let owner = owner.clone();
+            thread::spawn(move || owner.call(|n| *n))
+        };
+        while owner.handle().is_empty() {
+            thread::yield_now();
+        }
+        thread::scope(|s| {
+            let now = s.spawn(|| rt.shutdown_now());
+            thread::sleep(Duration::from_millis(10));
+            go.send(()).unwrap();
+            assert_eq!(now.join().unwrap().total_unhandled(), 1);
+        });
+        assert!(matches!(
+            queued.join().unwrap(),
+            Err(AskError::Stopped { .. })
+        ));
+        assert!(matches!(owner.call(|n| *n), Err(AskError::Stopped { .. })));
+        let refused = owner.cast(|n| *n += 1).unwrap_err();
+        assert_eq!(format!("{:?}", refused.into_inner()), "Job::Cast(..)");
+    });
+}
 
 fn ask_gets_the_answer(backend: Backend) {
     within("ask", move || {
