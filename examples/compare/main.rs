@@ -8,6 +8,8 @@
 //! Run: `cargo run --release --example compare -- --help`
 
 mod ask;
+#[cfg(feature = "amqp")]
+mod broker;
 mod counter;
 mod database;
 mod measure;
@@ -40,7 +42,7 @@ struct Workload {
     run: fn(&str, usize, u64) -> Duration,
 }
 
-const WORKLOADS: [Workload; 4] = [
+const WORKLOADS: &[Workload] = &[
     Workload {
         name: counter::NAME,
         designs: &counter::DESIGNS,
@@ -68,6 +70,14 @@ const WORKLOADS: [Workload; 4] = [
         threads: &database::THREADS,
         unit: "writer",
         run: database::run,
+    },
+    #[cfg(feature = "amqp")]
+    Workload {
+        name: broker::NAME,
+        designs: &broker::DESIGNS,
+        threads: &broker::THREADS,
+        unit: "producer",
+        run: broker::run,
     },
 ];
 
@@ -134,6 +144,10 @@ impl Mode {
             ("database", "mutex-connection" | "manager-ask") => (50, 25, 2),
             // Group commits: hundreds of inserts per fsync.
             ("database", _) => (4_000, 2_000, 20),
+            // A confirm, a batch settled and an answer per ask: ms.
+            ("broker", "remote-ask") => (500, 250, 10),
+            // Publishes in flight: tens of us a message.
+            ("broker", _) => (20_000, 10_000, 200),
             _ => unreachable!("no size for {workload}/{design}"),
         };
         match self {
@@ -181,6 +195,9 @@ Workloads:
   printer   threads print lines to one file (reference: mutex-writer)
   database  writers insert rows into one SQLite file, WAL, synchronous=FULL,
             each acknowledged once committed (reference: mutex-connection)
+  broker    (feature amqp, needs RabbitMQ) one producer, one consumer through a
+            durable quorum queue, each message confirmed and handled
+            (reference: raw-lapin, the AMQP client alone)
 
 Options:
       --quick            fewer and smaller runs (about 15 s)

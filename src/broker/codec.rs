@@ -77,6 +77,14 @@ pub(crate) fn header_string(props: &BasicProperties, key: &str) -> Option<String
     }
 }
 
+/// Where the answer to a delivery goes, if it is an ask.
+pub(crate) fn reply_target(props: &BasicProperties) -> Option<super::reply::Target> {
+    Some(super::reply::Target {
+        reply_to: props.reply_to().as_ref()?.as_str().to_owned(),
+        correlation_id: props.correlation_id().as_ref()?.as_str().to_owned(),
+    })
+}
+
 /// How many times the broker delivered this message before (0 on the first
 /// delivery of a quorum queue message, which has no header).
 pub(crate) fn delivery_count(props: &BasicProperties) -> u64 {

@@ -258,3 +258,67 @@ pub enum RemoteJoinError {
         outstanding: usize,
     },
 }
+
+/// A [`RemoteHandle::ask`](super::RemoteHandle::ask) that ended without an
+/// answer.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RemoteAskError {
+    /// No answer before the deadline. The request may still be handled; its
+    /// answer is then dropped.
+    #[error("asking `{queue}`: no answer within {waited:?}")]
+    Timeout {
+        /// The queue asked.
+        queue: String,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The request was not confirmed by the broker (refused, unroutable, not
+    /// encodable, or no confirm within the confirm timeout).
+    #[error("asking `{queue}`: the request was not sent: {reason}")]
+    NotSent {
+        /// The queue asked.
+        queue: String,
+        /// Why.
+        reason: String,
+    },
+    /// The manager dropped the reply without answering, or the request had
+    /// no [`RemoteReply`](super::RemoteReply) in it.
+    #[error("asking `{queue}`: the manager dropped the reply unanswered")]
+    NoReply {
+        /// The queue asked.
+        queue: String,
+    },
+    /// The request was dead-lettered: it could not be decoded, or its
+    /// handler panicked on every allowed delivery (the panic is in `reason`).
+    #[error("asking `{queue}`: the request was dead-lettered: {reason}")]
+    DeadLettered {
+        /// The queue asked.
+        queue: String,
+        /// The decode error or the panic.
+        reason: String,
+    },
+    /// The answer could not be decoded as the type asked for.
+    #[error("asking `{queue}`: cannot decode the answer: {reason}")]
+    Decode {
+        /// The queue asked.
+        queue: String,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// The channel or connection to the broker is gone.
+    #[error("asking `{queue}`: lost the connection to the broker: {reason}")]
+    Disconnected {
+        /// The queue asked.
+        queue: String,
+        /// What the client said.
+        reason: String,
+    },
+}
+
+impl RemoteAskError {
+    /// Whether the deadline passed (the request may still be handled).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, RemoteAskError::Timeout { .. })
+    }
+}

@@ -4,7 +4,8 @@
 //! The API is the runtime's, blocking and thread-based: [`Broker::serve`]
 //! runs a manager on a [`Runtime`](crate::Runtime) and feeds it from the queue
 //! `custody.<name>`; [`Broker::remote_handle`] gives a typed
-//! [`RemoteHandle`] that sends to it from any process, with `tell` and `join`.
+//! [`RemoteHandle`] that sends to it from any process, with `tell`, `join`
+//! and `ask` (the answer comes back in a [`RemoteReply`]).
 //! The AMQP client's futures stay inside this module.
 //!
 //! ```no_run
@@ -72,6 +73,27 @@
 //! record. Messages that were dead-lettered are reported too, and make `join`
 //! return [`RemoteJoinError::DeadLettered`].
 //!
+//! **`ask` across processes.** A request carries a [`RemoteReply<T>`]
+//! (`ask(Msg::Get)` builds the message around a placeholder, as the local
+//! `ask` does around a [`Reply`](crate::Reply)); it is nothing on the wire.
+//! The request goes out like a `tell`, with RabbitMQ's direct reply-to
+//! (`amq.rabbitmq.reply-to`, consumed without acks on the handle's channel
+//! before the first request) as `reply_to` and its message id as correlation
+//! id. The owner's consumer thread decodes it with that address bound, so the
+//! manager's `RemoteReply` knows where to answer. **Answered means committed:**
+//! the answer is held until the request's batch is settled (`idle` ran, done
+//! records confirmed, batch acknowledged), then published to the asker, like
+//! the local `Database`, whose writers hear back only after the commit; a
+//! reply kept past its batch is sent when answered. A reply dropped
+//! unanswered (or a request with none in it) answers
+//! [`RemoteAskError::NoReply`]. A handler that panics is retried like any
+//! delivery; once its last delivery is dead-lettered the asker gets
+//! [`RemoteAskError::DeadLettered`] with the panic, never a hang.
+//! `ask_timeout` ends with [`RemoteAskError::Timeout`] at its deadline; the
+//! request may still be handled, and its late answer is dropped (nobody
+//! consumes it). The answers are not persistent: an asker whose connection
+//! drops loses them, and its request is still handled.
+//!
 //! **Every wait has a deadline.** A broker under a memory or disk alarm
 //! blocks publishers without a word, so each confirm wait ends at the
 //! broker's confirm timeout (default 10 s) with a typed error that gives the
@@ -103,7 +125,9 @@
 //! which waits for its confirm, about 0.55 ms (an fsync on the broker);
 //! [`RemoteHandle::tell_all`], many publishes in flight, about 25 µs a
 //! message; an owner draining a full queue, done records and acks included,
-//! about 20 µs a message (batches of about 90 with the default prefetch).
+//! about 20 µs a message (batches of about 90 with the default prefetch);
+//! an `ask` round trip, owner and asker in one process, about 1.4 ms (a
+//! confirmed publish, a batch of one settled, the answer).
 //! After a SIGKILL of the active owner, the standby handled its first
 //! redelivered message about 5 ms later.
 //!
@@ -113,10 +137,14 @@ mod codec;
 mod connection;
 mod error;
 mod remote;
+mod reply;
 mod serve;
 
 pub use admin::DeadMessage;
 pub use connection::{Broker, BrokerBuilder, DEFAULT_URL, URL_VAR};
-pub use error::{BrokerError, Cause, DeadLetter, RemoteJoinError, RemoteSendError, TellAllError};
+pub use error::{
+    BrokerError, Cause, DeadLetter, RemoteAskError, RemoteJoinError, RemoteSendError, TellAllError,
+};
 pub use remote::RemoteHandle;
+pub use reply::RemoteReply;
 pub use serve::Served;

@@ -1,13 +1,13 @@
 //! The sender side: `RemoteHandle<M>`, a typed address of a manager served
 //! from a broker queue, possibly in another process.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,10 +18,14 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Confirmation, PublisherConfirm};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::codec::{self, DoneRecord};
 use super::connection::{self, Broker, Link, block_until};
-use super::error::{BrokerError, DeadLetter, RemoteJoinError, RemoteSendError, TellAllError};
+use super::error::{
+    BrokerError, DeadLetter, RemoteAskError, RemoteJoinError, RemoteSendError, TellAllError,
+};
+use super::reply::{RemoteReply, WireAnswer};
 use super::serve::unique;
 
 /// How long an unused done queue outlives its producer (a producer that
@@ -88,6 +92,45 @@ struct Remote {
     done_queue: String,
     next_id: AtomicU64,
     joins: Arc<Joins>,
+    /// Asks waiting for their answer, by correlation id; the reply consumer
+    /// is started by the first ask.
+    asks: Arc<Asks>,
+}
+
+/// The asks of one handle waiting for answers.
+#[derive(Default)]
+struct Asks {
+    waiting: Mutex<HashMap<String, mpsc::SyncSender<Vec<u8>>>>,
+    /// Whether the consumer of `amq.rabbitmq.reply-to` runs on the channel.
+    consuming: Mutex<bool>,
+}
+
+impl Asks {
+    fn waiting(&self) -> MutexGuard<'_, HashMap<String, mpsc::SyncSender<Vec<u8>>>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn on_delivery(&self, delivery: DeliveryResult) {
+        match delivery {
+            Ok(Some(delivery)) => {
+                let Some(id) = delivery.properties.correlation_id().as_ref() else {
+                    return;
+                };
+                // An ask that gave up is no longer waiting: its answer is dropped.
+                if let Some(tx) = self.waiting().remove(id.as_str()) {
+                    let _ = tx.try_send(delivery.data);
+                }
+            }
+            // The channel is gone: every waiting ask ends as disconnected.
+            Ok(None) | Err(_) => {
+                self.waiting().clear();
+                *self
+                    .consuming
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = false;
+            }
+        }
+    }
 }
 
 /// The join state, fed by the done-queue consumer.
@@ -202,6 +245,7 @@ impl<M: Serialize> RemoteHandle<M> {
                 done_queue,
                 next_id: AtomicU64::new(0),
                 joins,
+                asks: Arc::new(Asks::default()),
             }),
             _msg: PhantomData,
         })
@@ -301,6 +345,177 @@ impl<M: Serialize> RemoteHandle<M> {
         } else {
             Err(TellAllError { confirmed, refused })
         }
+    }
+
+    /// Asks the manager and waits for its answer: builds the request around
+    /// a [`RemoteReply`] placeholder (`ask(Msg::Get)`, or
+    /// `ask(|reply| Msg::Get { key, reply })`), publishes it like `tell`
+    /// with the direct reply-to queue as `reply_to`, and waits, without a
+    /// deadline, for the answer. The answer is sent once the request's batch
+    /// is settled: when it arrives, the request was handled, the owner's
+    /// `idle` hook ran and the request was acknowledged. The request counts
+    /// for `join` like a told message.
+    ///
+    /// # Errors
+    ///
+    /// [`RemoteAskError`]: `NotSent` (with the reason the publish failed),
+    /// `NoReply`, `DeadLettered` (undecodable, or a handler that panicked
+    /// on every delivery), `Decode` (an answer of another type),
+    /// `Disconnected`.
+    pub fn ask<R, F>(&self, make: F) -> Result<R, RemoteAskError>
+    where
+        R: DeserializeOwned,
+        F: FnOnce(RemoteReply<R>) -> M,
+    {
+        self.ask_until(make, None, None)
+    }
+
+    /// Like [`ask`](RemoteHandle::ask), ending with
+    /// [`RemoteAskError::Timeout`] when no answer arrived within `timeout`
+    /// (the publish confirm included). The request may still be handled; its
+    /// late answer is dropped.
+    ///
+    /// # Errors
+    ///
+    /// As [`ask`](RemoteHandle::ask), plus `Timeout`.
+    pub fn ask_timeout<R, F>(&self, make: F, timeout: Duration) -> Result<R, RemoteAskError>
+    where
+        R: DeserializeOwned,
+        F: FnOnce(RemoteReply<R>) -> M,
+    {
+        self.ask_until(make, connection::deadline(timeout), Some(timeout))
+    }
+
+    fn ask_until<R, F>(
+        &self,
+        make: F,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> Result<R, RemoteAskError>
+    where
+        R: DeserializeOwned,
+        F: FnOnce(RemoteReply<R>) -> M,
+    {
+        let remote = &*self.remote;
+        let queue = || remote.queue.clone();
+        self.consume_answers()?;
+        let msg = make(RemoteReply::placeholder());
+        let (msg, id, body) = self.prepare(msg).map_err(|e| RemoteAskError::NotSent {
+            queue: queue(),
+            reason: e.to_string(),
+        })?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        remote.asks.waiting().insert(id.clone(), tx);
+        // Removes the waiting entry however this ends: a late answer is dropped.
+        let _waiting = Forget(&remote.asks, &id);
+        let props = codec::message_properties(&id, &remote.producer)
+            .with_reply_to(ShortString::from(DIRECT_REPLY_TO))
+            .with_correlation_id(ShortString::from(id.as_str()));
+        let confirm_deadline = match (deadline, remote.link.confirm_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let outcome = block_until(confirm_deadline, async {
+            remote
+                .channel
+                .basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(remote.queue.as_str()),
+                    mandatory(),
+                    &body,
+                    props,
+                )
+                .await?
+                .await
+        });
+        let waited = timeout.unwrap_or(remote.link.settings.confirm_timeout);
+        if let Err(e) = self.conclude(msg, &id, outcome, waited) {
+            return Err(match e {
+                RemoteSendError::Timeout { .. } if timeout.is_some() => RemoteAskError::Timeout {
+                    queue: queue(),
+                    waited,
+                },
+                e => RemoteAskError::NotSent {
+                    queue: queue(),
+                    reason: e.to_string(),
+                },
+            });
+        }
+        let received = match deadline {
+            None => rx.recv().map_err(|_| None),
+            Some(at) => rx
+                .recv_timeout(at.saturating_duration_since(Instant::now()))
+                .map_err(|e| match e {
+                    mpsc::RecvTimeoutError::Timeout => Some(()),
+                    mpsc::RecvTimeoutError::Disconnected => None,
+                }),
+        };
+        let body = match received {
+            Ok(body) => body,
+            Err(Some(())) => {
+                return Err(RemoteAskError::Timeout {
+                    queue: queue(),
+                    waited,
+                });
+            }
+            Err(None) => {
+                return Err(RemoteAskError::Disconnected {
+                    queue: queue(),
+                    reason: "the reply consumer ended".to_owned(),
+                });
+            }
+        };
+        match codec::decode::<WireAnswer<R>>(&body) {
+            Ok(WireAnswer::Value(value)) => Ok(value),
+            Ok(WireAnswer::NoReply) => Err(RemoteAskError::NoReply { queue: queue() }),
+            Ok(WireAnswer::DeadLettered(reason)) => Err(RemoteAskError::DeadLettered {
+                queue: queue(),
+                reason,
+            }),
+            Err(reason) => Err(RemoteAskError::Decode {
+                queue: queue(),
+                reason,
+            }),
+        }
+    }
+
+    /// Starts consuming `amq.rabbitmq.reply-to` on this handle's channel
+    /// (once): the broker requires it before a request naming it is published.
+    fn consume_answers(&self) -> Result<(), RemoteAskError> {
+        let remote = &*self.remote;
+        let mut consuming = remote
+            .asks
+            .consuming
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *consuming {
+            return Ok(());
+        }
+        let consumer = remote
+            .link
+            .run(
+                || format!("consuming `{DIRECT_REPLY_TO}`"),
+                remote.channel.basic_consume(
+                    ShortString::from(DIRECT_REPLY_TO),
+                    ShortString::from(format!("{}.answers", remote.done_queue)),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .map_err(|e| RemoteAskError::Disconnected {
+                queue: remote.queue.clone(),
+                reason: error_chain(&e),
+            })?;
+        let asks = Arc::clone(&remote.asks);
+        consumer.set_delegate(move |delivery: DeliveryResult| {
+            asks.on_delivery(delivery);
+            std::future::ready(())
+        });
+        *consuming = true;
+        Ok(())
     }
 
     /// Waits for every confirm in flight, with one confirm timeout for all.
@@ -540,6 +755,30 @@ impl Drop for Remote {
                 .close(200, ShortString::from("custody: handle dropped")),
         );
     }
+}
+
+/// The queue name of RabbitMQ's direct reply-to.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Removes an ask from the waiting ones when it ends.
+struct Forget<'a>(&'a Asks, &'a str);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.waiting().remove(self.1);
+    }
+}
+
+/// An error and its sources, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// A publish under way: the write and then the confirm.

@@ -35,6 +35,7 @@ use serde::de::DeserializeOwned;
 use super::codec::{self, DoneRecord, Origin};
 use super::connection::{self, Broker, Link, block_until};
 use super::error::BrokerError;
+use super::reply::{self, AnswerSink, Binding, Target, WireAnswer};
 use crate::handle::{Handle, SettleOutside};
 use crate::manager::Manager;
 use crate::runtime::Runtime;
@@ -143,6 +144,18 @@ struct Open {
     /// The body and properties, kept only on a message's last allowed delivery:
     /// if its handler panics again, it is dead-lettered with the panic message.
     last: Option<(Vec<u8>, BasicProperties)>,
+    /// Set when the delivery is an ask.
+    ask: Option<Ask>,
+}
+
+/// The answer side of a delivery that is an ask.
+struct Ask {
+    target: Target,
+    /// The answer, held until the batch is settled.
+    answer: Option<Vec<u8>>,
+    /// Whether a `RemoteReply` in the message took the binding; if none
+    /// did, the batch's settling answers `NoReply`.
+    bound: bool,
 }
 
 pub(crate) fn serve<Mg>(
@@ -277,16 +290,44 @@ fn consume<M: DeserializeOwned + Send + 'static>(
         };
         let tag = delivery.delivery_tag;
         let origin = Origin::of(&delivery.properties);
-        let msg = match codec::decode::<M>(&delivery.data) {
+        let target = codec::reply_target(&delivery.properties);
+        // Opened before decoding, so that a reply answered (or dropped)
+        // during the decode finds its request.
+        owner.book().open.push_back(Open {
+            tag,
+            origin: origin.clone(),
+            last: None,
+            ask: target.clone().map(|target| Ask {
+                target,
+                answer: None,
+                bound: false,
+            }),
+        });
+        let binding = target.clone().map(|target| Binding {
+            sink: Arc::clone(&owner) as Arc<dyn AnswerSink>,
+            tag,
+            target,
+        });
+        let (decoded, bound) = reply::decode_bound::<M>(&delivery.data, binding);
+        let msg = match decoded {
             Ok(msg) => msg,
             Err(reason) => {
+                owner.book().open.retain(|o| o.tag != tag);
                 owner.reject(tag, &delivery.data, &delivery.properties, origin, &reason);
                 continue;
             }
         };
-        let last = (codec::delivery_count(&delivery.properties) >= limit)
-            .then_some((delivery.data, delivery.properties));
-        owner.book().open.push_back(Open { tag, origin, last });
+        {
+            let mut book = owner.book();
+            if let Some(open) = book.open.iter_mut().rev().find(|o| o.tag == tag) {
+                if let Some(ask) = &mut open.ask {
+                    ask.bound = bound;
+                }
+                if codec::delivery_count(&delivery.properties) >= limit {
+                    open.last = Some((delivery.data, delivery.properties));
+                }
+            }
+        }
         if handle.deliver(msg, tag).is_err() {
             // The manager is stopping (a runtime shutdown): hand over no more.
             owner.book().open.retain(|o| o.tag != tag);
@@ -368,6 +409,40 @@ impl Owner {
     ) {
         tracing::warn!(queue = %self.queue, tag, reason, "undecodable delivery: dead-lettered");
         self.dead_letter(tag, data, props, origin, reason);
+        if let Some(target) = codec::reply_target(props) {
+            self.answer_dead(&target, reason);
+        }
+    }
+
+    /// Tells an asker its request was dead-lettered.
+    fn answer_dead(&self, target: &Target, reason: &str) {
+        match codec::encode(&WireAnswer::<()>::DeadLettered(
+            codec::cut(reason).to_owned(),
+        )) {
+            Ok(body) => self.publish_answer(target, &body),
+            Err(e) => tracing::error!(error = %e, "cannot encode an answer"),
+        }
+    }
+
+    /// Publishes an answer to the asker's reply queue; not waited for (an
+    /// asker that has gone is no reason to hold up the owner).
+    fn publish_answer(&self, target: &Target, body: &[u8]) {
+        let props = BasicProperties::default()
+            .with_content_type(ShortString::from(codec::CONTENT_TYPE))
+            .with_correlation_id(ShortString::from(target.correlation_id.as_str()));
+        let published = self.link.run(
+            || format!("answering `{}`", target.reply_to),
+            self.channel.basic_publish(
+                ShortString::from(""),
+                ShortString::from(target.reply_to.as_str()),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            ),
+        );
+        if let Err(e) = published {
+            tracing::warn!(queue = %self.queue, error = %e, "an answer was not sent");
+        }
     }
 
     /// Publishes a copy to the dead-letter queue, tells its producer, and acks
@@ -538,16 +613,52 @@ impl Owner {
     }
 }
 
+impl AnswerSink for Owner {
+    fn answer(&self, tag: u64, target: &Target, body: Vec<u8>) {
+        {
+            let mut book = self.book();
+            let open = book.open.iter_mut().find(|o| o.tag == tag);
+            if let Some(ask) = open.and_then(|o| o.ask.as_mut()) {
+                // Held until the batch is settled; a handler that answers
+                // twice (it cannot: `send` takes the reply) keeps the first.
+                ask.answer.get_or_insert(body);
+                return;
+            }
+        }
+        // Its batch is settled already: the reply was kept past it.
+        self.publish_answer(target, &body);
+    }
+}
+
 /// The manager thread's view of the owner: settles batches, reports panics.
 struct Settler(Arc<Owner>);
 
 impl SettleOutside for Settler {
     fn settle(&self, up_to: u64) {
         let owner = &*self.0;
+        let mut answers = Vec::new();
         {
             let mut book = owner.book();
             while book.open.front().is_some_and(|o| o.tag <= up_to) {
                 let open = book.open.pop_front().expect("checked");
+                match open.ask {
+                    Some(Ask {
+                        target,
+                        answer: Some(body),
+                        ..
+                    }) => answers.push((target, body)),
+                    Some(Ask {
+                        target,
+                        answer: None,
+                        bound: false,
+                    }) => {
+                        if let Ok(body) = codec::encode(&WireAnswer::<()>::NoReply) {
+                            answers.push((target, body));
+                        }
+                    }
+                    // A reply still held by the manager: sent when answered.
+                    _ => {}
+                }
                 if let Some(origin) = open.origin {
                     book.pending
                         .entry(origin.producer)
@@ -560,6 +671,10 @@ impl SettleOutside for Settler {
         }
         if !owner.ack_settled() {
             tracing::warn!(queue = %owner.queue, up_to, "batch left unacknowledged until its done records are confirmed");
+        }
+        // After `idle` and the ack: answered means committed.
+        for (target, body) in answers {
+            owner.publish_answer(&target, &body);
         }
     }
 
@@ -574,6 +689,7 @@ impl SettleOutside for Settler {
             Some(Open {
                 origin,
                 last: Some((data, props)),
+                ask,
                 ..
             }) => {
                 let reason = format!(
@@ -581,6 +697,9 @@ impl SettleOutside for Settler {
                     owner.link.settings.delivery_limit
                 );
                 owner.dead_letter(tag, &data, &props, origin, &reason);
+                if let Some(ask) = ask {
+                    owner.answer_dead(&ask.target, &reason);
+                }
             }
             _ => owner.nack(tag),
         }
