@@ -143,7 +143,7 @@ impl<M: Send + 'static> Handle<M> {
     /// Hands the manager a message that came from an outside queue, tagged so
     /// that the queue can be settled once the manager's batch is done.
     /// Counted like a tell. Blocks while a bounded mailbox is full.
-    #[allow(dead_code)] // used by the broker mailbox
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // the broker mailbox uses it
     pub(crate) fn deliver(&self, msg: M, tag: u64) -> Result<(), M> {
         self.post_envelope(Envelope::Delivered(Box::new((msg, tag))), Wait::Until(None))
             .map_err(|r| match r {
