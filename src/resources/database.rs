@@ -18,6 +18,11 @@
 //! So a write acknowledged with `Ok` is committed, and a write that failed
 //! left no trace, while a busy database pays for one commit (one `fsync` with
 //! `synchronous = FULL`) per batch rather than per write.
+//!
+//! The same group commit serves `RemoteDatabase` (features `amqp` and
+//! `sqlite`), a database served from a broker queue whose writes carry ids:
+//! each id is recorded inside its write's savepoint, so a write delivered
+//! again after a crash changes nothing.
 
 use std::fmt;
 use std::ops::Deref;
