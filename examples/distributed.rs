@@ -11,12 +11,11 @@
 //!   the writes the broker confirmed to the producers, none missing and none
 //!   twice. It exits 0 only when that holds.
 //! - `distributed owner NAME DB`: serves the manager `NAME` from its broker
-//!   queue. The manager owns a SQLite connection: each message is an
-//!   `INSERT OR IGNORE` keyed by the message's id inside the batch's
-//!   transaction, committed in `idle`, before the broker acknowledges the
-//!   batch. A crash between the commit and the ack redelivers the batch to
-//!   the standby, whose inserts then change nothing. Stops when its standard
-//!   input closes.
+//!   queue: a `RemoteDatabase`, whose writes carry ids recorded in the same
+//!   transaction as the writes (group-committed in `idle`, before the broker
+//!   acknowledges the batch). A crash between the commit and the ack
+//!   redelivers the batch to the standby, which skips the ids already
+//!   applied. Stops when its standard input closes.
 //! - `distributed producer NAME K COUNT`: sends `COUNT` writes with ids
 //!   `K.0`, `K.1`, ... through a `RemoteHandle`, a few at a time, prints
 //!   how many the broker confirmed, then joins.
@@ -30,10 +29,10 @@ use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use custody::Runtime;
 use custody::broker::Broker;
 use custody::resources::rusqlite::{self, Connection};
-use custody::{Context, Manager, Runtime};
-use serde::{Deserialize, Serialize};
+use custody::resources::{Database, DatabaseError, RemoteDatabase, RemoteDbMsg, RemoteWrite};
 
 const PRODUCERS: u32 = 3;
 const WRITES_PER_PRODUCER: u32 = 600;
@@ -42,80 +41,12 @@ const WRITES_PER_PRODUCER: u32 = 600;
 const CHUNK: u32 = 20;
 const PAUSE: Duration = Duration::from_millis(40);
 
-/// One write: a row keyed by `id`.
-#[derive(Debug, Serialize, Deserialize)]
-struct Write {
-    id: String,
-    producer: u32,
-}
-
-/// The owner's manager: one SQLite connection, a transaction per batch.
-struct Ledger {
-    conn: Connection,
-    in_batch: bool,
-    inserted: u64,
-    ignored: u64,
-}
-
-impl Ledger {
-    fn open(path: &Path) -> rusqlite::Result<Ledger> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             CREATE TABLE IF NOT EXISTS writes (
-                 id TEXT PRIMARY KEY,
-                 producer INTEGER NOT NULL
-             );",
-        )?;
-        Ok(Ledger {
-            conn,
-            in_batch: false,
-            inserted: 0,
-            ignored: 0,
-        })
-    }
-
-    fn fail(what: &str, e: &rusqlite::Error) -> ! {
-        // Nothing of the batch is acknowledged: the broker redelivers it.
-        eprintln!("owner {}: {what}: {e}", std::process::id());
-        std::process::exit(1);
-    }
-}
-
-impl Manager for Ledger {
-    type Msg = Write;
-
-    fn handle(&mut self, write: Write, _ctx: &mut Context<'_, Write>) {
-        if !self.in_batch {
-            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-                Ledger::fail("begin", &e);
-            }
-            self.in_batch = true;
-        }
-        match self.conn.execute(
-            "INSERT OR IGNORE INTO writes (id, producer) VALUES (?1, ?2)",
-            rusqlite::params![write.id, write.producer],
-        ) {
-            Ok(0) => self.ignored += 1,
-            Ok(_) => self.inserted += 1,
-            Err(e) => Ledger::fail("insert", &e),
-        }
-    }
-
-    /// Runs before the batch is acknowledged: acknowledged means committed.
-    fn idle(&mut self, _ctx: &mut Context<'_, Write>) {
-        if self.in_batch {
-            if let Err(e) = self.conn.execute_batch("COMMIT") {
-                Ledger::fail("commit", &e);
-            }
-            self.in_batch = false;
-        }
-    }
-
-    fn stopped(&mut self, _ctx: &mut Context<'_, Write>) {
-        println!("inserted {} ignored {}", self.inserted, self.ignored);
-    }
+/// The owner's manager: a [`RemoteDatabase`] on `path`. The table has no
+/// unique key, so a write applied twice would show as two rows.
+fn ledger(path: &Path) -> Result<RemoteDatabase, DatabaseError> {
+    RemoteDatabase::open(Database::builder(path).init_sql(
+        "CREATE TABLE IF NOT EXISTS writes (id TEXT NOT NULL, producer INTEGER NOT NULL)",
+    ))
 }
 
 fn main() -> ExitCode {
@@ -141,7 +72,7 @@ fn main() -> ExitCode {
 
 /// The owner role: serve until standard input closes.
 fn own(name: &str, db: &Path) -> Result<(), String> {
-    let ledger = Ledger::open(db).map_err(|e| format!("opening {}: {e}", db.display()))?;
+    let ledger = ledger(db).map_err(|e| format!("opening {}: {e}", db.display()))?;
     let rt = Runtime::new();
     let broker = Broker::from_env().map_err(|e| e.to_string())?;
     let served = broker.serve(&rt, name, ledger).map_err(|e| e.to_string())?;
@@ -156,15 +87,19 @@ fn own(name: &str, db: &Path) -> Result<(), String> {
 fn produce(name: &str, k: u32, count: u32) -> Result<(), String> {
     let broker = Broker::from_env().map_err(|e| e.to_string())?;
     let ledger = broker
-        .remote_handle::<Write>(name)
+        .remote_handle::<RemoteDbMsg>(name)
         .map_err(|e| e.to_string())?;
     let mut confirmed = 0;
     let mut next = 0;
     while next < count {
         let end = (next + CHUNK).min(count);
-        let writes = (next..end).map(|i| Write {
-            id: format!("{k}.{i}"),
-            producer: k,
+        let writes = (next..end).map(|i| {
+            let id = format!("{k}.{i}");
+            RemoteDbMsg::Execute(RemoteWrite::with_id(
+                id.clone(),
+                "INSERT INTO writes (id, producer) VALUES (?1, ?2)",
+                vec![id.into(), k.into()],
+            ))
         });
         match ledger.tell_all(writes) {
             Ok(()) => confirmed += end - next,
@@ -342,8 +277,6 @@ fn orchestrate() -> Result<(), String> {
     println!("producers joined: {confirmed} writes confirmed");
 
     standby.finish()?;
-    let report = standby.line(Duration::from_secs(5))?;
-    println!("standby: {report} (ignored = redelivered writes already committed)");
 
     let conn = Connection::open(&cleanup.db).map_err(|e| e.to_string())?;
     let (rows, distinct): (u64, u64) = conn

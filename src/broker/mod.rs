@@ -57,7 +57,11 @@
 //! **`task_done` is the ack.** A batch is acknowledged with one multiple-ack
 //! after the manager's `idle` hook ran, so for a manager that commits in
 //! `idle`, acknowledged means committed; a crash before that redelivers the
-//! batch to the next owner (at least once). A delivery whose handler panicked
+//! batch to the next owner (at least once). For exactly-once *effects*, the
+//! manager records each message's id in the transaction that applies it and
+//! skips an id it has seen:
+//! [`RemoteDatabase`](crate::resources::RemoteDatabase) does this for SQLite
+//! writes (features `amqp` and `sqlite`). A delivery whose handler panicked
 //! is requeued; on its last allowed delivery (the broker's `x-delivery-limit`,
 //! default 5 redeliveries) it is copied to the dead-letter queue
 //! `custody.<name>.dead` with the panic message in the `x-custody-error`

@@ -18,6 +18,11 @@
 //! So a write acknowledged with `Ok` is committed, and a write that failed
 //! left no trace, while a busy database pays for one commit (one `fsync` with
 //! `synchronous = FULL`) per batch rather than per write.
+//!
+//! The same group commit serves `RemoteDatabase` (features `amqp` and
+//! `sqlite`), a database served from a broker queue whose writes carry ids:
+//! each id is recorded inside its write's savepoint, so a write delivered
+//! again after a crash changes nothing.
 
 use std::fmt;
 use std::ops::Deref;
@@ -355,7 +360,7 @@ impl DatabaseBuilder {
 
 /// A write message's work, type-erased: run it, then either answer it after
 /// the commit or fail it.
-trait WriteOp: Send {
+pub(crate) trait WriteOp: Send {
     /// Runs the write inside its savepoint, keeping any result for later.
     fn run(&mut self, conn: &Connection) -> rusqlite::Result<()>;
     /// Whether someone waits for the answer (an ask rather than a tell).
@@ -758,37 +763,67 @@ impl Database {
     }
 }
 
+/// The manager hooks, without a `Context`, so that another manager owning a
+/// `Database` (the remotely served one) runs the same group commit.
+impl Database {
+    /// Handles one write message: into the open batch, which is committed
+    /// if it reached its size limit.
+    pub(crate) fn handle_write(&mut self, op: Box<dyn WriteOp>) {
+        self.restore();
+        self.write(op);
+        self.commit_if_full();
+    }
+
+    /// The mailbox ran dry, or the manager stops: commit the open batch.
+    pub(crate) fn settle(&mut self) {
+        self.restore();
+        self.commit();
+    }
+
+    /// A panic escaped: roll back what it left open.
+    pub(crate) fn recover_after_panic(&mut self) {
+        self.restore();
+    }
+
+    /// Runs `sql` (outside any batch) on the connection, for setup.
+    pub(crate) fn setup(&mut self, sql: &str) -> rusqlite::Result<()> {
+        self.settle();
+        self.conn.execute_batch(sql)
+    }
+}
+
 impl Manager for Database {
     type Msg = DbMsg;
 
     fn handle(&mut self, msg: DbMsg, _ctx: &mut Context<'_, DbMsg>) {
-        self.restore();
         match msg.0 {
-            Op::Write(op) => self.write(op),
+            Op::Write(op) => self.handle_write(op),
             Op::Call(job) => {
+                self.restore();
                 self.commit();
                 job(&mut self.conn);
                 self.restore();
             }
-            Op::Stats(reply) => reply.send(self.stats),
+            Op::Stats(reply) => {
+                self.restore();
+                reply.send(self.stats);
+                self.commit_if_full();
+            }
         }
-        self.commit_if_full();
     }
 
     fn idle(&mut self, _ctx: &mut Context<'_, DbMsg>) {
-        self.restore();
-        self.commit();
+        self.settle();
     }
 
     fn stopped(&mut self, _ctx: &mut Context<'_, DbMsg>) {
-        self.restore();
-        self.commit();
+        self.settle();
     }
 
     /// A panic escaped a `call` or a write: roll back what it left open, at
     /// once, before anything else reaches the connection.
     fn recover(&mut self, _panic: &str, _ctx: &mut Context<'_, DbMsg>) {
-        self.restore();
+        self.recover_after_panic();
     }
 }
 

@@ -4,6 +4,8 @@
 //! - [`Printer`]: an output stream whose multi-line jobs never interleave.
 //! - `Database` (cargo feature `sqlite`, on by default): a real SQLite
 //!   connection whose writes are group-committed.
+//! - `RemoteDatabase` (features `amqp` and `sqlite`): a `Database` served from
+//!   a broker queue, whose writes carry ids and take effect exactly once.
 //!
 //! Each manager comes with a message enum (or opaque message type) and a
 //! handle wrapper ([`CounterHandle`], [`PrinterHandle`], `DatabaseHandle`)
@@ -33,6 +35,8 @@ mod counter;
 #[cfg(feature = "sqlite")]
 mod database;
 mod printer;
+#[cfg(all(feature = "amqp", feature = "sqlite"))]
+mod remote_database;
 
 pub use counter::{Counter, CounterHandle, CounterMsg};
 #[cfg(feature = "sqlite")]
@@ -41,6 +45,8 @@ pub use database::{
     DatabaseStats, DbMsg, Synchronous,
 };
 pub use printer::{PrintMsg, Printer, PrinterError, PrinterHandle, PrinterStats, SharedBuffer};
+#[cfg(all(feature = "amqp", feature = "sqlite"))]
+pub use remote_database::{RemoteDatabase, RemoteDbMsg, RemoteWrite, SqlValue};
 /// The SQLite bindings the [`Database`] manager is built on, re-exported so
 /// that closures can name `Connection`, `types::Value` and friends without a
 /// separate dependency.
