@@ -13,7 +13,7 @@ use crate::fuzz;
 use crate::mailbox::{Backend, Capacity, Envelope, Gate, Padded, SendFailure, Sender};
 use crate::reply::{self, Answer, HoldsSlot, Reply, Waiter};
 use crate::runtime::Inner;
-use crate::stats::{Counters, ManagerState, ManagerStats};
+use crate::stats::{Counters, ManagerState, ManagerStats, OutsideStats};
 
 /// What a manager's handles and its thread share.
 pub(crate) struct Shared<M> {
@@ -68,6 +68,8 @@ pub(crate) trait SettleOutside: Send + Sync {
     fn settle(&self, up_to: u64);
     /// The handler panicked on the delivery with this tag.
     fn failed(&self, tag: u64, panic: &str);
+    /// The queue's counters, for the stats table.
+    fn stats(&self) -> OutsideStats;
 }
 
 /// How `post` may wait for room in a bounded mailbox.
@@ -539,6 +541,7 @@ impl<M: Send + 'static> Shared<M> {
             queued: self.tx.len(),
             unfinished: self.gate.unfinished(),
             unhandled: self.gate.dropped(),
+            outside: self.outside.get().map(|o| o.stats()),
         }
     }
 }

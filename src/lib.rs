@@ -147,7 +147,7 @@ pub use runtime::{
     Builder, CtrlcError, DEFAULT_MAX_BATCH, ManagerBuilder, Runtime, ShutdownReport, StopRecord,
 };
 pub use schedule::{ScheduleError, ScheduleStatus, Scheduled};
-pub use stats::{ManagerState, ManagerStats, Stats};
+pub use stats::{ManagerState, ManagerStats, OutsideStats, Stats};
 pub use supervision::PanicPolicy;
 pub use sync::{Barrier, BoundedSemaphore, Event, Semaphore, Timer};
 

@@ -343,6 +343,9 @@ mod tests {
                 .unwrap()
                 .push(format!("failed {tag}: {panic}"));
         }
+        fn stats(&self) -> crate::OutsideStats {
+            crate::OutsideStats::default()
+        }
     }
 
     struct Worker(Arc<Record>);

@@ -74,6 +74,22 @@ impl fmt::Display for ManagerState {
     }
 }
 
+/// The counters of a manager served from an outside queue (the broker
+/// mailbox of the `amqp` feature).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutsideStats {
+    /// Deliveries received from the queue.
+    pub delivered: u64,
+    /// Of those, deliveries the broker marked as redelivered (after a crash
+    /// or a requeue).
+    pub redelivered: u64,
+    /// Deliveries acknowledged after their batch was handled and `idle` ran.
+    pub acked: u64,
+    /// Deliveries moved to the dead-letter queue (undecodable, or poison).
+    pub dead_lettered: u64,
+}
+
 /// A snapshot of one manager's counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -98,6 +114,8 @@ pub struct ManagerStats {
     pub unfinished: u64,
     /// Messages accepted and then discarded by an immediate stop.
     pub unhandled: u64,
+    /// For a manager served from an outside queue, that queue's counters.
+    pub outside: Option<OutsideStats>,
 }
 
 /// A snapshot of every manager of a runtime; `Display` prints it as a table.
@@ -168,6 +186,19 @@ impl fmt::Display for Stats {
                 m.unfinished,
                 m.unhandled
             )?;
+        }
+        for (m, name) in self
+            .managers
+            .iter()
+            .zip(self.managers.iter().map(|m| &m.name))
+        {
+            if let Some(o) = m.outside {
+                writeln!(
+                    f,
+                    "{name} (queue): delivered {}, redelivered {}, acked {}, dead-lettered {}",
+                    o.delivered, o.redelivered, o.acked, o.dead_lettered
+                )?;
+            }
         }
         Ok(())
     }

@@ -154,6 +154,28 @@ fn tells_from_a_remote_handle_are_handled_in_order_and_joined() {
         assert_eq!(jobs.outstanding(), 0);
         assert_eq!(handled(&log), (0..N).collect::<Vec<_>>());
         assert!(log.lock().unwrap().idles >= 1);
+        // The done records reach the sender just before the owner's ack goes
+        // out, so the acked count may trail `join` by a moment.
+        let queue_stats = || {
+            served
+                .handle()
+                .stats()
+                .outside
+                .expect("served from a queue")
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while queue_stats().acked < N && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let queue = queue_stats();
+        assert_eq!((queue.delivered, queue.redelivered), (N, 0));
+        assert_eq!(queue.acked, N, "every delivery acknowledged");
+        assert_eq!(queue.dead_lettered, 0);
+        let table = rt.stats().to_string();
+        assert!(
+            table.contains(&format!("{} (queue): delivered {N}", queues.name)),
+            "{table}"
+        );
         // Nothing is left unacknowledged: a graceful stop returns nothing.
         served.stop();
         assert!(
@@ -283,6 +305,14 @@ fn a_poison_message_is_dead_lettered_after_the_delivery_limit() {
             // The first delivery and LIMIT redeliveries.
             assert_eq!(log.poison_attempts, LIMIT + 1);
         }
+        let queue = served
+            .handle()
+            .stats()
+            .outside
+            .expect("served from a queue");
+        assert_eq!(queue.dead_lettered, 1);
+        assert_eq!(queue.redelivered, u64::from(LIMIT));
+        assert_eq!(queue.delivered, 6 + u64::from(LIMIT) + 1);
         served.stop();
         let dead = owner.take_dead_letters(&queues.name, 10).unwrap();
         assert_eq!(dead.len(), 1, "{dead:?}");

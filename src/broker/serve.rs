@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
@@ -39,6 +39,7 @@ use super::reply::{self, AnswerSink, Binding, Target, WireAnswer};
 use crate::handle::{Handle, SettleOutside};
 use crate::manager::Manager;
 use crate::runtime::Runtime;
+use crate::stats::OutsideStats;
 
 /// A manager served from its broker queue; stops serving when dropped.
 ///
@@ -123,6 +124,23 @@ pub(crate) struct Owner {
     flushing: Mutex<()>,
     /// Raised by `Served::stop`: hand the manager no more deliveries.
     stop: StopSignal,
+    /// Delivered, redelivered, acked, dead-lettered.
+    counts: Counts,
+}
+
+/// The queue's counters, written by the consumer and manager threads.
+#[derive(Default)]
+struct Counts {
+    delivered: AtomicU64,
+    redelivered: AtomicU64,
+    acked: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+impl Counts {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -135,6 +153,8 @@ struct Book {
     /// The last settled tag not yet acknowledged because its batch's done
     /// records are still pending.
     unacked: Option<u64>,
+    /// How many deliveries that acknowledgement will cover.
+    unacked_count: u64,
 }
 
 /// One delivery in the manager's hands.
@@ -185,6 +205,7 @@ where
         book: Mutex::new(Book::default()),
         flushing: Mutex::new(()),
         stop: StopSignal::default(),
+        counts: Counts::default(),
     });
     let handle = match rt.manager(name).spawn(manager) {
         Ok(handle) => handle,
@@ -261,6 +282,8 @@ fn consume<M: DeserializeOwned + Send + 'static>(
     handle: Handle<M>,
     owner: Arc<Owner>,
 ) {
+    let span = tracing::info_span!("remote", queue = %owner.queue);
+    let _span = span.enter();
     let limit = u64::from(owner.link.settings.delivery_limit);
     loop {
         // Looked at first: with deliveries always buffered, the race below
@@ -289,6 +312,10 @@ fn consume<M: DeserializeOwned + Send + 'static>(
             }
         };
         let tag = delivery.delivery_tag;
+        Counts::add(&owner.counts.delivered, 1);
+        if delivery.redelivered {
+            Counts::add(&owner.counts.redelivered, 1);
+        }
         let origin = Origin::of(&delivery.properties);
         let target = codec::reply_target(&delivery.properties);
         // Opened before decoding, so that a reply answered (or dropped)
@@ -463,6 +490,7 @@ impl Owner {
             self.nack(tag);
             return;
         }
+        Counts::add(&self.counts.dead_lettered, 1);
         if let Some(origin) = origin {
             let record = DoneRecord {
                 done: Vec::new(),
@@ -541,9 +569,13 @@ impl Owner {
         if !self.flush_pending() {
             return false;
         }
-        let unacked = self.book().unacked.take();
+        let (unacked, count) = {
+            let mut book = self.book();
+            (book.unacked.take(), std::mem::take(&mut book.unacked_count))
+        };
         if let Some(up_to) = unacked {
             self.ack(up_to, true);
+            Counts::add(&self.counts.acked, count);
         }
         true
     }
@@ -666,6 +698,7 @@ impl SettleOutside for Settler {
                         .done
                         .push(origin.id);
                 }
+                book.unacked_count += 1;
             }
             book.unacked = Some(up_to);
         }
@@ -675,6 +708,16 @@ impl SettleOutside for Settler {
         // After `idle` and the ack: answered means committed.
         for (target, body) in answers {
             owner.publish_answer(&target, &body);
+        }
+    }
+
+    fn stats(&self) -> OutsideStats {
+        let c = &self.0.counts;
+        OutsideStats {
+            delivered: c.delivered.load(Ordering::Relaxed),
+            redelivered: c.redelivered.load(Ordering::Relaxed),
+            acked: c.acked.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
         }
     }
 
