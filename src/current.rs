@@ -35,11 +35,16 @@ impl Drop for CurrentGuard {
 
 /// Runs `f` with the wait-for node of the manager on this thread, if any.
 #[inline]
-pub(crate) fn with_node<T>(f: impl FnOnce(Option<&WaitNode>) -> T) -> T {
-    NODE.with(|n| f(n.borrow().as_deref()))
+pub(crate) fn with_node<T>(f: impl FnOnce(Option<&Arc<WaitNode>>) -> T) -> T {
+    NODE.with(|n| f(n.borrow().as_ref()))
 }
 
 /// Whether this thread runs a manager of the given runtime.
 pub(crate) fn is_manager_of(runtime_id: u64) -> bool {
     RUNTIME.with(|c| c.get() == Some(runtime_id))
+}
+
+/// Whether this thread runs any manager (of any runtime).
+pub(crate) fn is_manager() -> bool {
+    RUNTIME.with(|c| c.get().is_some())
 }

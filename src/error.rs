@@ -8,35 +8,69 @@ use std::io;
 
 use thiserror::Error;
 
-/// A [`Handle::tell`](crate::Handle::tell) refused because the manager is
-/// stopping or stopped; the message comes back.
+/// A [`Handle::tell`](crate::Handle::tell) refused; the message comes back.
 ///
 /// # Examples
 ///
 /// ```
-/// use custody::{Owner, Runtime};
+/// use custody::{Owner, Runtime, SendError};
 ///
 /// let rt = Runtime::new();
 /// let owner = rt.own("n", 0u32)?;
 /// owner.handle().stop();
 /// let refused = owner.handle().tell(custody::Job::new(|n: &mut u32| *n += 1)).unwrap_err();
+/// assert!(matches!(refused, SendError::Stopped(_)));
 /// let _message_back = refused.into_inner();
 /// # Ok::<(), custody::SpawnError>(())
 /// ```
-#[derive(Error, Clone, Copy, PartialEq, Eq)]
-#[error("sending on a stopped manager")]
-pub struct SendError<T>(pub T);
+#[derive(Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError<T> {
+    /// The manager is stopping or stopped.
+    #[error("sending on a stopped manager")]
+    Stopped(T),
+    /// A manager's `tell` found the bounded mailbox full, and waiting for room
+    /// would never end: the receiving manager is (through a chain of asks,
+    /// joins or blocked tells) waiting on the sender. Also returned by
+    /// [`Reply::forward`](crate::Reply::forward) to a manager that waits on
+    /// the asker.
+    #[error("sending would deadlock: {}", cycle.join(" -> "))]
+    Deadlock {
+        /// The message that was not sent.
+        msg: T,
+        /// The managers around the cycle, the sender first and last.
+        cycle: Vec<String>,
+    },
+}
 
 impl<T> SendError<T> {
     /// The message that was not sent.
     pub fn into_inner(self) -> T {
-        self.0
+        match self {
+            SendError::Stopped(m) | SendError::Deadlock { msg: m, .. } => m,
+        }
+    }
+
+    /// Whether the manager was stopped.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self, SendError::Stopped(_))
+    }
+
+    /// Whether waiting would have deadlocked.
+    pub fn is_deadlock(&self) -> bool {
+        matches!(self, SendError::Deadlock { .. })
     }
 }
 
 impl<T> fmt::Debug for SendError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SendError(..)")
+        match self {
+            SendError::Stopped(_) => f.write_str("Stopped(..)"),
+            SendError::Deadlock { cycle, .. } => f
+                .debug_struct("Deadlock")
+                .field("cycle", cycle)
+                .finish_non_exhaustive(),
+        }
     }
 }
 
@@ -80,7 +114,8 @@ impl<T> fmt::Debug for TrySendError<T> {
 }
 
 /// A [`Handle::tell_timeout`](crate::Handle::tell_timeout) refused; the message comes back.
-#[derive(Error, Clone, Copy, PartialEq, Eq)]
+#[derive(Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendTimeoutError<T> {
     /// The bounded mailbox stayed full until the deadline.
     #[error("timed out sending on a full mailbox")]
@@ -88,13 +123,23 @@ pub enum SendTimeoutError<T> {
     /// The manager is stopping or stopped.
     #[error("sending on a stopped manager")]
     Stopped(T),
+    /// Waiting for room would never end (see [`SendError::Deadlock`]).
+    #[error("sending would deadlock: {}", cycle.join(" -> "))]
+    Deadlock {
+        /// The message that was not sent.
+        msg: T,
+        /// The managers around the cycle, the sender first and last.
+        cycle: Vec<String>,
+    },
 }
 
 impl<T> SendTimeoutError<T> {
     /// The message that was not sent.
     pub fn into_inner(self) -> T {
         match self {
-            SendTimeoutError::Timeout(m) | SendTimeoutError::Stopped(m) => m,
+            SendTimeoutError::Timeout(m)
+            | SendTimeoutError::Stopped(m)
+            | SendTimeoutError::Deadlock { msg: m, .. } => m,
         }
     }
 
@@ -107,6 +152,11 @@ impl<T> SendTimeoutError<T> {
     pub fn is_stopped(&self) -> bool {
         matches!(self, SendTimeoutError::Stopped(_))
     }
+
+    /// Whether waiting would have deadlocked.
+    pub fn is_deadlock(&self) -> bool {
+        matches!(self, SendTimeoutError::Deadlock { .. })
+    }
 }
 
 impl<T> fmt::Debug for SendTimeoutError<T> {
@@ -114,6 +164,10 @@ impl<T> fmt::Debug for SendTimeoutError<T> {
         match self {
             SendTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
             SendTimeoutError::Stopped(_) => f.write_str("Stopped(..)"),
+            SendTimeoutError::Deadlock { cycle, .. } => f
+                .debug_struct("Deadlock")
+                .field("cycle", cycle)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -180,6 +234,14 @@ pub enum JoinError {
         manager: String,
         /// Messages accepted and then discarded unhandled.
         unhandled: u64,
+    },
+    /// Waiting would never end: a manager joined itself (its own message in
+    /// hand is unfinished until it returns), or joined a manager that is
+    /// (through a chain of asks, joins or blocked tells) waiting on it.
+    #[error("joining would deadlock: {}", cycle.join(" -> "))]
+    Deadlock {
+        /// The managers around the cycle, the joiner first and last.
+        cycle: Vec<String>,
     },
 }
 

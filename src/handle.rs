@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::current;
-use crate::deadlock::WaitNode;
+use crate::deadlock::{Cycle, WaitNode};
 use crate::error::{AskError, JoinError, SendError, SendTimeoutError, TrySendError};
 use crate::fuzz;
 use crate::mailbox::{Backend, Capacity, Envelope, Gate, Padded, SendFailure, Sender};
@@ -84,6 +84,8 @@ enum Refusal<M> {
     Stopped(M),
     Full(M),
     Timeout(M),
+    /// A manager would block on a full mailbox whose manager waits on it.
+    Deadlock(M, Cycle),
 }
 
 /// The address of one manager: `Clone + Send + Sync`, cheap to clone, and the
@@ -136,6 +138,17 @@ impl<M: Send + 'static> fmt::Debug for Handle<M> {
     }
 }
 
+impl<M> Refusal<M> {
+    fn into_msg(self) -> M {
+        match self {
+            Refusal::Stopped(m)
+            | Refusal::Full(m)
+            | Refusal::Timeout(m)
+            | Refusal::Deadlock(m, _) => m,
+        }
+    }
+}
+
 impl<M: Send + 'static> Handle<M> {
     #[inline]
     fn post(&self, msg: M, wait: Wait) -> Result<(), Refusal<M>> {
@@ -149,7 +162,10 @@ impl<M: Send + 'static> Handle<M> {
     pub(crate) fn deliver(&self, msg: M, tag: u64) -> Result<(), M> {
         self.post_envelope(Envelope::Delivered(Box::new((msg, tag))), Wait::Until(None))
             .map_err(|r| match r {
-                Refusal::Stopped(m) | Refusal::Full(m) | Refusal::Timeout(m) => m,
+                Refusal::Stopped(m)
+                | Refusal::Full(m)
+                | Refusal::Timeout(m)
+                | Refusal::Deadlock(m, _) => m,
             })
     }
 
@@ -167,6 +183,9 @@ impl<M: Send + 'static> Handle<M> {
             return Err(Refusal::Stopped(msg));
         }
         let sent = match wait {
+            Wait::Until(deadline) if shared.capacity.is_bounded() && current::is_manager() => {
+                return self.post_from_manager(envelope, deadline);
+            }
             Wait::Until(deadline) => shared.tx.send(envelope, deadline),
             Wait::No => shared.tx.try_send(envelope),
         };
@@ -174,6 +193,39 @@ impl<M: Send + 'static> Handle<M> {
             Ok(()) => Ok(()),
             Err(failure) => Err(self.undo(failure)),
         }
+    }
+
+    /// A manager sending into a bounded mailbox: if it is full, the sender
+    /// waits on the receiving manager, so the wait goes into the wait-for
+    /// graph first, and a wait that closes a cycle is refused.
+    #[cold]
+    fn post_from_manager(
+        &self,
+        envelope: Envelope<M>,
+        deadline: Option<Instant>,
+    ) -> Result<(), Refusal<M>> {
+        let shared = &*self.shared;
+        let envelope = match shared.tx.try_send(envelope) {
+            Ok(()) => return Ok(()),
+            Err(SendFailure::Full(envelope)) => envelope,
+            Err(failure) => return Err(self.undo(failure)),
+        };
+        let waiting = current::with_node(|me| {
+            me.map(|me| me.begin_wait(&shared.waits).map(|token| (Arc::clone(me), token)))
+        });
+        let token = match waiting {
+            None => None,
+            Some(Ok(token)) => Some(token),
+            Some(Err(cycle)) => {
+                let refused = self.undo(SendFailure::Full(envelope));
+                return Err(Refusal::Deadlock(refused.into_msg(), cycle));
+            }
+        };
+        let sent = shared.tx.send(envelope, deadline);
+        if let Some((me, token)) = token {
+            me.end_wait(token);
+        }
+        sent.map_err(|failure| self.undo(failure))
     }
 
     #[cold]
@@ -216,7 +268,8 @@ impl<M: Send + 'static> Handle<M> {
     #[inline]
     pub fn tell(&self, msg: M) -> Result<(), SendError<M>> {
         self.post(msg, Wait::Until(None)).map_err(|r| match r {
-            Refusal::Stopped(m) | Refusal::Full(m) | Refusal::Timeout(m) => SendError(m),
+            Refusal::Deadlock(msg, cycle) => SendError::Deadlock { msg, cycle },
+            Refusal::Stopped(m) | Refusal::Full(m) | Refusal::Timeout(m) => SendError::Stopped(m),
         })
     }
 
@@ -252,7 +305,7 @@ impl<M: Send + 'static> Handle<M> {
     pub fn try_tell(&self, msg: M) -> Result<(), TrySendError<M>> {
         self.post(msg, Wait::No).map_err(|r| match r {
             Refusal::Full(m) | Refusal::Timeout(m) => TrySendError::Full(m),
-            Refusal::Stopped(m) => TrySendError::Stopped(m),
+            Refusal::Stopped(m) | Refusal::Deadlock(m, _) => TrySendError::Stopped(m),
         })
     }
 
@@ -268,6 +321,7 @@ impl<M: Send + 'static> Handle<M> {
             .map_err(|r| match r {
                 Refusal::Full(m) | Refusal::Timeout(m) => SendTimeoutError::Timeout(m),
                 Refusal::Stopped(m) => SendTimeoutError::Stopped(m),
+                Refusal::Deadlock(msg, cycle) => SendTimeoutError::Deadlock { msg, cycle },
             })
     }
 
@@ -339,16 +393,21 @@ impl<M: Send + 'static> Handle<M> {
         waiter: Waiter<C>,
         deadline: Option<Instant>,
     ) -> Result<C::Value, AskError> {
-        let waiting = current::with_node(|me| match me {
-            None => Ok(None),
-            Some(me) => me.begin_wait(&self.shared.waits).map(|()| Some(WaitEdge)),
-        });
-        let _edge = waiting.map_err(|cycle| AskError::Deadlock { cycle })?;
+        if let Some(Err(cycle)) = current::with_node(|me| {
+            me.map(|me| {
+                me.begin_wait(&self.shared.waits)
+                    .map(|token| waiter.slot().edge.attach(me, token))
+            })
+        }) {
+            return Err(AskError::Deadlock { cycle });
+        }
         if let Err(refusal) = self.post(msg, Wait::Until(deadline)) {
-            // Dropping the refused request drops its reply outside a handler.
+            // Dropping the refused request drops its reply outside a handler,
+            // which ends the wait recorded above.
             return Err(match refusal {
                 Refusal::Stopped(_) => self.ask_error(AskErrorKind::Stopped),
                 Refusal::Full(_) | Refusal::Timeout(_) => self.ask_error(AskErrorKind::Timeout),
+                Refusal::Deadlock(_, cycle) => AskError::Deadlock { cycle },
             });
         }
         match waiter.wait(deadline) {
@@ -415,7 +474,22 @@ impl<M: Send + 'static> Handle<M> {
 
     fn join_until(&self, deadline: Option<Instant>) -> Result<(), JoinError> {
         let gate = &self.shared.gate;
-        if gate.wait_empty(deadline).is_err() {
+        // A manager joining waits on the joined one: record it, so joining
+        // yourself, or a manager that waits on you, is an error, not a hang.
+        let edge = match current::with_node(|me| me.map(Arc::clone)) {
+            Some(me) if Arc::ptr_eq(&me, &self.shared.waits) || gate.unfinished() > 0 => {
+                match me.begin_wait(&self.shared.waits) {
+                    Ok(token) => Some((me, token)),
+                    Err(cycle) => return Err(JoinError::Deadlock { cycle }),
+                }
+            }
+            _ => None,
+        };
+        let waited = gate.wait_empty(deadline);
+        if let Some((me, token)) = edge {
+            me.end_wait(token);
+        }
+        if waited.is_err() {
             return Err(JoinError::Timeout {
                 manager: self.shared.name.clone(),
                 unfinished: gate.unfinished(),
@@ -480,19 +554,6 @@ impl<M: Send + 'static> Handle<M> {
     /// A snapshot of this manager's counters.
     pub fn stats(&self) -> ManagerStats {
         self.shared.stats(false)
-    }
-}
-
-/// Clears the current manager's wait-for edge when an ask ends.
-struct WaitEdge;
-
-impl Drop for WaitEdge {
-    fn drop(&mut self) {
-        current::with_node(|me| {
-            if let Some(me) = me {
-                me.end_wait();
-            }
-        });
     }
 }
 

@@ -26,6 +26,7 @@ use crate::handle::Handle;
 use crate::mailbox::{Envelope, Receiver, RecvFailure};
 use crate::manager::{Context, Manager};
 use crate::reply::{self, DropMode};
+use crate::stats::Counters;
 use crate::supervision::{PanicPolicy, RestartWindow};
 
 /// How long the discard loop of an immediate stop waits between looks at the
@@ -65,6 +66,8 @@ pub(crate) fn run<Mg: Manager>(
     handle: Handle<Mg::Msg>,
 ) {
     let shared = &*handle.shared;
+    // Whatever happens below, joiners and askers are released at the end.
+    let exit = ExitGuard { gate: &shared.gate };
     let _current = current::enter(spec.runtime_id, &shared.waits);
     let span = tracing::info_span!("manager", name = %shared.name, backend = %shared.backend);
     let _span = span.enter();
@@ -83,27 +86,38 @@ pub(crate) fn run<Mg: Manager>(
     };
 
     sup.hook("started", |m, ctx| m.started(ctx));
+    // Handled messages whose count is released only after `stopped` (an
+    // immediate stop cut their batch short before `idle`).
+    let mut held: u64 = 0;
+    // A message taken off the channel to see whether a full batch ended dry.
+    let mut carried: Option<(Mg::Msg, Option<u64>)> = None;
+    // The last handled delivery not yet covered by an `idle`.
+    let mut unsettled_tag: Option<u64> = None;
     loop {
-        let mut wake_at = sup.manager.next_wake();
-        if wake_at.is_some_and(|at| at <= Instant::now()) {
-            sup.hook("wake", |m, ctx| m.wake(ctx));
-            wake_at = sup.manager.next_wake();
-        }
-        let mut next = match rx.recv(wake_at) {
-            Ok(envelope) => envelope.open(),
-            Err(RecvFailure::Timeout | RecvFailure::Empty) => continue,
-            Err(RecvFailure::Disconnected) => break,
+        let mut next = match carried.take() {
+            Some(opened) => Some(opened),
+            None => {
+                let mut wake_at = sup.next_wake();
+                if wake_at.is_some_and(|at| at <= Instant::now()) {
+                    sup.hook("wake", |m, ctx| m.wake(ctx));
+                    wake_at = sup.next_wake();
+                }
+                match rx.recv(wake_at) {
+                    Ok(envelope) => envelope.open(),
+                    Err(RecvFailure::Timeout | RecvFailure::Empty) => continue,
+                    Err(RecvFailure::Disconnected) => break,
+                }
+            }
         };
         let mut handled: u64 = 0;
         let mut dry = false;
-        let mut last_tag = None;
         loop {
             if let Some((msg, tag)) = next.take() {
                 if fuzz {
                     fuzz::pause();
                 }
                 if sup.handle_one(msg) {
-                    last_tag = tag.or(last_tag);
+                    unsettled_tag = tag.or(unsettled_tag);
                 } else if let Some(tag) = tag {
                     sup.delivery_failed(tag);
                 }
@@ -113,8 +127,10 @@ pub(crate) fn run<Mg: Manager>(
                 break;
             }
             if handled >= max_batch {
-                // A full batch still ends dry if nothing else is queued.
-                dry = rx.is_empty();
+                // A full batch still ends dry if nothing but wake-ups is
+                // queued; a message taken to find out starts the next batch.
+                carried = next_message(&rx);
+                dry = carried.is_none();
                 break;
             }
             match rx.try_recv() {
@@ -126,29 +142,54 @@ pub(crate) fn run<Mg: Manager>(
                     dry = true;
                     break;
                 }
-                Err(_) => break,
+                Err(_) => {
+                    dry = true;
+                    break;
+                }
             }
         }
-        if dry && handled > 0 && !shared.is_aborted() {
-            sup.hook("idle", |m, ctx| m.idle(ctx));
-        }
         reply::settle_unwound("the handler panicked and caught its own panic");
-        if let (Some(tag), Some(outside)) = (last_tag, shared.outside.get()) {
-            outside.settle(tag);
+        if shared.is_aborted() {
+            // Cut short before `idle`: these count as finished only once
+            // `stopped` has run, and their deliveries are not settled.
+            held += handled;
+            discard_rest(&mut sup, &rx, held, carried.take());
+            break;
         }
+        if dry && handled > 0 {
+            match sup.hook_caught("idle", |m, ctx| m.idle(ctx)) {
+                Ok(()) => {
+                    if let Some(tag) = unsettled_tag.take() {
+                        sup.settle_outside(tag);
+                    }
+                }
+                // No commit point was reached: nothing is settled outside.
+                Err(message) => sup.after_panic(&message),
+            }
+        }
+        // Not dry: a counted message is still queued (or carried), so this
+        // cannot bring the count to zero; the next dry batch's `idle` covers
+        // these messages too, before any joiner is released.
         shared.gate.leave(handled);
         tracing::trace!(handled, "batch settled");
         if shared.is_aborted() {
-            discard_rest(&handle, &rx);
+            discard_rest(&mut sup, &rx, held, carried.take());
             break;
         }
-        if shared.gate.is_closed_and_empty() {
+        if carried.is_none() && shared.gate.is_closed_and_empty() {
             break;
         }
     }
     if sup.live {
-        sup.hook("stopped", |m, ctx| m.stopped(ctx));
+        let _ = sup.hook_caught("stopped", |m, ctx| m.stopped(ctx));
     }
+    reply::settle_unwound("the `stopped` hook panicked");
+    // The manager's own drop is user code too.
+    let counters = &shared.counters;
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(sup))) {
+        on_panic_counted(counters, "drop", payload);
+    }
+    shared.gate.leave(held);
     reply::set_drop_mode(previous_mode);
     tracing::debug!(
         handled = shared.counters.handled(),
@@ -156,7 +197,35 @@ pub(crate) fn run<Mg: Manager>(
         unhandled = shared.gate.dropped(),
         "stopped"
     );
-    shared.gate.mark_exited();
+    drop(exit);
+}
+
+/// Marks the manager exited when its thread leaves `run`, also by unwinding
+/// (a bug in the loop itself): joiners and waiting askers are never left
+/// behind.
+struct ExitGuard<'g> {
+    gate: &'g crate::mailbox::Gate,
+}
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        reply::settle_unwound("the manager thread ended unexpectedly");
+        self.gate.mark_exited();
+    }
+}
+
+/// The next message queued, skipping wake-ups; `None` if only wake-ups were.
+fn next_message<M>(rx: &Receiver<Envelope<M>>) -> Option<(M, Option<u64>)> {
+    loop {
+        match rx.try_recv() {
+            Ok(envelope) => {
+                if let Some(opened) = envelope.open() {
+                    return Some(opened);
+                }
+            }
+            Err(_) => return None,
+        }
+    }
 }
 
 /// How many spin hints the loop waits for one more message before it calls
@@ -201,23 +270,69 @@ impl<Mg: Manager> Supervisor<'_, Mg> {
     #[cold]
     fn delivery_failed(&mut self, tag: u64) {
         if let Some(outside) = self.handle.shared.outside.get() {
-            outside.failed(tag, &self.last_panic);
+            let panic = &self.last_panic;
+            if let Err(payload) =
+                panic::catch_unwind(AssertUnwindSafe(|| outside.failed(tag, panic)))
+            {
+                let message = on_panic(self.handle, "settle", payload);
+                self.after_panic(&message);
+            }
         }
     }
 
-    /// Runs a hook on the current instance, catching a panic.
+    /// Tells the outside queue that every delivery up to `tag` is done.
+    fn settle_outside(&mut self, tag: u64) {
+        if let Some(outside) = self.handle.shared.outside.get()
+            && let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| outside.settle(tag)))
+        {
+            let message = on_panic(self.handle, "settle", payload);
+            self.after_panic(&message);
+        }
+    }
+
+    /// The manager's `next_wake`, caught: a panic counts as "no wake-up".
+    fn next_wake(&mut self) -> Option<Instant> {
+        let manager = &self.manager;
+        match panic::catch_unwind(AssertUnwindSafe(|| manager.next_wake())) {
+            Ok(at) => at,
+            Err(payload) => {
+                let message = on_panic(self.handle, "next_wake", payload);
+                self.after_panic(&message);
+                None
+            }
+        }
+    }
+
+    /// Runs a hook on the current instance; a panic is caught, counted, and
+    /// handled by the panic policy (`recover` first).
     fn hook(&mut self, name: &str, f: impl FnOnce(&mut Mg, &mut Context<'_, Mg::Msg>)) {
+        if let Err(message) = self.hook_caught(name, f) {
+            self.after_panic(&message);
+        }
+    }
+
+    /// Runs a hook on the current instance; a panic is caught and counted
+    /// only (for the hooks of the panic path itself: `recover`, `stopped`).
+    fn hook_caught(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&mut Mg, &mut Context<'_, Mg::Msg>),
+    ) -> Result<(), String> {
         let mut ctx = Context::new(self.handle);
         let manager = &mut self.manager;
-        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(manager, &mut ctx))) {
-            on_panic(self.handle, name, payload);
+        match panic::catch_unwind(AssertUnwindSafe(|| f(manager, &mut ctx))) {
+            Ok(()) => Ok(()),
+            Err(payload) => Err(on_panic(self.handle, name, payload)),
         }
     }
 
     /// `recover`, then the panic policy.
     #[cold]
     fn after_panic(&mut self, message: &str) {
-        self.hook("recover", |m, ctx| m.recover(message, ctx));
+        if !self.live {
+            return; // the instance is gone: nothing to recover or restart
+        }
+        let _ = self.hook_caught("recover", |m, ctx| m.recover(message, ctx));
         match self.policy {
             PanicPolicy::Resume => {}
             PanicPolicy::Stop => {
@@ -244,7 +359,7 @@ impl<Mg: Manager> Supervisor<'_, Mg> {
 
     /// Replaces the instance with a fresh one from the factory.
     fn restart(&mut self) {
-        self.hook("stopped", |m, ctx| m.stopped(ctx));
+        let _ = self.hook_caught("stopped", |m, ctx| m.stopped(ctx));
         self.live = false;
         let Some(factory) = self.factory.as_mut() else {
             tracing::error!("no factory to restart from: stopping for good");
@@ -253,7 +368,10 @@ impl<Mg: Manager> Supervisor<'_, Mg> {
         };
         match panic::catch_unwind(AssertUnwindSafe(factory)) {
             Ok(fresh) => {
-                self.manager = fresh;
+                let broken = std::mem::replace(&mut self.manager, fresh);
+                if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(broken))) {
+                    on_panic(self.handle, "drop", payload);
+                }
                 self.live = true;
                 self.handle.shared.counters.add_restart();
                 tracing::warn!("restarted from the factory");
@@ -275,8 +393,14 @@ fn on_panic<M: Send + 'static>(
     hook: &str,
     payload: Box<dyn Any + Send>,
 ) -> String {
+    on_panic_counted(&handle.shared.counters, hook, payload)
+}
+
+/// [`on_panic`] with only the counters at hand.
+#[cold]
+fn on_panic_counted(counters: &Counters, hook: &str, payload: Box<dyn Any + Send>) -> String {
     let message = panic_message(payload.as_ref());
-    handle.shared.counters.add_panic();
+    counters.add_panic();
     tracing::error!(hook, panic = %message, "manager panicked");
     reply::settle_unwound(&message);
     // The payload may itself panic on drop; that must not take the loop down.
@@ -296,17 +420,34 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 /// After an immediate stop: drops every message still accepted, counting each
-/// as unhandled, until no sender holds an unsettled count.
-fn discard_rest<M: Send + 'static>(handle: &Handle<M>, rx: &Receiver<Envelope<M>>) {
+/// as unhandled, until no sender holds an unsettled count (beyond the `held`
+/// ones, handled and released after `stopped`). A message whose drop panics
+/// is still counted; the panic is caught and counted too.
+fn discard_rest<Mg: Manager>(
+    sup: &mut Supervisor<'_, Mg>,
+    rx: &Receiver<Envelope<Mg::Msg>>,
+    held: u64,
+    carried: Option<(Mg::Msg, Option<u64>)>,
+) {
+    let handle = sup.handle;
     let gate = &handle.shared.gate;
     let previous = reply::set_drop_mode(DropMode::Discarding);
-    while gate.unfinished() > 0 {
+    let discard = |msg: Option<Envelope<Mg::Msg>>| {
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(msg))) {
+            on_panic(handle, "drop", payload);
+        }
+        gate.add_dropped(1);
+        gate.leave(1);
+    };
+    if let Some((msg, tag)) = carried {
+        discard(Some(match tag {
+            Some(tag) => Envelope::Delivered(Box::new((msg, tag))),
+            None => Envelope::Msg(msg),
+        }));
+    }
+    while gate.unfinished() > held {
         match rx.recv(Some(Instant::now() + DISCARD_POLL)) {
-            Ok(envelope @ (Envelope::Msg(_) | Envelope::Delivered(_))) => {
-                drop(envelope);
-                gate.add_dropped(1);
-                gate.leave(1);
-            }
+            Ok(envelope @ (Envelope::Msg(_) | Envelope::Delivered(_))) => discard(Some(envelope)),
             Ok(Envelope::Wake) | Err(RecvFailure::Timeout) | Err(RecvFailure::Empty) => {}
             Err(RecvFailure::Disconnected) => break,
         }

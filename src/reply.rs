@@ -24,6 +24,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
+use crate::deadlock::WaitLink;
+use crate::error::SendError;
+use crate::handle::Handle;
+
 /// How long an asker polls before it parks: long enough for a manager on
 /// another core to answer an ordinary request, short enough not to matter
 /// next to a parked wait.
@@ -54,6 +58,8 @@ pub(crate) struct Slot<T> {
     outcome: Mutex<Outcome<T>>,
     /// Set by the asker just before it parks.
     asker: Mutex<Option<Thread>>,
+    /// The asking manager's wait-for edge, ended as the slot completes.
+    pub(crate) edge: WaitLink,
 }
 
 impl<T> Slot<T> {
@@ -62,6 +68,7 @@ impl<T> Slot<T> {
             state: AtomicU8::new(EMPTY),
             outcome: Mutex::new(Outcome::Pending),
             asker: Mutex::new(None),
+            edge: WaitLink::default(),
         }
     }
 
@@ -71,6 +78,9 @@ impl<T> Slot<T> {
     }
 
     fn complete(&self, outcome: Outcome<T>) {
+        // The wait ends now, not when the asker next runs: a handler that
+        // answers and then asks the asker back closes no cycle.
+        self.edge.release();
         *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = outcome;
         if self.state.swap(READY, Ordering::AcqRel) == PARKED
             && let Some(asker) = self
@@ -235,6 +245,77 @@ impl<T: Send + 'static> Reply<T> {
         }
     }
 
+    /// Hands the reply on to another manager inside the message `make`
+    /// builds: that manager answers instead (the router pattern). The asker's
+    /// wait moves with it, so deadlock detection follows the request: if the
+    /// asker is a manager that `to` is (through a chain of asks) waiting on,
+    /// the forward is refused instead of hanging both.
+    ///
+    /// A `Reply` moved by hand (put inside another message with `tell`) works
+    /// too, but the detector keeps seeing the asker wait on the manager that
+    /// received the ask; forward it with this method to keep detection exact.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Stopped`] if `to` is stopping or stopped, and
+    /// [`SendError::Deadlock`] if handing it the reply would close a cycle;
+    /// the message (with this reply inside, still unanswered) comes back in
+    /// both, and the asker's wait stays where it was.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Context, Handle, Manager, Reply, Runtime};
+    ///
+    /// struct Worker;
+    /// impl Manager for Worker {
+    ///     type Msg = (u32, Reply<u32>);
+    ///     fn handle(&mut self, (n, reply): Self::Msg, _ctx: &mut Context<'_, Self::Msg>) {
+    ///         reply.send(n + 1);
+    ///     }
+    /// }
+    ///
+    /// struct Router(Handle<(u32, Reply<u32>)>);
+    /// impl Manager for Router {
+    ///     type Msg = (u32, Reply<u32>);
+    ///     fn handle(&mut self, (n, reply): Self::Msg, _ctx: &mut Context<'_, Self::Msg>) {
+    ///         if let Err(refused) = reply.forward(&self.0, |reply| (n, reply)) {
+    ///             let (_, reply) = refused.into_inner();
+    ///             drop(reply); // the asker gets NoReply
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let rt = Runtime::new();
+    /// let worker = rt.spawn("worker", Worker)?;
+    /// let router = rt.spawn("router", Router(worker))?;
+    /// assert_eq!(router.ask(|reply| (41, reply))?, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn forward<N, F>(self, to: &Handle<N>, make: F) -> Result<(), SendError<N>>
+    where
+        N: Send + 'static,
+        F: FnOnce(Reply<T>) -> N,
+    {
+        let moved = match &self.slot {
+            Some(slot) => match slot.edge.move_to(&to.shared.waits) {
+                Ok(moved) => moved.map(|m| (Arc::clone(slot), m)),
+                Err(cycle) => {
+                    return Err(SendError::Deadlock {
+                        msg: make(self),
+                        cycle,
+                    });
+                }
+            },
+            None => None,
+        };
+        to.tell(make(self)).inspect_err(|_| {
+            if let Some((slot, moved)) = moved {
+                slot.edge.undo(moved);
+            }
+        })
+    }
+
     /// Whether the asker is still waiting for this answer. `false` once its
     /// `ask_timeout` has expired (and the answer would be dropped).
     pub fn is_awaited(&self) -> bool {
@@ -262,6 +343,11 @@ impl<C: HoldsSlot> Waiter<C> {
     /// Waits on the slot inside `cell`.
     pub(crate) fn new(cell: Arc<C>) -> Waiter<C> {
         Waiter { cell }
+    }
+
+    /// The slot this waiter waits on.
+    pub(crate) fn slot(&self) -> &Slot<C::Value> {
+        self.cell.slot()
     }
 
     /// Polls for a short, bounded while; `true` once the slot is ready.
@@ -318,6 +404,7 @@ impl<C: HoldsSlot> Waiter<C> {
     pub(crate) fn wait(self, deadline: Option<Instant>) -> Answer<C::Value> {
         let slot = self.cell.slot();
         if !slot.is_ready() && !self.spin() && !self.park(deadline) {
+            slot.edge.release(); // given up: the wait has ended
             return Answer::TimedOut;
         }
         let outcome = std::mem::replace(

@@ -101,6 +101,11 @@ impl Capacity {
         Capacity::Bounded(n).validate()
     }
 
+    /// Whether a send can block waiting for room.
+    pub fn is_bounded(self) -> bool {
+        matches!(self, Capacity::Bounded(_))
+    }
+
     /// Checks a capacity built by hand with `Capacity::Bounded(n)`.
     pub(crate) fn validate(self) -> Result<Capacity, CapacityError> {
         match self {

@@ -36,8 +36,8 @@ fn errors_are_errors_even_for_messages_without_debug() {
     error::<SpawnError>();
     error::<BuildError>();
     error::<CapacityError>();
-    let e = SendError(NotSyncNotDebug(std::cell::Cell::new(1)));
-    assert_eq!(format!("{e:?}"), "SendError(..)");
+    let e = SendError::Stopped(NotSyncNotDebug(std::cell::Cell::new(1)));
+    assert_eq!(format!("{e:?}"), "Stopped(..)");
     assert_eq!(e.to_string(), "sending on a stopped manager");
     assert_eq!(e.into_inner().0.get(), 1);
     assert_eq!(
