@@ -29,6 +29,7 @@ mod ask;
 mod auto_traits;
 mod bad_input;
 mod deadlock;
+mod deadlock_waits;
 mod fuzz;
 mod graceful;
 mod join;
