@@ -49,6 +49,8 @@ pub(crate) struct Inner {
     shutting_down: AtomicBool,
     /// Held for the whole of a shutdown; holds its report once done.
     shutdown_lock: Mutex<Option<ShutdownReport>>,
+    /// A thread has been started to drive a shutdown asked for from a manager.
+    driver_started: AtomicBool,
     /// Signalled when a shutdown has completed.
     shut_down: Condvar,
     /// The timer manager, once spawned.
@@ -139,6 +141,7 @@ impl Runtime {
                 registry: Mutex::new(Vec::new()),
                 shutting_down: AtomicBool::new(false),
                 shutdown_lock: Mutex::new(None),
+                driver_started: AtomicBool::new(false),
                 shut_down: Condvar::new(),
                 timers: Mutex::new(None),
             }),
@@ -183,8 +186,10 @@ impl Runtime {
         self.manager(name).spawn(manager)
     }
 
-    /// Spawns a daemon manager: shutdown does not wait for it (its queued
-    /// messages are discarded), as Python does not wait for daemon threads.
+    /// Spawns a daemon manager: it keeps serving the other managers while they
+    /// drain during a graceful shutdown, and is then stopped at once, its
+    /// queued messages discarded (and counted) without waiting, as Python does
+    /// not wait for daemon threads.
     ///
     /// # Errors
     ///
@@ -248,8 +253,36 @@ impl Runtime {
 
     /// Shuts down gracefully and waits: new sends from outside are refused,
     /// every non-daemon manager drains its mailbox (in reverse spawn order),
-    /// runs `stopped`, and its thread is joined. Daemon managers are stopped at
-    /// once and not waited for. Idempotent; `Drop` calls it.
+    /// runs `stopped`, and its thread is joined; then daemon managers, which
+    /// kept serving the others meanwhile, are stopped at once and not waited
+    /// for. Idempotent: a later call returns the same report. `Drop` calls it.
+    ///
+    /// Called from inside one of this runtime's own managers (a handler or a
+    /// hook), it cannot wait, since the shutdown joins that very thread: it
+    /// starts the shutdown on a thread of its own and returns at once with a
+    /// report that is not [complete](ShutdownReport::is_complete). The
+    /// shutdown completes once the calling handler returns (the caller's own
+    /// mailbox is drained like any other); [`wait`](Runtime::wait) on another
+    /// thread returns the complete report.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::Runtime;
+    /// use std::sync::{Arc, OnceLock};
+    ///
+    /// let rt = Arc::new(Runtime::new());
+    /// let me = Arc::new(OnceLock::<Arc<Runtime>>::new());
+    /// me.set(Arc::clone(&rt)).unwrap();
+    /// let stopper = rt.own("stopper", me)?;
+    /// // A handler asks for the shutdown: it starts, and the handler goes on.
+    /// let from_inside = stopper.call(|me| me.get().unwrap().shutdown())?;
+    /// assert!(!from_inside.is_complete());
+    /// let report = rt.wait();
+    /// assert!(report.is_complete());
+    /// assert_eq!(report.total_unhandled(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(&self) -> ShutdownReport {
         self.inner.shutdown(false)
     }
@@ -257,12 +290,18 @@ impl Runtime {
     /// Stops every manager at once: each finishes the message in hand, and
     /// discards (and counts) what is queued; asks waiting on discarded messages
     /// fail with [`AskError::Stopped`](crate::AskError::Stopped). Safe to call
-    /// while a graceful shutdown is in progress: it cuts it short.
+    /// while a graceful shutdown is in progress: it cuts it short. From inside
+    /// one of the runtime's managers it returns at once, as
+    /// [`shutdown`](Runtime::shutdown) does.
     pub fn shutdown_now(&self) -> ShutdownReport {
         self.inner.shutdown(true)
     }
 }
 
+/// Dropping a `Runtime` shuts it down gracefully: it blocks until every
+/// non-daemon manager has drained and stopped (see [`Runtime::shutdown`]).
+/// Dropped on one of its own manager threads, it starts the shutdown and
+/// returns at once instead.
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.shutdown();

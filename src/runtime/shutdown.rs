@@ -3,33 +3,79 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, PoisonError, TryLockError};
 
 use super::{Inner, Runtime};
+use crate::current;
 
 impl Inner {
-    pub(super) fn shutdown(&self, now: bool) -> ShutdownReport {
-        let inner = self;
-        inner.shutting_down.store(true, Ordering::SeqCst);
-        let controls: Vec<_> = inner
+    /// Shuts down (at once if `now`). From one of this runtime's own manager
+    /// threads it cannot wait (the shutdown joins that very thread): it starts
+    /// the shutdown on a thread of its own and returns an in-progress report.
+    pub(super) fn shutdown(self: &Arc<Self>, now: bool) -> ShutdownReport {
+        if current::is_manager_of(self.id) {
+            self.start_shutdown(now)
+        } else {
+            self.shutdown_and_wait(now)
+        }
+    }
+
+    /// Refuses sends from outside (or aborts every manager, if `now`); the
+    /// first, non-blocking step of every shutdown.
+    fn begin_shutdown(&self, now: bool) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let controls: Vec<_> = self
             .registry()
             .iter()
-            .map(|e| (Arc::clone(&e.control), e.daemon))
+            .map(|e| Arc::clone(&e.control))
             .collect();
-        if now {
-            for (control, _) in &controls {
+        for control in &controls {
+            if now {
                 control.abort();
-            }
-        } else {
-            for (control, daemon) in &controls {
-                if *daemon {
-                    control.abort();
-                } else {
-                    control.close_to_outside();
-                }
+            } else {
+                // Daemons too: they keep serving this runtime's managers
+                // until those have drained, then they are aborted.
+                control.close_to_outside();
             }
         }
-        let mut done = inner
+    }
+
+    /// The shutdown asked for from a manager thread: begun here, driven to
+    /// completion by a thread of its own.
+    fn start_shutdown(self: &Arc<Self>, now: bool) -> ShutdownReport {
+        self.begin_shutdown(now);
+        match self.shutdown_lock.try_lock() {
+            Ok(done) => {
+                if let Some(report) = done.as_ref() {
+                    return report.clone();
+                }
+            }
+            Err(TryLockError::Poisoned(done)) => {
+                if let Some(report) = done.get_ref().as_ref() {
+                    return report.clone();
+                }
+            }
+            Err(TryLockError::WouldBlock) => {} // a shutdown is under way
+        }
+        if !self.driver_started.swap(true, Ordering::SeqCst) {
+            let inner = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("custody-shutdown".to_owned())
+                .spawn(move || {
+                    inner.shutdown_and_wait(now);
+                });
+            if let Err(e) = spawned {
+                // `wait` (or dropping the runtime) drives it instead.
+                tracing::error!(error = %e, "could not start the shutdown thread");
+                self.driver_started.store(false, Ordering::SeqCst);
+            }
+        }
+        ShutdownReport::in_progress()
+    }
+
+    fn shutdown_and_wait(&self, now: bool) -> ShutdownReport {
+        self.begin_shutdown(now);
+        let mut done = self
             .shutdown_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
@@ -38,7 +84,7 @@ impl Inner {
         }
         // Take the threads out under the lock, join them outside it, so that
         // `stats` and a concurrent `shutdown_now` still see every manager.
-        let stopping: Vec<_> = inner
+        let stopping: Vec<_> = self
             .registry()
             .iter_mut()
             .filter(|e| !e.daemon)
@@ -50,8 +96,19 @@ impl Inner {
                 let _ = thread.join();
             }
         }
+        // Every non-daemon manager has drained: now the daemons stop, at once
+        // and without being waited for.
+        let daemons: Vec<_> = self
+            .registry()
+            .iter()
+            .filter(|e| e.daemon)
+            .map(|e| Arc::clone(&e.control))
+            .collect();
+        for daemon in daemons {
+            daemon.abort();
+        }
         let report = ShutdownReport {
-            managers: inner
+            managers: self
                 .registry()
                 .iter()
                 .map(|e| StopRecord {
@@ -60,6 +117,7 @@ impl Inner {
                     unhandled: e.control.unhandled(),
                 })
                 .collect(),
+            complete: true,
         };
         *done = Some(report.clone());
         self.shut_down.notify_all();
@@ -81,14 +139,50 @@ pub struct StopRecord {
 }
 
 /// The outcome of [`Runtime::shutdown`] or [`Runtime::shutdown_now`].
+///
+/// A report is either *complete* (every non-daemon manager has stopped and
+/// its thread was joined; the counts are final) or *in progress*: what a
+/// shutdown asked for from inside one of the runtime's own managers returns,
+/// since that shutdown cannot finish until the calling handler returns. An
+/// in-progress report lists no managers; [`Runtime::wait`] on another thread
+/// returns the complete one.
+///
+/// # Examples
+///
+/// ```
+/// use custody::Runtime;
+///
+/// let rt = Runtime::new();
+/// let counter = rt.own("counter", 0u32)?;
+/// counter.cast(|n| *n += 1)?;
+/// let report = rt.shutdown();
+/// assert!(report.is_complete());
+/// assert_eq!(report.total_unhandled(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShutdownReport {
-    /// One record per manager, in spawn order.
+    /// One record per manager, in spawn order (empty while in progress).
     pub managers: Vec<StopRecord>,
+    /// Whether the shutdown has completed (see the type's docs).
+    pub complete: bool,
 }
 
 impl ShutdownReport {
+    fn in_progress() -> ShutdownReport {
+        ShutdownReport {
+            managers: Vec::new(),
+            complete: false,
+        }
+    }
+
+    /// Whether the shutdown has completed; `false` for the report of a
+    /// shutdown asked for from inside one of the runtime's managers.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
     /// Messages discarded unhandled, over all managers.
     pub fn total_unhandled(&self) -> u64 {
         self.managers.iter().map(|m| m.unhandled).sum()
@@ -97,6 +191,9 @@ impl ShutdownReport {
 
 impl fmt::Display for ShutdownReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.complete {
+            return writeln!(f, "shutdown in progress");
+        }
         for m in &self.managers {
             let kind = if m.daemon { " (daemon)" } else { "" };
             writeln!(f, "{}{}: {} unhandled", m.name, kind, m.unhandled)?;
@@ -108,6 +205,11 @@ impl fmt::Display for ShutdownReport {
 impl Inner {
     /// Blocks until a shutdown has completed; returns its report.
     fn wait(&self) -> ShutdownReport {
+        if current::is_manager_of(self.id) {
+            // The shutdown joins this very thread: it cannot complete while
+            // this waits.
+            return ShutdownReport::in_progress();
+        }
         let mut done = self
             .shutdown_lock
             .lock()
@@ -115,6 +217,14 @@ impl Inner {
         loop {
             if let Some(report) = done.as_ref() {
                 return report.clone();
+            }
+            if self.shutting_down.load(Ordering::SeqCst)
+                && !self.driver_started.load(Ordering::SeqCst)
+            {
+                // Asked for from a manager whose driver thread could not
+                // start: drive it from here.
+                drop(done);
+                return self.shutdown_and_wait(false);
             }
             done = self
                 .shut_down
@@ -126,8 +236,13 @@ impl Inner {
 
 impl Runtime {
     /// Blocks the calling thread until the runtime has shut down (by
-    /// [`shutdown`](Runtime::shutdown) from another thread, or by Ctrl-C after
-    /// [`shutdown_on_ctrlc`](Runtime::shutdown_on_ctrlc)); returns the report.
+    /// [`shutdown`](Runtime::shutdown) from another thread or from a manager,
+    /// or on a signal after [`shutdown_on_ctrlc`](Runtime::shutdown_on_ctrlc));
+    /// returns the complete report.
+    ///
+    /// Called from one of this runtime's own managers it returns at once with
+    /// an in-progress report: the shutdown joins that manager's thread, so it
+    /// cannot complete while the manager waits.
     pub fn wait(&self) -> ShutdownReport {
         self.inner.wait()
     }
