@@ -24,6 +24,7 @@
 //! each id is recorded inside its write's savepoint, so a write delivered
 //! again after a crash changes nothing.
 
+use std::any::Any;
 use std::fmt;
 use std::ops::Deref;
 use std::panic::{self, AssertUnwindSafe};
@@ -161,7 +162,9 @@ pub enum DatabaseError {
     #[error("the init SQL left a transaction open")]
     InitLeftTransaction,
     /// A fire-and-forget write was refused: the manager is stopping or
-    /// stopped.
+    /// stopped. The told methods return a [`RefusedWrite`], which holds the
+    /// write; this variant is what it becomes when converted (by `?` in a
+    /// function returning `DatabaseError`), which drops the write.
     #[error("manager `{manager}` is stopped")]
     Stopped {
         /// The manager's name.
@@ -173,6 +176,89 @@ pub enum DatabaseError {
     /// The manager could not be spawned.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+}
+
+/// A told write ([`tell_execute`](DatabaseHandle::tell_execute) or
+/// [`tell_write`](DatabaseHandle::tell_write)) that the database manager
+/// refused; the write comes back: `(sql, params)` for `tell_execute`, the
+/// closure for `tell_write`.
+///
+/// Its `Debug` does not need `T: Debug` (closures are not), and it converts
+/// into [`DatabaseError::Stopped`] for `?`, dropping the write: call
+/// [`into_inner`](RefusedWrite::into_inner) first to keep it.
+///
+/// # Examples
+///
+/// ```
+/// use custody::{Runtime, sql_values};
+/// use custody::resources::{Database, RefusedWrite};
+///
+/// let rt = Runtime::new();
+/// let db = Database::in_memory().spawn(&rt, "db")?;
+/// db.stop();
+/// db.join()?;
+/// let refused = db.tell_execute("INSERT INTO t VALUES (?1)", sql_values![7]).unwrap_err();
+/// assert!(matches!(&refused, RefusedWrite::Stopped { manager, .. } if manager == "db"));
+/// assert_eq!(refused.to_string(), "database manager `db` is stopped: the told write was refused");
+/// let (sql, params) = refused.into_inner();
+/// assert_eq!(sql, "INSERT INTO t VALUES (?1)");
+/// assert_eq!(params, sql_values![7]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Error)]
+#[non_exhaustive]
+pub enum RefusedWrite<T> {
+    /// The manager is stopping or stopped.
+    #[error("database manager `{manager}` is stopped: the told write was refused")]
+    Stopped {
+        /// The manager's name.
+        manager: String,
+        /// The write that was not sent.
+        write: T,
+    },
+}
+
+impl<T> RefusedWrite<T> {
+    /// The write that was not sent.
+    pub fn into_inner(self) -> T {
+        match self {
+            RefusedWrite::Stopped { write, .. } => write,
+        }
+    }
+
+    /// The write that was not sent, borrowed.
+    pub fn write(&self) -> &T {
+        match self {
+            RefusedWrite::Stopped { write, .. } => write,
+        }
+    }
+
+    /// The name of the manager that refused it.
+    pub fn manager(&self) -> &str {
+        match self {
+            RefusedWrite::Stopped { manager, .. } => manager,
+        }
+    }
+}
+
+impl<T> fmt::Debug for RefusedWrite<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefusedWrite::Stopped { manager, .. } => f
+                .debug_struct("Stopped")
+                .field("manager", manager)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl<T> From<RefusedWrite<T>> for DatabaseError {
+    /// Keeps the reason and drops the write.
+    fn from(refused: RefusedWrite<T>) -> DatabaseError {
+        match refused {
+            RefusedWrite::Stopped { manager, .. } => DatabaseError::Stopped { manager },
+        }
+    }
 }
 
 /// A snapshot of a database manager's counters.
@@ -359,8 +445,9 @@ impl DatabaseBuilder {
 }
 
 /// A write message's work, type-erased: run it, then either answer it after
-/// the commit or fail it.
-pub(crate) trait WriteOp: Send {
+/// the commit or fail it. (`Any`, so that a refused told write can be taken
+/// back out of its message.)
+pub(crate) trait WriteOp: Any + Send {
     /// Runs the write inside its savepoint, keeping any result for later.
     fn run(&mut self, conn: &Connection) -> rusqlite::Result<()>;
     /// Whether someone waits for the answer (an ask rather than a tell).
@@ -416,7 +503,7 @@ struct ClosureOp<F, T: Send + 'static> {
 
 impl<F, T> WriteOp for ClosureOp<F, T>
 where
-    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send,
+    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     T: Send + 'static,
 {
     fn run(&mut self, conn: &Connection) -> rusqlite::Result<()> {
@@ -842,7 +929,8 @@ impl fmt::Debug for Database {
 ///
 /// Asks return `Result<T, DatabaseError>`; the `tell_*` forms return once the
 /// write is queued, their failures being logged and counted in
-/// [`DatabaseStats`]. [`join`](Handle::join) (through `Deref`) waits until
+/// [`DatabaseStats`], and a write they could not queue (the manager is
+/// stopping or stopped) comes back inside their [`RefusedWrite`] error. [`join`](Handle::join) (through `Deref`) waits until
 /// every write sent so far is settled: committed, or failed.
 ///
 /// # Examples
@@ -947,18 +1035,38 @@ impl DatabaseHandle {
     ///
     /// # Errors
     ///
-    /// [`DatabaseError::Stopped`] if the manager is stopping or stopped.
+    /// [`RefusedWrite::Stopped`] if the manager is stopping or stopped; the
+    /// SQL and its parameters come back inside, as `(sql, params)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Runtime, sql_values};
+    /// use custody::resources::Database;
+    ///
+    /// let rt = Runtime::new();
+    /// let db = Database::in_memory().init_sql("CREATE TABLE t (n INTEGER)").spawn(&rt, "db")?;
+    /// db.tell_execute("INSERT INTO t VALUES (?1)", sql_values![1])?;
+    /// db.stop();
+    /// db.join()?; // the first write is committed, the manager has stopped
+    /// let refused = db.tell_execute("INSERT INTO t VALUES (?1)", sql_values![2]).unwrap_err();
+    /// let (sql, params) = refused.into_inner(); // nothing is lost: send it elsewhere, or retry
+    /// assert_eq!(sql, "INSERT INTO t VALUES (?1)");
+    /// assert_eq!(params, sql_values![2]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn tell_execute(
         &self,
         sql: impl Into<String>,
         params: Vec<Value>,
-    ) -> Result<(), DatabaseError> {
-        self.tell(Box::new(ExecuteOp {
+    ) -> Result<(), RefusedWrite<(String, Vec<Value>)>> {
+        let op = ExecuteOp {
             sql: sql.into(),
             params,
             changed: 0,
             reply: None,
-        }))
+        };
+        self.tell(op, |op| (op.sql, op.params))
     }
 
     /// Like [`write`](DatabaseHandle::write), without waiting: `f`'s value is
@@ -967,24 +1075,70 @@ impl DatabaseHandle {
     ///
     /// # Errors
     ///
-    /// [`DatabaseError::Stopped`] if the manager is stopping or stopped.
-    pub fn tell_write<T, F>(&self, f: F) -> Result<(), DatabaseError>
+    /// [`RefusedWrite::Stopped`] if the manager is stopping or stopped; `f`
+    /// comes back inside, not run.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::Runtime;
+    /// use custody::resources::Database;
+    /// use custody::resources::rusqlite::Connection;
+    ///
+    /// let rt = Runtime::new();
+    /// let db = Database::in_memory().spawn(&rt, "db")?;
+    /// db.stop();
+    /// db.join()?;
+    /// let refused = db
+    ///     .tell_write(|c: &Connection| c.execute_batch("CREATE TABLE t (n INTEGER)"))
+    ///     .unwrap_err();
+    /// let create = refused.into_inner(); // the closure, never run
+    /// let conn = Connection::open_in_memory()?;
+    /// create(&conn)?;
+    /// let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    /// assert_eq!(tables, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn tell_write<T, F>(&self, f: F) -> Result<(), RefusedWrite<F>>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.tell(Box::new(ClosureOp {
+        let op = ClosureOp {
             work: Some(f),
             value: None,
             reply: None,
-        }))
+        };
+        self.tell(op, |op| {
+            op.work
+                .expect("a told write's closure is taken only when it runs")
+        })
     }
 
-    fn tell(&self, op: Box<dyn WriteOp>) -> Result<(), DatabaseError> {
+    /// Tells the write `op`; if it is refused, takes it back out of the
+    /// message and gives the caller's input back with `input`.
+    fn tell<O: WriteOp, T>(
+        &self,
+        op: O,
+        input: impl FnOnce(O) -> T,
+    ) -> Result<(), RefusedWrite<T>> {
         self.handle
-            .tell(DbMsg(Op::Write(op)))
-            .map_err(|_| DatabaseError::Stopped {
-                manager: self.handle.name().to_owned(),
+            .tell(DbMsg(Op::Write(Box::new(op))))
+            .map_err(|refused| {
+                let op = match refused.into_inner().0 {
+                    Op::Write(op) => {
+                        let op: Box<dyn Any> = op;
+                        op.downcast::<O>().ok()
+                    }
+                    Op::Call(_) | Op::Stats(_) => None,
+                };
+                let op = op.expect("a refused tell gives back the write it was sent");
+                // `Handle::tell` refuses only a stopping or stopped manager;
+                // a refusal of another kind would get a variant of its own.
+                RefusedWrite::Stopped {
+                    manager: self.handle.name().to_owned(),
+                    write: input(*op),
+                }
             })
     }
 

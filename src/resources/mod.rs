@@ -42,7 +42,7 @@ pub use counter::{Counter, CounterHandle, CounterMsg};
 #[cfg(feature = "sqlite")]
 pub use database::{
     DEFAULT_MAX_BATCH_WRITES, Database, DatabaseBuilder, DatabaseError, DatabaseHandle,
-    DatabaseStats, DbMsg, Synchronous,
+    DatabaseStats, DbMsg, RefusedWrite, Synchronous,
 };
 pub use printer::{PrintMsg, Printer, PrinterError, PrinterHandle, PrinterStats, SharedBuffer};
 #[cfg(all(feature = "amqp", feature = "sqlite"))]

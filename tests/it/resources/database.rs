@@ -3,14 +3,16 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use super::{each_backend, runtime};
+use crate::support::within;
 use custody::resources::rusqlite::{self, Connection};
-use custody::resources::{Database, DatabaseError, DatabaseHandle, Synchronous};
+use custody::resources::{Database, DatabaseError, DatabaseHandle, RefusedWrite, Synchronous};
 use custody::{AskError, Backend, sql_values};
 
 const SCHEMA: &str = "CREATE TABLE rows (
@@ -518,10 +520,9 @@ fn a_stopped_database_refuses_requests() {
         rt.shutdown();
         assert_eq!(temp.ids_on_disk(), BTreeSet::from([1]));
         let (sql, params) = insert(2);
-        assert!(matches!(
-            db.tell_execute(sql, params),
-            Err(DatabaseError::Stopped { .. })
-        ));
+        let refused = db.tell_execute(sql, params.clone()).unwrap_err();
+        assert!(matches!(&refused, RefusedWrite::Stopped { manager, .. } if manager == "db"));
+        assert_eq!(refused.into_inner(), (sql.to_owned(), params));
         assert!(matches!(
             db.execute("SELECT 1", vec![]),
             Err(DatabaseError::Runtime(AskError::Stopped { .. }))
@@ -567,6 +568,7 @@ fn handles_and_errors_have_the_auto_traits() {
     send::<Database>();
     send::<custody::resources::DbMsg>();
     error::<DatabaseError>();
+    error::<RefusedWrite<(String, Vec<rusqlite::types::Value>)>>();
 }
 
 /// With a runtime batch limit of one message the manager loop never calls
@@ -619,6 +621,156 @@ fn writes_commit_by_join_with_a_runtime_batch_limit_of_one() {
             db.join().unwrap();
             let expected: BTreeSet<i64> = [1].into_iter().chain(10..20).collect();
             assert_eq!(temp.ids_on_disk(), expected);
+        },
+    );
+}
+
+backend_tests!(
+    a_refused_tell_execute_gives_back_its_sql_and_params,
+    a_refused_tell_write_gives_back_its_closure_unrun,
+    a_stopping_database_gives_back_told_writes_it_did_not_accept,
+    a_refused_told_write_converts_to_database_error_stopped,
+);
+
+/// Spawns another manager on `temp`'s file, under another name (the stopped
+/// "db" may not have exited yet).
+fn respawn(temp: &TempDb, rt: &custody::Runtime) -> DatabaseHandle {
+    Database::builder(&temp.path)
+        .spawn(rt, "db-again")
+        .expect("reopening the test database")
+}
+
+fn a_refused_tell_execute_gives_back_its_sql_and_params(backend: Backend) {
+    within(
+        "a_refused_tell_execute_gives_back_its_sql_and_params",
+        move || {
+            let temp = TempDb::new("refused-execute", backend);
+            let rt = runtime(backend);
+            let db = temp.spawn(&rt);
+            let (sql, params) = insert(1);
+            db.tell_execute(sql, params).unwrap();
+            db.stop();
+            db.join().unwrap();
+
+            let sql = "INSERT INTO rows (id, writer, seq) VALUES (?1, ?2, ?3)";
+            let params = sql_values![2, "refused".to_owned(), 2.5];
+            let refused = db.tell_execute(sql, params.clone()).unwrap_err();
+            assert_eq!(refused.manager(), "db");
+            assert_eq!(
+                refused.to_string(),
+                "database manager `db` is stopped: the told write was refused"
+            );
+            assert_eq!(format!("{refused:?}"), r#"Stopped { manager: "db", .. }"#);
+            assert_eq!(refused.write(), &(sql.to_owned(), params.clone()));
+            let (back_sql, back_params) = refused.into_inner();
+            assert_eq!(back_sql, sql);
+            assert_eq!(back_params, params);
+            assert_eq!(temp.ids_on_disk(), BTreeSet::from([1]));
+
+            // What came back is the whole write: sent again, it is committed.
+            let again = respawn(&temp, &rt);
+            again.tell_execute(back_sql, back_params).unwrap();
+            again.join().unwrap();
+            assert_eq!(temp.ids_on_disk(), BTreeSet::from([1, 2]));
+            let writer: String = again
+                .call(|c| c.query_row("SELECT writer FROM rows WHERE id = 2", [], |r| r.get(0)))
+                .unwrap()
+                .unwrap();
+            assert_eq!(writer, "refused");
+        },
+    );
+}
+
+fn a_refused_tell_write_gives_back_its_closure_unrun(backend: Backend) {
+    within(
+        "a_refused_tell_write_gives_back_its_closure_unrun",
+        move || {
+            let temp = TempDb::new("refused-write", backend);
+            let rt = runtime(backend);
+            let db = temp.spawn(&rt);
+            db.tell_write(|c| c.execute("INSERT INTO rows VALUES (1, -1, 0)", []))
+                .unwrap();
+            db.stop();
+            db.join().unwrap();
+
+            let runs = Arc::new(AtomicUsize::new(0));
+            let write = {
+                let runs = Arc::clone(&runs);
+                move |c: &Connection| {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    c.execute("INSERT INTO rows VALUES (7, -1, 0)", [])?;
+                    Ok(7_i64)
+                }
+            };
+            let refused = db.tell_write(write).unwrap_err();
+            // The closure is not `Debug`; the error is.
+            assert_eq!(format!("{refused:?}"), r#"Stopped { manager: "db", .. }"#);
+            assert_eq!(refused.manager(), "db");
+            let write = refused.into_inner();
+            assert_eq!(
+                runs.load(Ordering::SeqCst),
+                0,
+                "a refused closure is not run"
+            );
+            assert_eq!(temp.ids_on_disk(), BTreeSet::from([1]));
+
+            // Calling what came back does what the closure was told to do.
+            let conn = Connection::open(&temp.path).unwrap();
+            assert_eq!(write(&conn).unwrap(), 7);
+            assert_eq!(runs.load(Ordering::SeqCst), 1);
+            assert_eq!(temp.ids_on_disk(), BTreeSet::from([1, 7]));
+        },
+    );
+}
+
+fn a_stopping_database_gives_back_told_writes_it_did_not_accept(backend: Backend) {
+    within(
+        "a_stopping_database_gives_back_told_writes_it_did_not_accept",
+        move || {
+            let temp = TempDb::new("refused-stopping", backend);
+            let rt = runtime(backend);
+            let db = temp.spawn(&rt);
+            let (release, blocker) = block(&db);
+            let (sql, params) = insert(1);
+            db.tell_execute(sql, params).unwrap();
+            db.stop();
+
+            // Stopping, not yet stopped: the write queued before is still
+            // to be handled, those told now come back.
+            let (sql, params) = insert(2);
+            let refused = db.tell_execute(sql, params.clone()).unwrap_err();
+            assert_eq!(refused.into_inner(), (sql.to_owned(), params));
+            let refused = db
+                .tell_write(|c| c.execute("INSERT INTO rows VALUES (3, -1, 0)", []))
+                .unwrap_err();
+            let write = refused.into_inner();
+
+            release.send(()).unwrap();
+            blocker.join().unwrap();
+            db.join().unwrap();
+            assert_eq!(temp.ids_on_disk(), BTreeSet::from([1]));
+            let conn = Connection::open(&temp.path).unwrap();
+            assert_eq!(write(&conn).unwrap(), 1);
+            assert_eq!(temp.ids_on_disk(), BTreeSet::from([1, 3]));
+        },
+    );
+}
+
+fn a_refused_told_write_converts_to_database_error_stopped(backend: Backend) {
+    within(
+        "a_refused_told_write_converts_to_database_error_stopped",
+        move || {
+            let rt = runtime(backend);
+            let db = Database::in_memory().spawn(&rt, "memory").unwrap();
+            db.stop();
+            db.join().unwrap();
+            let queue = |db: &DatabaseHandle| -> Result<(), DatabaseError> {
+                db.tell_execute("SELECT 1", vec![])?;
+                Ok(())
+            };
+            let error = queue(&db).unwrap_err();
+            assert!(matches!(&error, DatabaseError::Stopped { manager } if manager == "memory"));
+            assert_eq!(error.to_string(), "manager `memory` is stopped");
         },
     );
 }
