@@ -37,6 +37,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, params_from_iter};
 use thiserror::Error;
 
+use crate::SendError;
 use crate::{AskError, Context, Handle, Manager, Reply, Runtime, SpawnError};
 
 /// The savepoint wrapped around each write message, and the statements that
@@ -216,27 +217,41 @@ pub enum RefusedWrite<T> {
         /// The write that was not sent.
         write: T,
     },
+    /// Told from a manager into the database's full bounded mailbox while the
+    /// database waits (through a chain of asks) on that manager: waiting for
+    /// room would never end.
+    #[error("telling database manager `{manager}` would deadlock: {}", cycle.join(" -> "))]
+    Deadlock {
+        /// The manager's name.
+        manager: String,
+        /// The write that was not sent.
+        write: T,
+        /// The managers around the cycle, the sender first and last.
+        cycle: Vec<String>,
+    },
 }
 
 impl<T> RefusedWrite<T> {
     /// The write that was not sent.
     pub fn into_inner(self) -> T {
         match self {
-            RefusedWrite::Stopped { write, .. } => write,
+            RefusedWrite::Stopped { write, .. } | RefusedWrite::Deadlock { write, .. } => write,
         }
     }
 
     /// The write that was not sent, borrowed.
     pub fn write(&self) -> &T {
         match self {
-            RefusedWrite::Stopped { write, .. } => write,
+            RefusedWrite::Stopped { write, .. } | RefusedWrite::Deadlock { write, .. } => write,
         }
     }
 
     /// The name of the manager that refused it.
     pub fn manager(&self) -> &str {
         match self {
-            RefusedWrite::Stopped { manager, .. } => manager,
+            RefusedWrite::Stopped { manager, .. } | RefusedWrite::Deadlock { manager, .. } => {
+                manager
+            }
         }
     }
 }
@@ -248,6 +263,11 @@ impl<T> fmt::Debug for RefusedWrite<T> {
                 .debug_struct("Stopped")
                 .field("manager", manager)
                 .finish_non_exhaustive(),
+            RefusedWrite::Deadlock { manager, cycle, .. } => f
+                .debug_struct("Deadlock")
+                .field("manager", manager)
+                .field("cycle", cycle)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -257,6 +277,9 @@ impl<T> From<RefusedWrite<T>> for DatabaseError {
     fn from(refused: RefusedWrite<T>) -> DatabaseError {
         match refused {
             RefusedWrite::Stopped { manager, .. } => DatabaseError::Stopped { manager },
+            RefusedWrite::Deadlock { cycle, .. } => {
+                DatabaseError::Runtime(AskError::Deadlock { cycle })
+            }
         }
     }
 }
@@ -1125,6 +1148,10 @@ impl DatabaseHandle {
         self.handle
             .tell(DbMsg(Op::Write(Box::new(op))))
             .map_err(|refused| {
+                let cycle = match &refused {
+                    SendError::Deadlock { cycle, .. } => Some(cycle.clone()),
+                    _ => None,
+                };
                 let op = match refused.into_inner().0 {
                     Op::Write(op) => {
                         let op: Box<dyn Any> = op;
@@ -1133,11 +1160,15 @@ impl DatabaseHandle {
                     Op::Call(_) | Op::Stats(_) => None,
                 };
                 let op = op.expect("a refused tell gives back the write it was sent");
-                // `Handle::tell` refuses only a stopping or stopped manager;
-                // a refusal of another kind would get a variant of its own.
-                RefusedWrite::Stopped {
-                    manager: self.handle.name().to_owned(),
-                    write: input(*op),
+                let manager = self.handle.name().to_owned();
+                let write = input(*op);
+                match cycle {
+                    Some(cycle) => RefusedWrite::Deadlock {
+                        manager,
+                        write,
+                        cycle,
+                    },
+                    None => RefusedWrite::Stopped { manager, write },
                 }
             })
     }
