@@ -32,6 +32,7 @@ mod deadlock;
 mod fuzz;
 mod graceful;
 mod join;
+mod misbehaving;
 mod nothing_lost;
 mod one_thread;
 mod panics;
