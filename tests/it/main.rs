@@ -33,6 +33,7 @@ mod deadlock_waits;
 mod fuzz;
 mod graceful;
 mod join;
+mod misbehaving;
 mod nothing_lost;
 mod one_thread;
 mod panics;
