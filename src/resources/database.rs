@@ -896,6 +896,7 @@ impl Database {
     }
 
     /// Runs `sql` (outside any batch) on the connection, for setup.
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // RemoteDatabase uses it
     pub(crate) fn setup(&mut self, sql: &str) -> rusqlite::Result<()> {
         self.settle();
         self.conn.execute_batch(sql)

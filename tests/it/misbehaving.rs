@@ -19,7 +19,7 @@ use crate::support::{LIMIT, Latch, quiet_panics, runtime, within};
 backend_tests!(
     a_manager_that_got_its_answer_can_be_asked_back_at_once,
     a_manager_that_got_its_answer_within_a_timeout_can_be_asked_back_at_once,
-    asking_back_a_manager_whose_ask_will_time_out_is_no_deadlock,
+    a_cycle_through_a_timed_ask_is_reported_at_once,
     shutdown_from_a_handler_returns_at_once_and_completes_after_the_handler,
     a_second_shutdown_waits_for_the_one_a_handler_started,
     a_runtime_dropped_in_a_handler_shuts_down_gracefully,
@@ -128,19 +128,22 @@ fn ask_back(
     let mut problems = Vec::new();
     for round in 0..rounds {
         let x_got = x.ask(|r| Pair::Start(round, r)).expect("x answers");
-        let x_expected = if reply_first {
-            Ok(round + 1)
-        } else {
-            Err(AskError::Timeout {
-                manager: "y".to_owned(),
-            })
-        };
-        if x_got != x_expected {
+        // Answering first, y is answered back; asking back first, y closes
+        // a real cycle (x waits on y, if only until its timeout) and is told
+        // at once, then answers x.
+        if x_got != Ok(round + 1) {
             problems.push(format!("round {round}: x's ask of y got {x_got:?}"));
         }
+        let y_expected = if reply_first {
+            Ok(round * 10)
+        } else {
+            Err(AskError::Deadlock {
+                cycle: vec!["y".to_owned(), "x".to_owned(), "y".to_owned()],
+            })
+        };
         let (y_round, y_got) = from_y.recv().expect("y reports its ask back");
         assert_eq!(y_round, round);
-        if y_got != Ok(round * 10) {
+        if y_got != y_expected {
             problems.push(format!("round {round}: y's ask back of x got {y_got:?}"));
         }
     }
@@ -165,12 +168,12 @@ fn a_manager_that_got_its_answer_within_a_timeout_can_be_asked_back_at_once(back
     });
 }
 
-/// X waits on Y with a short `ask_timeout`; Y asks X back before answering.
-/// X's wait ends by itself, so there is no cycle that never ends: X times
-/// out, then answers Y, whatever releases it.
-fn asking_back_a_manager_whose_ask_will_time_out_is_no_deadlock(backend: Backend) {
-    within("ask back a manager whose ask times out", move || {
-        let problems = ask_back(backend, 20, Some(Duration::from_millis(20)), false);
+/// X waits on Y with an `ask_timeout`; Y asks X back before answering. The
+/// cycle is real while it lasts (only X's timeout would end it), so Y is told
+/// at once rather than after X's timeout, and then answers X in time.
+fn a_cycle_through_a_timed_ask_is_reported_at_once(backend: Backend) {
+    within("ask back a manager whose ask has a timeout", move || {
+        let problems = ask_back(backend, 20, Some(LIMIT), false);
         assert_no_problems("ask back during a bounded wait", 20, &problems);
     });
 }
@@ -336,8 +339,8 @@ fn shutdown_from_a_handler_returns_at_once_and_completes_after_the_handler(backe
         let inner = inner.recv().unwrap_or_else(|_| {
             panic!("shutdown() called from a handler did not return: the handler unwound")
         });
-        // TODO(lead): assert!(!inner.is_complete());
-        drop(inner);
+        assert!(!inner.is_complete(), "asked from inside: in progress");
+        assert!(inner.managers.is_empty());
         early_latch.open();
         let report = rt.wait();
         assert_eq!(report.total_unhandled(), 0, "{report}");
