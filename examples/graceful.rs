@@ -1,21 +1,24 @@
-//! Ctrl-C without losing a row.
+//! Ctrl-C or SIGTERM without losing a row.
 //!
 //! Seed: the tutorial's rule that you never kill a thread from outside
 //! ("you never know if that thread is holding a lock"), and the producer /
 //! consumer programs that must drain the queue before they exit.
 //!
 //! Writer threads ingest rows through the `Database` manager until the
-//! program is interrupted. The first Ctrl-C starts a graceful shutdown: new
-//! writes are refused, every write already accepted is committed and
-//! acknowledged, the manager's `stopped` hook runs, and the threads are
-//! joined. (A second Ctrl-C stops at once and prints what was left.) At the
+//! program is interrupted. The first Ctrl-C (SIGINT) or SIGTERM starts a
+//! graceful shutdown: new writes are refused, every write already accepted is
+//! committed and acknowledged, the manager's `stopped` hook runs, and the
+//! threads are joined. (A second signal stops at once and prints what was
+//! left.) Started with `&` from a script, where SIGINT is ignored, it leaves
+//! SIGINT ignored and stops on SIGTERM. At the
 //! end the program prints `acknowledged=<n>` (rows whose write was
 //! acknowledged) and `database=<path>`, then checks the file: every
 //! acknowledged row must be in it, and nothing else.
 //!
-//! Run: `cargo run --example graceful` and press Ctrl-C, or
+//! Run: `cargo run --example graceful` and press Ctrl-C (or `kill` it), or
 //! `cargo run --example graceful -- --interrupt-after 2` to have it send
-//! itself the SIGINT after two seconds (what CI does). With `--db PATH` the
+//! itself the signal after two seconds (what CI does): SIGINT, or SIGTERM
+//! when SIGINT is ignored. With `--db PATH` the
 //! database is written there and kept; otherwise it goes to the temp dir and is
 //! removed after the check.
 
@@ -111,11 +114,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = rt.shutdown_on_ctrlc() {
-        eprintln!("graceful: {e}");
-        return ExitCode::FAILURE;
-    }
-    tracing::info!("ingesting into {}; press Ctrl-C to stop", path.display());
+    let handled = match rt.shutdown_on_signals() {
+        Ok(handled) => handled,
+        Err(e) => {
+            eprintln!("graceful: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        "ingesting into {}; stopping gracefully on {handled}",
+        path.display()
+    );
 
     let acknowledged = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..WRITERS)
@@ -156,11 +165,13 @@ fn main() -> ExitCode {
         })
     };
     if let Some(secs) = interrupt_after {
+        // SIGINT as a Ctrl-C would, unless it is ignored (started with `&`).
+        let signal = if handled.interrupt { "INT" } else { "TERM" };
         thread::spawn(move || {
             thread::sleep(Duration::from_secs_f64(secs));
-            tracing::info!("sending myself SIGINT");
+            tracing::info!("sending myself SIG{signal}");
             let _ = Command::new("kill")
-                .args(["-INT", &std::process::id().to_string()])
+                .args([&format!("-{signal}"), &std::process::id().to_string()])
                 .status();
         });
     }

@@ -144,7 +144,8 @@ pub use resources::{Counter, CounterHandle, Printer, PrinterHandle, SharedBuffer
 #[cfg(feature = "sqlite")]
 pub use resources::{Database, DatabaseError, DatabaseHandle};
 pub use runtime::{
-    Builder, CtrlcError, DEFAULT_MAX_BATCH, ManagerBuilder, Runtime, ShutdownReport, StopRecord,
+    Builder, DEFAULT_MAX_BATCH, HandledSignals, ManagerBuilder, Runtime, ShutdownReport,
+    SignalError, StopRecord,
 };
 pub use schedule::{ScheduleError, ScheduleStatus, Scheduled};
 pub use stats::{ManagerState, ManagerStats, OutsideStats, Stats};

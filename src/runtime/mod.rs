@@ -10,6 +10,7 @@
 
 mod builder;
 mod shutdown;
+mod signals;
 mod spawn;
 
 use std::fmt;
@@ -19,7 +20,8 @@ use std::thread::JoinHandle;
 
 use builder::Config;
 pub use builder::{Builder, DEFAULT_MAX_BATCH};
-pub use shutdown::{CtrlcError, ShutdownReport, StopRecord};
+pub use shutdown::{ShutdownReport, StopRecord};
+pub use signals::{HandledSignals, SignalError};
 pub use spawn::ManagerBuilder;
 use spawn::SpawnOptions;
 

@@ -2,7 +2,7 @@
 //! report of what was left unhandled.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, TryLockError};
 
 use super::{Inner, Runtime};
@@ -237,7 +237,7 @@ impl Inner {
 impl Runtime {
     /// Blocks the calling thread until the runtime has shut down (by
     /// [`shutdown`](Runtime::shutdown) from another thread or from a manager,
-    /// or on a signal after [`shutdown_on_ctrlc`](Runtime::shutdown_on_ctrlc));
+    /// or on a signal after [`shutdown_on_signals`](Runtime::shutdown_on_signals));
     /// returns the complete report.
     ///
     /// Called from one of this runtime's own managers it returns at once with
@@ -246,67 +246,4 @@ impl Runtime {
     pub fn wait(&self) -> ShutdownReport {
         self.inner.wait()
     }
-
-    /// Shuts the runtime down on Ctrl-C (SIGINT): the first one starts a
-    /// graceful shutdown (new sends refused, every non-daemon mailbox drained,
-    /// `stopped` hooks run); a second one stops at once and prints, on
-    /// stderr, what each manager left unhandled. Use [`wait`](Runtime::wait)
-    /// on the main thread to block until the shutdown completes.
-    ///
-    /// Opt-in: the library never installs a signal handler on its own, and a
-    /// process has room for only one.
-    ///
-    /// # Errors
-    ///
-    /// [`CtrlcError::AlreadyInstalled`] if this process already has a Ctrl-C
-    /// handler (from this runtime, another one, or elsewhere);
-    /// [`CtrlcError::System`] if the handler could not be installed.
-    pub fn shutdown_on_ctrlc(&self) -> Result<(), CtrlcError> {
-        let inner = Arc::downgrade(&self.inner);
-        let presses = AtomicU32::new(0);
-        let handler = move || {
-            let Some(inner) = inner.upgrade() else {
-                return;
-            };
-            if presses.fetch_add(1, Ordering::SeqCst) == 0 {
-                eprintln!(
-                    "custody: interrupted: shutting down gracefully (Ctrl-C again to stop at once)"
-                );
-                // Keep the handler thread free for a second Ctrl-C.
-                let spawned = std::thread::Builder::new()
-                    .name("custody-shutdown".to_owned())
-                    .spawn(move || {
-                        inner.shutdown(false);
-                    });
-                if let Err(e) = spawned {
-                    eprintln!(
-                        "custody: could not start the graceful shutdown ({e}); stopping at once"
-                    );
-                }
-            } else {
-                let report = inner.shutdown(true);
-                eprintln!("custody: interrupted again: stopped at once");
-                eprint!("{report}");
-            }
-        };
-        ctrlc::try_set_handler(handler).map_err(|e| match e {
-            ctrlc::Error::MultipleHandlers => CtrlcError::AlreadyInstalled,
-            ctrlc::Error::NoSuchSignal(_) => {
-                CtrlcError::System(std::io::Error::other(e.to_string()))
-            }
-            ctrlc::Error::System(io) => CtrlcError::System(io),
-        })
-    }
-}
-
-/// [`Runtime::shutdown_on_ctrlc`] could not install its handler.
-#[derive(thiserror::Error, Debug)]
-#[non_exhaustive]
-pub enum CtrlcError {
-    /// The process already has a Ctrl-C handler.
-    #[error("a Ctrl-C handler is already installed in this process")]
-    AlreadyInstalled,
-    /// The operating system refused.
-    #[error("installing the Ctrl-C handler")]
-    System(#[source] std::io::Error),
 }
