@@ -529,4 +529,59 @@ mod tests {
             assert!(log.contains(&"handle 3".to_owned()));
         }
     }
+
+    /// A settler that panics on every call.
+    struct Exploding;
+
+    impl SettleOutside for Exploding {
+        fn settle(&self, _up_to: u64) {
+            panic!("settle exploded");
+        }
+        fn failed(&self, _tag: u64, _panic: &str) {
+            panic!("failed exploded");
+        }
+        fn stats(&self) -> crate::OutsideStats {
+            crate::OutsideStats::default()
+        }
+    }
+
+    /// Fails instead of hanging when `f` does not finish within a minute.
+    fn bounded(f: impl FnOnce() + Send + 'static) {
+        let (done, finished) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            f();
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(()) => worker.join().unwrap(),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("still running after 60 s"),
+            Err(_) => std::panic::resume_unwind(worker.join().unwrap_err()),
+        }
+    }
+
+    #[test]
+    fn a_panicking_settler_is_caught_counted_and_the_manager_serves_on() {
+        bounded(a_panicking_settler_scenario);
+    }
+
+    fn a_panicking_settler_scenario() {
+        for backend in Backend::ALL {
+            let rt = Runtime::builder().backend(backend).build().unwrap();
+            let record = Arc::new(Record::default());
+            let h = rt.spawn("outside", Worker(Arc::clone(&record))).unwrap();
+            assert!(h.shared.outside.set(Box::new(Exploding)).is_ok());
+            h.deliver(1, 10).map_err(|_| ()).unwrap();
+            h.join().unwrap();
+            h.deliver(0, 11).map_err(|_| ()).unwrap(); // handler and failed() panic
+            h.join().unwrap();
+            h.deliver(2, 12).map_err(|_| ()).unwrap();
+            h.join().unwrap();
+            let stats = h.stats();
+            // settle(10), handle(0), failed(11), settle(12)
+            assert_eq!(stats.panicked, 4, "{stats:?}");
+            assert!(!h.has_exited());
+            let log = record.0.lock().unwrap().clone();
+            assert!(log.contains(&"handle 2".to_owned()), "{log:?}");
+        }
+    }
 }
