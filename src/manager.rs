@@ -13,9 +13,29 @@ use crate::handle::Handle;
 /// [`handle`](Manager::handle) for each; when the mailbox has run dry it calls
 /// [`idle`](Manager::idle), the place to flush or commit a batch.
 ///
-/// A panic in any method is caught: the manager carries on with its next
-/// message and the asker of the panicking message gets
-/// [`AskError::Panicked`](crate::AskError::Panicked).
+/// # Panics
+///
+/// A panic in any method (and in `next_wake`, the restart factory, the
+/// manager's own `Drop`, or the `Drop` of a message it discards) is caught,
+/// traced and counted in [`stats`](crate::Handle::stats), and the manager's
+/// [`PanicPolicy`](crate::PanicPolicy) decides what follows: by default it
+/// carries on with its next message. The asker of the panicking message gets
+/// [`AskError::Panicked`](crate::AskError::Panicked); `join` and every other
+/// ask still end. A panic in `idle` means the batch reached no commit point:
+/// a message served from a broker queue is then not acknowledged.
+///
+/// What cannot be caught: a build with `panic = "abort"` ends the process at
+/// the first panic; a `Drop` that panics while another panic is unwinding
+/// aborts the process (a rule of Rust itself); and a method that never
+/// returns is not a panic (its asks end only by their own timeouts).
+///
+/// # Joined means idle ran
+///
+/// [`join`](crate::Handle::join) returns only after `idle` ran following the
+/// last handled message (or `stopped`, if an immediate stop cut the batch
+/// short), so for a manager that flushes or commits in `idle`, "joined" means
+/// "flushed" or "committed". `idle` runs when no message is queued; a batch
+/// that reaches the batch limit with more queued goes on without it.
 ///
 /// # Examples
 ///
