@@ -120,40 +120,94 @@ pub fn point() {
 /// sleep of up to the maximum pause.
 #[cold]
 pub(crate) fn pause() {
-    let r = next_random();
-    match r & 3 {
-        0 | 1 => {}
-        2 => thread::yield_now(),
-        _ => {
-            let max = MAX_PAUSE_NANOS.load(Relaxed).max(1);
-            thread::sleep(Duration::from_nanos((r >> 2) % max));
+    next_pause().take();
+}
+
+/// What one fuzz point does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pause {
+    None,
+    Yield,
+    Sleep(Duration),
+}
+
+impl Pause {
+    /// The pause for one random word: its two low bits pick none (0, 1),
+    /// a yield (2) or a sleep (3), of `(r >> 2) % max_nanos` nanoseconds.
+    fn from_random(r: u64, max_nanos: u64) -> Pause {
+        match r & 3 {
+            0 | 1 => Pause::None,
+            2 => Pause::Yield,
+            _ => Pause::Sleep(Duration::from_nanos((r >> 2) % max_nanos.max(1))),
+        }
+    }
+
+    fn take(self) {
+        match self {
+            Pause::None => {}
+            Pause::Yield => thread::yield_now(),
+            Pause::Sleep(d) => thread::sleep(d),
         }
     }
 }
 
-fn next_random() -> u64 {
+/// The golden-ratio increment of splitmix64.
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// One thread's pause generator: splitmix64, seeded from the run's seed and
+/// the thread's tag.
+#[derive(Clone, Copy)]
+struct Pauses {
+    state: u64,
+}
+
+impl Pauses {
+    fn for_thread(seed: u64, tag: u64) -> Pauses {
+        Pauses {
+            state: splitmix(seed ^ tag) | 1,
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(GOLDEN);
+        splitmix(self.state)
+    }
+
+    fn next(&mut self, max_nanos: u64) -> Pause {
+        Pause::from_random(self.next_random(), max_nanos)
+    }
+}
+
+/// The calling thread's next pause.
+fn next_pause() -> Pause {
     let generation = GENERATION.load(Relaxed);
     let mut state = STATE.with(Cell::get);
     if state == 0 || EPOCH.with(Cell::get) != generation {
-        state = thread_seed();
+        state = Pauses::for_thread(SEED.load(Relaxed), thread_tag()).state;
         EPOCH.with(|e| e.set(generation));
     }
-    state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    STATE.with(|s| s.set(state));
-    splitmix(state)
+    let mut pauses = Pauses { state };
+    let pause = pauses.next(MAX_PAUSE_NANOS.load(Relaxed));
+    STATE.with(|s| s.set(pauses.state));
+    pause
 }
 
-/// The run's seed mixed with this thread's name (or its order of first use).
-fn thread_seed() -> u64 {
-    let tag = match thread::current().name() {
-        Some(name) => name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        }),
+/// This thread's name hashed (FNV-1a), or its order of first use if unnamed.
+fn thread_tag() -> u64 {
+    match thread::current().name() {
+        Some(name) => name_tag(name),
         None => UNNAMED.fetch_add(1, Relaxed),
-    };
-    splitmix(SEED.load(Relaxed) ^ tag) | 1
+    }
 }
 
+/// FNV-1a (64 bits) of a thread name.
+fn name_tag(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The output function of splitmix64.
 fn splitmix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -162,13 +216,118 @@ fn splitmix(mut z: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    //! The pause sequence is checked against a reference splitmix64 and
+    //! FNV-1a written here from their published definitions (and checked
+    //! against their published outputs), not against outputs of the code
+    //! under test.
+
     use super::*;
 
+    /// splitmix64 as in Vigna's `splitmix64.c`: advance, then mix.
+    fn reference_splitmix64(x: &mut u64) -> u64 {
+        *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// FNV-1a, 64 bits: offset basis 14695981039346656037, prime 2^40 + 435.
+    fn reference_fnv1a(bytes: &[u8]) -> u64 {
+        let mut h: u64 = 14_695_981_039_346_656_037;
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul((1u64 << 40) + 435);
+        }
+        h
+    }
+
+    /// The documented pause sequence of a thread named `name` in a run
+    /// seeded with `seed`: the thread's state is the splitmix64 mix of
+    /// `seed ^ fnv1a(name)` with its low bit set, and each pause takes the
+    /// next splitmix64 output `r`: none if `r % 4 < 2`, a yield if it is 2,
+    /// else a sleep of `(r / 4) % max` nanoseconds.
+    fn reference_pauses(seed: u64, name: &str, max_nanos: u64, n: usize) -> Vec<Pause> {
+        // The mix alone is one splitmix64 step from one increment earlier.
+        let mut before =
+            (seed ^ reference_fnv1a(name.as_bytes())).wrapping_sub(0x9E37_79B9_7F4A_7C15);
+        let mut state = reference_splitmix64(&mut before) | 1;
+        (0..n)
+            .map(|_| {
+                let r = reference_splitmix64(&mut state);
+                match r % 4 {
+                    0 | 1 => Pause::None,
+                    2 => Pause::Yield,
+                    _ => Pause::Sleep(Duration::from_nanos((r / 4) % max_nanos)),
+                }
+            })
+            .collect()
+    }
+
+    fn pauses(seed: u64, name: &str, max_nanos: u64, n: usize) -> Vec<Pause> {
+        let mut p = Pauses::for_thread(seed, name_tag(name));
+        (0..n).map(|_| p.next(max_nanos)).collect()
+    }
+
     #[test]
-    fn the_same_seed_and_name_give_the_same_sequence() {
-        let a = splitmix(7 ^ 3);
-        let b = splitmix(7 ^ 3);
-        assert_eq!(a, b);
-        assert_ne!(splitmix(7), splitmix(8));
+    fn the_references_give_their_published_outputs() {
+        let mut x = 1_234_567u64;
+        let first: Vec<u64> = (0..5).map(|_| reference_splitmix64(&mut x)).collect();
+        assert_eq!(
+            first,
+            [
+                6_457_827_717_110_365_317,
+                3_203_168_211_198_807_973,
+                9_817_491_932_198_370_423,
+                4_593_380_528_125_082_431,
+                16_408_922_859_458_223_821,
+            ]
+        );
+        assert_eq!(reference_fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(reference_fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(reference_fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn the_pause_sequence_is_splitmix64_of_the_seed_and_thread_name() {
+        for (seed, name) in [(7, "custody.worker"), (0, "a"), (u64::MAX, "")] {
+            let got = pauses(seed, name, 500_000, 256);
+            assert_eq!(
+                got,
+                reference_pauses(seed, name, 500_000, 256),
+                "seed {seed}, {name:?}"
+            );
+            // All three kinds show up, so the comparison covers each.
+            assert!(got.contains(&Pause::None));
+            assert!(got.contains(&Pause::Yield));
+            assert!(got.iter().any(|p| matches!(p, Pause::Sleep(_))));
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_pauses_and_another_seed_others() {
+        let a = pauses(7, "custody.worker", 500_000, 64);
+        assert_eq!(a, pauses(7, "custody.worker", 500_000, 64));
+        assert_ne!(a, pauses(8, "custody.worker", 500_000, 64));
+        assert_ne!(a, pauses(7, "custody.other", 500_000, 64));
+    }
+
+    #[test]
+    fn a_named_thread_replays_its_pauses_for_the_run_seed() {
+        const SEED: u64 = 0xfeed_5eed;
+        enable(SEED, Duration::from_micros(200));
+        let run = || {
+            thread::Builder::new()
+                .name("fuzz-replay".to_owned())
+                .spawn(|| (0..64).map(|_| next_pause()).collect::<Vec<_>>())
+                .expect("spawn")
+                .join()
+                .expect("join")
+        };
+        let first = run();
+        let second = run();
+        disable();
+        assert_eq!(first, reference_pauses(SEED, "fuzz-replay", 200_000, 64));
+        assert_eq!(second, first);
     }
 }

@@ -5,25 +5,51 @@
 //! thread (`custody.timers`, spawned on first use). Each `tell_after` or
 //! `tell_every` sends it an entry; the manager's `next_wake` is the earliest
 //! entry, and its `wake` fires every entry that has come due, which tells the
-//! target manager the message. Cancelling only flips the entry's status; the
-//! timer manager drops cancelled entries when they come due.
+//! target manager the message.
+//!
+//! The manager keeps each live entry once, in a map by id, and a heap of
+//! `(due time, id)` keys. Cancelling flips the entry's status and tells the
+//! timer manager the id, which removes the entry from the map at once, so the
+//! message (or the closure making them) is dropped then, not at its due time.
+//! (An entry cancelled while still on its way to the timer manager needs no
+//! message: the manager sees the status when the entry arrives, and drops it.)
+//! The entry's heap key stays behind (a few bytes) and is skipped when it
+//! surfaces; when such stale keys outnumber the live entries, the heap is
+//! rebuilt without them, so its size stays within twice the live entries
+//! (plus a small slack) whatever the pattern of cancels.
 //!
 //! Nothing is lost silently: an entry whose target has stopped is marked
-//! `Refused` and traced, and entries still pending when the runtime shuts down
-//! are marked `Abandoned`. The guard a schedule call returns reads the status.
+//! `Refused` and traced, one whose message factory panicked is marked
+//! `Panicked`, and entries still pending when the runtime shuts down are
+//! marked `Abandoned`. The guard a schedule call returns reads the status.
+//!
+//! Every call into user code on the timer thread (a factory, and the `Drop`
+//! of a message or of a factory) runs under `catch_unwind`: a panic is traced
+//! and counted in the timer manager's `panicked` stat, and the timer manager
+//! carries on with every other schedule.
 
-use std::cmp::Ordering as CmpOrdering;
-use std::collections::BinaryHeap;
+use std::any::Any;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::handle::Handle;
+use crate::handle::{Handle, Shared};
 use crate::manager::{Context, Manager};
+use crate::manager_thread::panic_message;
 
 /// The reserved name of each runtime's timer manager.
 pub(crate) const TIMERS: &str = "custody.timers";
+
+/// Ids of scheduled entries, unique in the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Stale heap keys tolerated beyond the live entries before a rebuild.
+const STALE_SLACK: usize = 64;
 
 /// Where a scheduled message is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,6 +64,10 @@ pub enum ScheduleStatus {
     Refused,
     /// The runtime shut down before it came due.
     Abandoned,
+    /// The message factory of a [`tell_every`](crate::Handle::tell_every)
+    /// panicked: the schedule ended there. The panic's message is in
+    /// [`Scheduled::panic_message`].
+    Panicked,
 }
 
 impl ScheduleStatus {
@@ -47,15 +77,24 @@ impl ScheduleStatus {
             1 => ScheduleStatus::Delivered,
             2 => ScheduleStatus::Cancelled,
             3 => ScheduleStatus::Refused,
-            _ => ScheduleStatus::Abandoned,
+            4 => ScheduleStatus::Abandoned,
+            _ => ScheduleStatus::Panicked,
         }
     }
 }
 
+/// Set in the status word once the timer manager holds the entry: from then
+/// on a cancel must tell it to drop the entry; before, it sees the cancel
+/// when the entry arrives and drops it there, so no message is needed.
+const HELD: u8 = 0x80;
+
 /// The status shared by an entry and its guard.
 pub(crate) struct TimerState {
+    /// A `ScheduleStatus` in the low bits, and the `HELD` bit.
     status: AtomicU8,
     delivered: AtomicU64,
+    /// Set (before the status becomes `Panicked`) when the factory panicked.
+    panic: OnceLock<String>,
 }
 
 impl TimerState {
@@ -63,23 +102,44 @@ impl TimerState {
         Arc::new(TimerState {
             status: AtomicU8::new(ScheduleStatus::Pending as u8),
             delivered: AtomicU64::new(0),
+            panic: OnceLock::new(),
         })
     }
 
     fn status(&self) -> ScheduleStatus {
-        ScheduleStatus::from_u8(self.status.load(Ordering::Acquire))
+        ScheduleStatus::from_u8(self.status.load(Ordering::Acquire) & !HELD)
     }
 
     /// Moves from Pending to `to`; a final status never changes again.
-    fn finish(&self, to: ScheduleStatus) -> bool {
-        self.status
-            .compare_exchange(
-                ScheduleStatus::Pending as u8,
-                to as u8,
+    /// `Some(held)` if it moved, `held` telling whether the timer manager
+    /// held the entry then.
+    fn finish_held(&self, to: ScheduleStatus) -> Option<bool> {
+        let mut current = self.status.load(Ordering::Acquire);
+        loop {
+            if current & !HELD != ScheduleStatus::Pending as u8 {
+                return None;
+            }
+            match self.status.compare_exchange_weak(
+                current,
+                (current & HELD) | to as u8,
                 Ordering::AcqRel,
                 Ordering::Acquire,
-            )
-            .is_ok()
+            ) {
+                Ok(_) => return Some(current & HELD != 0),
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Moves from Pending to `to`; `false` if it had a final status already.
+    fn finish(&self, to: ScheduleStatus) -> bool {
+        self.finish_held(to).is_some()
+    }
+
+    /// Marks the entry held by the timer manager; `false` if it was
+    /// cancelled before.
+    fn hold(&self) -> bool {
+        self.status.fetch_or(HELD, Ordering::AcqRel) & !HELD == ScheduleStatus::Pending as u8
     }
 }
 
@@ -88,6 +148,8 @@ impl TimerState {
 /// Returned by [`Handle::tell_after`](crate::Handle::tell_after) and
 /// [`Handle::tell_every`](crate::Handle::tell_every). Call
 /// [`detach`](Scheduled::detach) to let the schedule run without the guard.
+/// Cancelling frees the scheduled message (or the closure making them) at
+/// once, on the timer manager's thread, rather than at its due time.
 ///
 /// # Examples
 ///
@@ -115,13 +177,21 @@ impl TimerState {
 #[must_use = "dropping a Scheduled cancels it; call detach() to let it run"]
 pub struct Scheduled {
     state: Arc<TimerState>,
+    id: u64,
+    /// The timer manager holding the entry, told of a cancel.
+    timers: Handle<TimerMsg>,
     detached: bool,
 }
 
 impl Scheduled {
-    /// Cancels the schedule if it has not completed. A no-op afterwards.
+    /// Cancels the schedule if it has not completed, and has the timer
+    /// manager drop its message (or closure) now. A no-op afterwards.
     pub fn cancel(&self) {
-        self.state.finish(ScheduleStatus::Cancelled);
+        if self.state.finish_held(ScheduleStatus::Cancelled) == Some(true) {
+            // Refused only once the timer manager is stopping: it then drops
+            // every entry anyway.
+            let _ = self.timers.tell(TimerMsg::Cancel(self.id));
+        }
     }
 
     /// Lets the schedule run on without this guard.
@@ -138,7 +208,42 @@ impl Scheduled {
     pub fn delivered(&self) -> u64 {
         self.state.delivered.load(Ordering::Acquire)
     }
+
+    /// The message of the panic that ended the schedule, once its status is
+    /// [`ScheduleStatus::Panicked`]; `None` otherwise.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use custody::{Runtime, ScheduleStatus};
+    ///
+    /// let rt = Runtime::new();
+    /// let beats = rt.own("beats", 0u32)?;
+    /// let broken = beats.handle().tell_every(Duration::from_millis(1), || -> custody::Job<u32> {
+    ///     panic!("no more beats")
+    /// })?;
+    /// while broken.status() == ScheduleStatus::Pending {
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// }
+    /// assert_eq!(broken.status(), ScheduleStatus::Panicked);
+    /// assert_eq!(broken.panic_message().as_deref(), Some("no more beats"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn panic_message(&self) -> Option<String> {
+        if self.status() == ScheduleStatus::Panicked {
+            self.state.panic.get().cloned()
+        } else {
+            None
+        }
+    }
 }
+
+// A guard may be kept anywhere, and dropped on any thread.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Scheduled>();
+};
 
 impl Drop for Scheduled {
     fn drop(&mut self) {
@@ -157,124 +262,320 @@ impl fmt::Debug for Scheduled {
     }
 }
 
-/// Delivers one message to the target; `false` if the target refused it.
-pub(crate) type Fire = Box<dyn FnMut() -> bool + Send>;
+/// What the timer manager is told.
+pub(crate) enum TimerMsg {
+    /// A new entry for the heap.
+    Add(Timer),
+    /// The entry with this id was cancelled: drop it now.
+    Cancel(u64),
+}
 
-/// One entry of the timer heap.
-pub(crate) struct Entry {
+/// The timer manager's message type, under the name the runtime knows it by.
+pub(crate) type Entry = TimerMsg;
+
+/// What firing a job came to.
+enum Fired {
+    /// The message was told to the target.
+    Told,
+    /// The target was stopped and refused it.
+    Refused,
+    /// The message factory panicked, with this message.
+    Panicked(String),
+}
+
+/// The user's part of an entry, its type erased: the target and the message
+/// (or the closure making them). Dropping a job drops the user's values under
+/// `catch_unwind`, wherever it happens.
+trait Job: Send + 'static {
+    /// Tells the target its message (making it first, for a periodic one).
+    fn fire(&mut self) -> Fired;
+    /// The target manager's name.
+    fn target(&self) -> &str;
+    /// For taking the user's value back when scheduling failed.
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+/// Runs user code, catching a panic; `Err` holds the panic's message.
+fn caught<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let message = panic_message(payload.as_ref());
+        // The payload's own Drop may panic too; a payload like that is leaked.
+        if let Err(worse) = panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+            std::mem::forget(worse);
+        }
+        message
+    })
+}
+
+/// Traces a panic caught on the timer thread and counts it in the timer
+/// manager's stats.
+#[cold]
+fn report(timers: &Weak<Shared<TimerMsg>>, what: &str, target: &str, message: &str) {
+    tracing::error!(
+        target_manager = %target,
+        panic = %message,
+        "{what} panicked on the timer thread"
+    );
+    if let Some(shared) = timers.upgrade() {
+        shared.counters.add_panic();
+    }
+}
+
+/// Drops a user's value, catching, tracing and counting a panic in its Drop.
+fn drop_caught<T>(value: T, timers: &Weak<Shared<TimerMsg>>, what: &str, target: &str) {
+    if let Err(message) = caught(move || drop(value)) {
+        report(timers, what, target, &message);
+    }
+}
+
+/// Tells the target a message; a refused one is dropped here, caught.
+fn tell<M: Send + 'static>(target: &Handle<M>, msg: M, timers: &Weak<Shared<TimerMsg>>) -> Fired {
+    match target.tell(msg) {
+        Ok(()) => Fired::Told,
+        Err(refused) => {
+            drop_caught(refused.into_inner(), timers, MESSAGE_DROP, target.name());
+            Fired::Refused
+        }
+    }
+}
+
+const MESSAGE_DROP: &str = "the drop of a scheduled message";
+
+/// A one-shot message (`tell_after`).
+struct Once<M: Send + 'static> {
+    target: Handle<M>,
+    msg: Option<M>,
+    timers: Weak<Shared<TimerMsg>>,
+}
+
+impl<M: Send + 'static> Job for Once<M> {
+    fn fire(&mut self) -> Fired {
+        // A one-shot entry fires once; a second call has nothing to tell.
+        let Some(msg) = self.msg.take() else {
+            return Fired::Refused;
+        };
+        tell(&self.target, msg, &self.timers)
+    }
+
+    fn target(&self) -> &str {
+        self.target.name()
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+impl<M: Send + 'static> Drop for Once<M> {
+    fn drop(&mut self) {
+        if let Some(msg) = self.msg.take() {
+            drop_caught(msg, &self.timers, MESSAGE_DROP, self.target.name());
+        }
+    }
+}
+
+/// A periodic message (`tell_every`) and the closure that makes each one.
+struct Every<M: Send + 'static, F> {
+    target: Handle<M>,
+    make: Option<F>,
+    timers: Weak<Shared<TimerMsg>>,
+}
+
+impl<M: Send + 'static, F: FnMut() -> M + Send + 'static> Job for Every<M, F> {
+    fn fire(&mut self) -> Fired {
+        let Some(make) = self.make.as_mut() else {
+            return Fired::Refused;
+        };
+        let msg = match caught(make) {
+            Ok(msg) => msg,
+            Err(message) => {
+                report(
+                    &self.timers,
+                    "a tell_every factory",
+                    self.target.name(),
+                    &message,
+                );
+                return Fired::Panicked(message);
+            }
+        };
+        tell(&self.target, msg, &self.timers)
+    }
+
+    fn target(&self) -> &str {
+        self.target.name()
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+impl<M: Send + 'static, F> Drop for Every<M, F> {
+    fn drop(&mut self) {
+        if let Some(make) = self.make.take() {
+            drop_caught(
+                make,
+                &self.timers,
+                "the drop of a tell_every factory",
+                self.target.name(),
+            );
+        }
+    }
+}
+
+/// An entry's status as the entry holds it: an entry dropped while still
+/// pending (discarded by an immediate stop before the timer manager saw it)
+/// reads `Abandoned`.
+struct EntryState(Arc<TimerState>);
+
+impl Drop for EntryState {
+    fn drop(&mut self) {
+        self.0.finish(ScheduleStatus::Abandoned);
+    }
+}
+
+/// One entry of the timer manager.
+pub(crate) struct Timer {
+    id: u64,
     at: Instant,
-    seq: u64,
     period: Option<Duration>,
-    fire: Fire,
-    state: Arc<TimerState>,
-    target: String,
+    job: Box<dyn Job>,
+    state: EntryState,
 }
 
-impl Entry {
-    /// A new entry and the guard that watches it.
-    pub(crate) fn new(
-        at: Instant,
-        period: Option<Duration>,
-        target: String,
-        fire: Fire,
-    ) -> (Entry, Scheduled) {
-        let state = TimerState::new();
-        let guard = Scheduled {
-            state: Arc::clone(&state),
-            detached: false,
-        };
-        let entry = Entry {
-            at,
-            seq: 0,
-            period,
-            fire,
-            state,
-            target,
-        };
-        (entry, guard)
+/// Hashes entry ids for the map: they come from a counter, so one multiply
+/// (Fibonacci hashing) spreads them, at a fraction of SipHash's cost.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == CmpOrdering::Equal
-    }
-}
-
-impl Eq for Entry {}
-
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Entry {
-    /// Reversed, so the max-heap pops the earliest entry first.
-    fn cmp(&self, other: &Self) -> CmpOrdering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
-
-/// The timer manager: owns the heap of scheduled entries.
+/// The timer manager: owns the scheduled entries.
 #[derive(Default)]
 pub(crate) struct Timers {
-    heap: BinaryHeap<Entry>,
-    next_seq: u64,
+    /// Every live entry, by id.
+    live: HashMap<u64, Timer, BuildHasherDefault<IdHasher>>,
+    /// `(due, id)` of every live entry, earliest first, plus stale keys of
+    /// entries removed since (skipped when they surface).
+    due: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+impl Timers {
+    fn insert(&mut self, timer: Timer) {
+        self.due.push(Reverse((timer.at, timer.id)));
+        self.live.insert(timer.id, timer);
+    }
+
+    /// Rebuilds the heap without its stale keys once they outnumber the live
+    /// entries, and gives memory back after a crowd of entries has gone.
+    fn tidy(&mut self) {
+        if self.due.len() > 2 * self.live.len() + STALE_SLACK {
+            let live = &self.live;
+            self.due.retain(|Reverse((_, id))| live.contains_key(id));
+            if self.due.capacity() > 4 * self.due.len() + STALE_SLACK {
+                self.due.shrink_to(2 * self.due.len() + STALE_SLACK);
+            }
+        }
+        if self.live.capacity() > 4 * self.live.len() + STALE_SLACK {
+            self.live.shrink_to(2 * self.live.len() + STALE_SLACK);
+        }
+    }
 }
 
 impl Manager for Timers {
-    type Msg = Entry;
+    type Msg = TimerMsg;
 
-    fn handle(&mut self, mut entry: Entry, _ctx: &mut Context<'_, Entry>) {
-        entry.seq = self.next_seq;
-        self.next_seq += 1;
-        self.heap.push(entry);
-    }
-
-    fn next_wake(&self) -> Option<Instant> {
-        self.heap.peek().map(|e| e.at)
-    }
-
-    fn wake(&mut self, _ctx: &mut Context<'_, Entry>) {
-        let now = Instant::now();
-        while self.heap.peek().is_some_and(|e| e.at <= now) {
-            let Some(mut entry) = self.heap.pop() else {
-                break;
-            };
-            if entry.state.status() != ScheduleStatus::Pending {
-                continue;
-            }
-            if !(entry.fire)() {
-                entry.state.finish(ScheduleStatus::Refused);
-                tracing::warn!(
-                    target_manager = %entry.target,
-                    "a scheduled message came due but its manager is stopped"
-                );
-                continue;
-            }
-            entry.state.delivered.fetch_add(1, Ordering::AcqRel);
-            match entry.period {
-                None => {
-                    entry.state.finish(ScheduleStatus::Delivered);
+    fn handle(&mut self, msg: TimerMsg, _ctx: &mut Context<'_, TimerMsg>) {
+        match msg {
+            TimerMsg::Add(timer) => {
+                if timer.state.0.hold() {
+                    self.insert(timer);
                 }
-                Some(period) => {
-                    entry.at += period;
-                    if entry.at <= now {
-                        // Fell behind: skip the missed ticks rather than burst.
-                        entry.at = now + period;
-                    }
-                    self.heap.push(entry);
-                }
+                // Else cancelled on its way here: dropped now, and its guard
+                // sent no cancel.
+            }
+            TimerMsg::Cancel(id) => {
+                // Dropping the entry drops its message (caught if it panics).
+                drop(self.live.remove(&id));
+                self.tidy();
             }
         }
     }
 
-    fn stopped(&mut self, _ctx: &mut Context<'_, Entry>) {
+    fn next_wake(&self) -> Option<Instant> {
+        self.due.peek().map(|Reverse((at, _))| *at)
+    }
+
+    fn wake(&mut self, _ctx: &mut Context<'_, TimerMsg>) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, id))) = self.due.peek() {
+            if at > now {
+                break;
+            }
+            self.due.pop();
+            // A stale key: its entry was cancelled and is gone already.
+            let Some(mut timer) = self.live.remove(&id) else {
+                continue;
+            };
+            if timer.state.0.status() != ScheduleStatus::Pending {
+                // Cancelled; the cancel is still on its way.
+                continue;
+            }
+            match timer.job.fire() {
+                Fired::Told => {
+                    timer.state.0.delivered.fetch_add(1, Ordering::AcqRel);
+                    match timer.period {
+                        None => {
+                            timer.state.0.finish(ScheduleStatus::Delivered);
+                        }
+                        Some(period) => {
+                            // Fell behind: skip the missed ticks rather than
+                            // burst (and saturate rather than overflow).
+                            timer.at = timer
+                                .at
+                                .checked_add(period)
+                                .filter(|&next| next > now)
+                                .unwrap_or_else(|| instant_after(period));
+                            self.insert(timer);
+                        }
+                    }
+                }
+                Fired::Refused => {
+                    timer.state.0.finish(ScheduleStatus::Refused);
+                    tracing::warn!(
+                        target_manager = %timer.job.target(),
+                        "a scheduled message came due but its manager is stopped"
+                    );
+                }
+                Fired::Panicked(message) => {
+                    let _ = timer.state.0.panic.set(message);
+                    timer.state.0.finish(ScheduleStatus::Panicked);
+                }
+            }
+        }
+        self.tidy();
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<'_, TimerMsg>) {
+        self.due.clear();
         let abandoned = self
-            .heap
+            .live
             .drain()
-            .filter(|e| e.state.finish(ScheduleStatus::Abandoned))
+            .filter(|(_, timer)| timer.state.0.finish(ScheduleStatus::Abandoned))
             .count();
         if abandoned > 0 {
             tracing::warn!(
@@ -320,11 +621,6 @@ impl<T> fmt::Debug for ScheduleError<T> {
     }
 }
 
-/// Takes the payload back out of a shared slot.
-fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
-    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
-}
-
 /// `now + delay`, saturating far in the future for huge delays.
 fn instant_after(delay: Duration) -> Instant {
     let now = Instant::now();
@@ -335,31 +631,45 @@ fn instant_after(delay: Duration) -> Instant {
 
 impl<M: Send + 'static> Handle<M> {
     /// Tells this manager `msg` once `delay` has passed, from the runtime's
-    /// timer manager. Dropping the returned guard cancels it.
+    /// timer manager. Dropping the returned guard cancels it, and the message
+    /// is dropped then (on the timer manager's thread), not at its due time.
     ///
     /// If the manager has stopped by then, the message is refused and the
     /// guard's status becomes [`ScheduleStatus::Refused`] (and a warning is
-    /// traced): it is reported, not lost silently.
+    /// traced): it is reported, not lost silently. A message whose `Drop`
+    /// panics (when it is cancelled, refused or abandoned) cannot harm the
+    /// timer manager: the panic is caught, traced and counted in the
+    /// `custody.timers` stats.
     ///
     /// # Errors
     ///
     /// [`ScheduleError::Stopped`] if the manager is already stopped,
     /// [`ScheduleError::ShutDown`] if the runtime is; the message comes back.
     pub fn tell_after(&self, delay: Duration, msg: M) -> Result<Scheduled, ScheduleError<M>> {
-        let slot = Arc::new(Mutex::new(Some(msg)));
-        let target = self.clone();
-        let payload = Arc::clone(&slot);
-        let fire: Fire = Box::new(move || match take(&payload) {
-            Some(msg) => target.tell(msg).is_ok(),
-            None => true,
-        });
-        self.schedule(instant_after(delay), None, fire)
-            .map_err(|kind| kind(take(&slot).expect("the message was not sent")))
+        self.schedule(
+            instant_after(delay),
+            None,
+            msg,
+            |target, msg, timers| Once {
+                target,
+                msg: Some(msg),
+                timers,
+            },
+            |mut once: Once<M>| once.msg.take(),
+        )
     }
 
     /// Tells this manager `make()` every `period`, first after one period,
     /// until the guard is dropped or cancelled. Ticks missed while the timer
     /// manager was busy are skipped, not bunched up.
+    ///
+    /// `make` runs on the timer manager's thread. If it panics, the panic is
+    /// caught, traced (`error`) and counted in the `custody.timers` stats, and
+    /// the schedule ends there: its status becomes
+    /// [`ScheduleStatus::Panicked`] (with the panic's text in
+    /// [`Scheduled::panic_message`]) and `make` is dropped. A factory that
+    /// panicked once may have broken its own state, so it is not called
+    /// again; every other schedule carries on.
     ///
     /// # Errors
     ///
@@ -392,40 +702,69 @@ impl<M: Send + 'static> Handle<M> {
         if period.is_zero() {
             return Err(ScheduleError::ZeroPeriod(make));
         }
-        let slot = Arc::new(Mutex::new(Some(make)));
-        let target = self.clone();
-        let maker = Arc::clone(&slot);
-        let fire: Fire = Box::new(move || {
-            let mut guard = maker.lock().unwrap_or_else(PoisonError::into_inner);
-            match guard.as_mut() {
-                Some(make) => target.tell(make()).is_ok(),
-                None => false,
-            }
-        });
-        self.schedule(instant_after(period), Some(period), fire)
-            .map_err(|kind| kind(take(&slot).expect("the closure was not sent")))
+        self.schedule(
+            instant_after(period),
+            Some(period),
+            make,
+            |target, make, timers| Every {
+                target,
+                make: Some(make),
+                timers,
+            },
+            |mut every: Every<M, F>| every.make.take(),
+        )
     }
 
-    /// Hands an entry to the runtime's timer manager.
-    fn schedule<T>(
+    /// Hands an entry to the runtime's timer manager; on failure, `give_back`
+    /// takes the user's value out of the job again.
+    fn schedule<T, J: Job>(
         &self,
         at: Instant,
         period: Option<Duration>,
-        fire: Fire,
-    ) -> Result<Scheduled, fn(T) -> ScheduleError<T>> {
+        value: T,
+        job: impl FnOnce(Handle<M>, T, Weak<Shared<TimerMsg>>) -> J,
+        give_back: impl FnOnce(J) -> Option<T>,
+    ) -> Result<Scheduled, ScheduleError<T>> {
         if self.is_stopped() {
-            return Err(ScheduleError::Stopped);
+            return Err(ScheduleError::Stopped(value));
         }
-        let timers = self
+        let Some(timers) = self
             .shared
             .runtime
             .upgrade()
             .and_then(|rt| rt.timers().ok())
-            .ok_or(ScheduleError::ShutDown as fn(T) -> ScheduleError<T>)?;
-        let (entry, guard) = Entry::new(at, period, self.name().to_owned(), fire);
-        timers
-            .tell(entry)
-            .map_err(|_| ScheduleError::ShutDown as fn(T) -> ScheduleError<T>)?;
-        Ok(guard)
+        else {
+            return Err(ScheduleError::ShutDown(value));
+        };
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let state = TimerState::new();
+        let timer = Timer {
+            id,
+            at,
+            period,
+            job: Box::new(job(self.clone(), value, Arc::downgrade(&timers.shared))),
+            state: EntryState(Arc::clone(&state)),
+        };
+        match timers.tell(TimerMsg::Add(timer)) {
+            Ok(()) => Ok(Scheduled {
+                state,
+                id,
+                timers,
+                detached: false,
+            }),
+            Err(refused) => {
+                let TimerMsg::Add(timer) = refused.into_inner() else {
+                    unreachable!("the timer manager refused the entry it was told")
+                };
+                let value = timer
+                    .job
+                    .into_any()
+                    .downcast::<J>()
+                    .ok()
+                    .and_then(|job| give_back(*job))
+                    .expect("the job of a refused entry holds the value");
+                Err(ScheduleError::ShutDown(value))
+            }
+        }
     }
 }
