@@ -117,7 +117,9 @@ impl WaitNode {
         self.edge.store(token.0, SeqCst);
         match target.edge.load(SeqCst) {
             0 => Ok(token),
-            next => self.check(target, next, token).inspect_err(|_| self.end_wait(token)),
+            next => self
+                .check(target, next, token)
+                .inspect_err(|_| self.end_wait(token)),
         }
     }
 
@@ -332,7 +334,11 @@ mod tests {
         router.end_wait(r);
         assert_eq!(
             worker.begin_wait(&a),
-            Err(vec!["worker".to_owned(), "a".to_owned(), "worker".to_owned()])
+            Err(vec![
+                "worker".to_owned(),
+                "a".to_owned(),
+                "worker".to_owned()
+            ])
         );
         link.release();
         let w = worker.begin_wait(&a).expect("the reply was completed");

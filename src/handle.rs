@@ -211,7 +211,10 @@ impl<M: Send + 'static> Handle<M> {
             Err(failure) => return Err(self.undo(failure)),
         };
         let waiting = current::with_node(|me| {
-            me.map(|me| me.begin_wait(&shared.waits).map(|token| (Arc::clone(me), token)))
+            me.map(|me| {
+                me.begin_wait(&shared.waits)
+                    .map(|token| (Arc::clone(me), token))
+            })
         });
         let token = match waiting {
             None => None,

@@ -88,7 +88,9 @@ impl Manager for Router {
                 Err(e) => drop(e),
             },
             RouteTo::StoppedWorker => {
-                let refused = reply.forward(worker, WMsg::Work).expect_err("worker stopped");
+                let refused = reply
+                    .forward(worker, WMsg::Work)
+                    .expect_err("worker stopped");
                 assert!(refused.is_stopped());
                 let WMsg::Work(reply) = refused.into_inner();
                 // The reply is back here, so `a` waits on the router again:
@@ -124,11 +126,21 @@ fn route(backend: Backend, to: RouteTo, stop_worker: bool) -> Result<String, Ask
         let rt = runtime(backend);
         let (router_slot, worker_slot, asker_slot) = (slot(), slot(), slot());
         let a = rt
-            .spawn("a", Asker { router: Arc::clone(&router_slot) })
+            .spawn(
+                "a",
+                Asker {
+                    router: Arc::clone(&router_slot),
+                },
+            )
             .unwrap();
         asker_slot.set(a.clone()).ok();
         let worker = rt
-            .spawn("worker", Worker { asker: Arc::clone(&asker_slot) })
+            .spawn(
+                "worker",
+                Worker {
+                    asker: Arc::clone(&asker_slot),
+                },
+            )
             .unwrap();
         worker_slot.set(worker.clone()).ok();
         let router = rt
@@ -251,7 +263,14 @@ impl Manager for FillA {
 
 fn pair(rt: &custody::Runtime) -> (Handle<FillMsg>, Handle<BMsg>) {
     let (a_slot, b_slot) = (slot(), slot());
-    let a = rt.spawn("a", FillA { b: Arc::clone(&b_slot) }).unwrap();
+    let a = rt
+        .spawn(
+            "a",
+            FillA {
+                b: Arc::clone(&b_slot),
+            },
+        )
+        .unwrap();
     a_slot.set(a.clone()).ok();
     let b = rt
         .manager("b")
@@ -262,9 +281,7 @@ fn pair(rt: &custody::Runtime) -> (Handle<FillMsg>, Handle<BMsg>) {
     (a, b)
 }
 
-fn a_tell_that_would_block_on_a_manager_waiting_for_the_sender_returns_deadlock(
-    backend: Backend,
-) {
+fn a_tell_that_would_block_on_a_manager_waiting_for_the_sender_returns_deadlock(backend: Backend) {
     within("blocked tell", move || {
         let rt = runtime(backend);
         let (_a, b) = pair(&rt);
@@ -354,11 +371,22 @@ fn a_manager_joining_itself_gets_deadlock_at_once(backend: Backend) {
         let rt = runtime(backend);
         let me = slot();
         let a = rt
-            .spawn("a", Joiner { me: Arc::clone(&me), other: slot() })
+            .spawn(
+                "a",
+                Joiner {
+                    me: Arc::clone(&me),
+                    other: slot(),
+                },
+            )
             .unwrap();
         me.set(a.clone()).ok();
         let joined = a.ask(JMsg::JoinSelf).unwrap();
-        assert_eq!(joined, Err(JoinError::Deadlock { cycle: cycle(&["a", "a"]) }));
+        assert_eq!(
+            joined,
+            Err(JoinError::Deadlock {
+                cycle: cycle(&["a", "a"])
+            })
+        );
         a.join().unwrap();
         rt.shutdown();
     });
@@ -369,16 +397,33 @@ fn a_manager_joining_one_that_asks_it_gets_deadlock(backend: Backend) {
         let rt = runtime(backend);
         let (a_slot, b_slot) = (slot(), slot());
         let a = rt
-            .spawn("a", Joiner { me: Arc::clone(&a_slot), other: Arc::clone(&b_slot) })
+            .spawn(
+                "a",
+                Joiner {
+                    me: Arc::clone(&a_slot),
+                    other: Arc::clone(&b_slot),
+                },
+            )
             .unwrap();
         a_slot.set(a.clone()).ok();
         let b = rt
-            .spawn("b", Joiner { me: Arc::clone(&b_slot), other: Arc::clone(&a_slot) })
+            .spawn(
+                "b",
+                Joiner {
+                    me: Arc::clone(&b_slot),
+                    other: Arc::clone(&a_slot),
+                },
+            )
             .unwrap();
         b_slot.set(b.clone()).ok();
         // b asks a to join b; b's own request is unfinished while it waits.
         let seen = b.ask(JMsg::AskOther).unwrap().expect("a answered");
-        assert_eq!(seen, Err(JoinError::Deadlock { cycle: cycle(&["a", "b", "a"]) }));
+        assert_eq!(
+            seen,
+            Err(JoinError::Deadlock {
+                cycle: cycle(&["a", "b", "a"])
+            })
+        );
         // A join with nothing to wait for needs no edge and succeeds.
         b.join().unwrap();
         assert_eq!(a.ask(JMsg::JoinOther).unwrap(), Ok(()));
