@@ -28,6 +28,15 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The longest manager name: `custody.<name>.dead` must fit in 255 bytes.
 const MAX_NAME: usize = 200;
 
+/// The longest queue name AMQP allows (a short string), in bytes.
+pub(crate) const MAX_QUEUE_NAME: usize = 255;
+
+/// What a producer's done queue is named after: `custody.done.<producer-id>`.
+pub(crate) const DONE_QUEUE_PREFIX: &str = "custody.done.";
+
+/// The default for [`BrokerBuilder::max_body`]: 16 MiB.
+pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
+
 /// Settings for a [`Broker`]; made by [`Broker::builder`].
 #[derive(Debug, Clone)]
 #[must_use = "a BrokerBuilder does nothing until `connect`"]
@@ -44,6 +53,7 @@ pub(crate) struct Settings {
     pub(crate) confirm_timeout: Duration,
     pub(crate) prefetch: u16,
     pub(crate) delivery_limit: u32,
+    pub(crate) max_body: usize,
 }
 
 impl Default for Settings {
@@ -54,6 +64,7 @@ impl Default for Settings {
             confirm_timeout: Duration::from_secs(10),
             prefetch: 256,
             delivery_limit: 5,
+            max_body: DEFAULT_MAX_BODY,
         }
     }
 }
@@ -95,6 +106,27 @@ impl BrokerBuilder {
     /// the same value, or the second declaration fails.
     pub fn delivery_limit(mut self, n: u32) -> Self {
         self.settings.delivery_limit = n;
+        self
+    }
+
+    /// The largest message body a served manager takes, in bytes (default
+    /// [`DEFAULT_MAX_BODY`], 16 MiB). A delivery with a larger body is not
+    /// decoded: it is dead-lettered, with the reason in `x-custody-error`,
+    /// and its sender's `join` reports it. It does not limit what this
+    /// process sends.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use custody::broker::Broker;
+    ///
+    /// let broker = Broker::builder("amqp://guest:guest@127.0.0.1:5672/%2f")
+    ///     .max_body(64 * 1024)
+    ///     .connect()?;
+    /// # Ok::<(), custody::broker::BrokerError>(())
+    /// ```
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.settings.max_body = bytes;
         self
     }
 
@@ -208,7 +240,8 @@ impl Broker {
     }
 
     /// Connects to `url` with the default settings: a 5 s heartbeat and
-    /// connect timeout, 10 s confirm timeout, prefetch 256, delivery limit 5.
+    /// connect timeout, 10 s confirm timeout, prefetch 256, delivery limit 5,
+    /// bodies of at most 16 MiB.
     ///
     /// # Errors
     ///
@@ -420,7 +453,7 @@ pub(crate) fn dead_queue(name: &str) -> String {
 
 /// The queue a producer's done records arrive in.
 pub(crate) fn done_queue(producer: &str) -> String {
-    format!("custody.done.{producer}")
+    format!("{DONE_QUEUE_PREFIX}{producer}")
 }
 
 /// `now + timeout`, or no deadline when that overflows.

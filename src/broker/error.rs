@@ -74,6 +74,107 @@ pub enum BrokerError {
     Spawn(#[from] SpawnError),
 }
 
+/// Why an owner refused a delivery before handing it to the manager. Every
+/// header and property of a delivery, and its body, come from whoever
+/// published it: a delivery that fails these checks is dead-lettered with
+/// this text in `x-custody-error`, its producer (if it names a valid one) is
+/// told, and so is its asker (if it names a valid reply address).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub(crate) enum InvalidDelivery {
+    /// The body is larger than the owner's `max_body`.
+    #[error("the body is {size} bytes, over the limit of {max} bytes")]
+    BodyTooLarge {
+        /// The size of the body.
+        size: usize,
+        /// The owner's limit.
+        max: usize,
+    },
+    /// A header or property has the wrong type, or a value that cannot be
+    /// used.
+    #[error("{field} is {problem}")]
+    Field {
+        /// Which one.
+        field: Field,
+        /// What is wrong with it.
+        problem: FieldProblem,
+    },
+    /// The body is not CBOR of the manager's message type.
+    #[error("the body does not decode: {0}")]
+    Undecodable(String),
+    /// Taking the delivery panicked (most likely a `Deserialize` impl of the
+    /// message type).
+    #[error("the owner panicked taking the delivery: {0}")]
+    Panicked(String),
+}
+
+impl InvalidDelivery {
+    pub(crate) fn field(field: Field, problem: FieldProblem) -> InvalidDelivery {
+        InvalidDelivery::Field { field, problem }
+    }
+}
+
+/// A header or property of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Field {
+    /// An entry of the headers table.
+    Header(&'static str),
+    /// A basic property (`message-id`, `reply-to`, ...).
+    Property(&'static str),
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::Header(name) => write!(f, "header `{name}`"),
+            Field::Property(name) => write!(f, "property `{name}`"),
+        }
+    }
+}
+
+/// What is wrong with a header or property.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub(crate) enum FieldProblem {
+    /// Longer than what it is used for allows.
+    #[error("{len} bytes long, over the limit of {max}")]
+    TooLong {
+        /// Its length.
+        len: usize,
+        /// The most allowed.
+        max: usize,
+    },
+    /// Present but empty.
+    #[error("empty")]
+    Empty,
+    /// Bytes that are not UTF-8 where text belongs.
+    #[error("not valid UTF-8")]
+    NotUtf8,
+    /// A value of another AMQP type.
+    #[error("{found} where {expected} belongs")]
+    WrongType {
+        /// The type it must have, with its article ("a string").
+        expected: &'static str,
+        /// The type it has, with its article.
+        found: &'static str,
+    },
+    /// A negative count.
+    #[error("negative ({0})")]
+    Negative(i64),
+    /// Missing, though another field needs it.
+    #[error("missing, and {needed_by} needs it")]
+    Missing {
+        /// The field that needs it.
+        needed_by: Field,
+    },
+    /// A value the owner does not handle.
+    #[error("{found:?} instead of {expected:?}")]
+    Unexpected {
+        /// The value it has.
+        found: String,
+        /// The value it must have.
+        expected: &'static str,
+    },
+}
+
 /// A [`RemoteHandle::tell`](super::RemoteHandle::tell) that was not confirmed;
 /// the message comes back inside.
 ///

@@ -57,7 +57,10 @@
 //! **`task_done` is the ack.** A batch is acknowledged with one multiple-ack
 //! after the manager's `idle` hook ran, so for a manager that commits in
 //! `idle`, acknowledged means committed; a crash before that redelivers the
-//! batch to the next owner (at least once). For exactly-once *effects*, the
+//! batch to the next owner (at least once). A batch cut short by the
+//! runtime's `max_batch` (below the prefetch) waits for the next `idle`, and
+//! an immediate stop acknowledges nothing that no `idle` covered: those
+//! deliveries go back to the queue. For exactly-once *effects*, the
 //! manager records each message's id in the transaction that applies it and
 //! skips an id it has seen:
 //! [`RemoteDatabase`](crate::resources::RemoteDatabase) does this for SQLite
@@ -85,8 +88,7 @@
 //! before the first request) as `reply_to` and its message id as correlation
 //! id. The owner's consumer thread decodes it with that address bound, so the
 //! manager's `RemoteReply` knows where to answer. **Answered means committed:**
-//! the answer is held until the request's batch is settled (`idle` ran, done
-//! records confirmed, batch acknowledged), then published to the asker, like
+//! the answer is held until the request's batch is settled (`idle` ran), like
 //! the local `Database`, whose writers hear back only after the commit; a
 //! reply kept past its batch is sent when answered. A reply dropped
 //! unanswered (or a request with none in it) answers
@@ -95,8 +97,40 @@
 //! [`RemoteAskError::DeadLettered`] with the panic, never a hang.
 //! `ask_timeout` ends with [`RemoteAskError::Timeout`] at its deadline; the
 //! request may still be handled, and its late answer is dropped (nobody
-//! consumes it). The answers are not persistent: an asker whose connection
-//! drops loses them, and its request is still handled.
+//! consumes it).
+//!
+//! **Answered before acknowledged.** Settling a batch publishes its answers
+//! first, then its done records, waits for the broker's confirms of both,
+//! and only then acknowledges the batch, all on the owner's one channel.
+//! Direct reply-to keeps nothing: the broker hands an answer straight to the
+//! asker's channel, and its confirm (RabbitMQ confirms such a publish once it
+//! has routed it) says only that the broker took it, not that the asker got
+//! it. What the order gives: the broker has every answer of a batch before
+//! it has the batch's ack, so an owner that dies after the ack has answered,
+//! and one that dies before it leaves the request unacknowledged, to be
+//! redelivered to the next owner, handled again and answered again. The
+//! asker takes the first answer for its correlation id and drops any later
+//! one. What it does not give: the answers are not persistent, so an asker
+//! whose connection drops loses them (its request is still handled), and the
+//! second answer to a redelivered request is the second handling's (a
+//! [`RemoteDatabase`](crate::resources::RemoteDatabase) write applied the
+//! first time answers 0 rows changed the second).
+//!
+//! **Every delivery is untrusted input.** Any client can publish to the
+//! queue, so the consumer thread checks each delivery before it decodes or
+//! trusts any of it: the body's size (at most
+//! [`BrokerBuilder::max_body`], 16 MiB by default), the content type and
+//! encoding (CBOR, not compressed, when given), the `custody-producer` header
+//! (UTF-8 text short enough to name a done queue) with its message id, the
+//! `reply-to` address with its correlation id, and the broker's
+//! `x-delivery-count`. A delivery that fails a check, does not decode, or
+//! whose message type's `Deserialize` panics is dead-lettered with the reason
+//! (naming the field and what was wrong) in `x-custody-error`; its producer
+//! and its asker are told when their own fields are valid. No delivery stops
+//! the queue: the messages around it are handled and acknowledged. Should the
+//! consumer thread itself panic, the panic is logged as an error and the
+//! serving ends as a stop does, so a standby takes over; so it does when the
+//! manager exits on its own (an immediate stop, or its panic policy).
 //!
 //! **Every wait has a deadline.** A broker under a memory or disk alarm
 //! blocks publishers without a word, so each confirm wait ends at the
@@ -145,7 +179,7 @@ mod reply;
 mod serve;
 
 pub use admin::DeadMessage;
-pub use connection::{Broker, BrokerBuilder, DEFAULT_URL, URL_VAR};
+pub use connection::{Broker, BrokerBuilder, DEFAULT_MAX_BODY, DEFAULT_URL, URL_VAR};
 pub use error::{
     BrokerError, Cause, DeadLetter, RemoteAskError, RemoteJoinError, RemoteSendError, TellAllError,
 };

@@ -352,9 +352,11 @@ impl<M: Serialize> RemoteHandle<M> {
     /// `ask(|reply| Msg::Get { key, reply })`), publishes it like `tell`
     /// with the direct reply-to queue as `reply_to`, and waits, without a
     /// deadline, for the answer. The answer is sent once the request's batch
-    /// is settled: when it arrives, the request was handled, the owner's
-    /// `idle` hook ran and the request was acknowledged. The request counts
-    /// for `join` like a told message.
+    /// is settled: when it arrives, the request was handled and the owner's
+    /// `idle` hook ran; the request is acknowledged right after. An owner
+    /// that dies in between leaves the request to the next owner, which
+    /// answers again: the first answer is returned, a later one dropped. The
+    /// request counts for `join` like a told message.
     ///
     /// # Errors
     ///

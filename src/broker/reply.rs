@@ -27,7 +27,7 @@ pub(crate) struct Target {
 }
 
 /// The owner side that publishes answers (held back until the request's
-/// batch is settled).
+/// batch is settled, and published before it is acknowledged).
 pub(crate) trait AnswerSink: Send + Sync {
     /// An answer (an encoded [`WireAnswer`]) for the request delivered as `tag`.
     fn answer(&self, tag: u64, target: &Target, body: Vec<u8>);
@@ -62,10 +62,20 @@ pub(crate) fn decode_bound<M: serde::de::DeserializeOwned>(
     bytes: &[u8],
     binding: Option<Binding>,
 ) -> (Result<M, String>, bool) {
+    /// Takes back a binding no reply took, also when the decode unwinds
+    /// (a `Deserialize` impl that panics), so none outlives its delivery.
+    struct Unbind;
+    impl Drop for Unbind {
+        fn drop(&mut self) {
+            let _ = BINDING.try_with(|b| b.borrow_mut().take());
+        }
+    }
     let had = binding.is_some();
     BINDING.with(|b| *b.borrow_mut() = binding);
+    let unbind = Unbind;
     let decoded = codec::decode::<M>(bytes);
     let left = BINDING.with(|b| b.borrow_mut().take()).is_some();
+    drop(unbind);
     (decoded, had && !left)
 }
 
@@ -75,10 +85,12 @@ pub(crate) fn decode_bound<M: serde::de::DeserializeOwned>(
 /// [`RemoteHandle::ask`](super::RemoteHandle::ask) builds the message around
 /// a placeholder, and the owner binds it to the asker when it decodes the
 /// request. The answer is held back until the request's batch is settled
-/// (the manager's `idle` hook ran, the batch is acknowledged), so an asker
-/// that gets an answer knows its request was committed, as with a local
-/// [`Database`](crate::resources) write. A reply kept past its batch is sent
-/// as soon as it is answered.
+/// (the manager's `idle` hook ran), so an asker that gets an answer knows its
+/// request was committed, as with a local [`Database`](crate::resources)
+/// write; it is published before the batch is acknowledged, so an owner
+/// that dies in between leaves the request to be redelivered and answered
+/// again (the asker keeps the first answer). A reply kept past its batch is
+/// sent as soon as it is answered.
 ///
 /// Dropped unanswered, it answers [`RemoteAskError::NoReply`]; if its handler
 /// panicked, the request is redelivered like any other message, and the

@@ -3,38 +3,41 @@
 //! ```text
 //! consumer thread                          manager thread (the one loop)
 //! ---------------                          -----------------------------
-//! delivery -> decode CBOR
-//!   ok:  note (tag, origin), deliver  -->  handle ... handle, idle
-//!   bad: copy to custody.<name>.dead       settle(last tag):
-//!        with x-custody-error, ack it        publish done records, await confirms,
-//!                                            then basic_ack(last tag, multiple)
-//!                                          failed(tag):
-//!                                            nack and requeue it, or on its last
+//! delivery -> check size, headers and      handle ... handle, idle
+//!             properties, decode CBOR      settle(last tag):
+//!   ok:  note (tag, origin), deliver  -->    publish answers and done records,
+//!   bad (or the decode panicked):            await their confirms,
+//!        copy to custody.<name>.dead         then basic_ack(last tag, multiple)
+//!        with x-custody-error, tell the    failed(tag):
+//!        asker and the producer, ack it      nack and requeue it, or on its last
 //!                                            delivery dead-letter it with the panic
-//! asked to stop, refused, cancelled or lost:
+//! asked to stop, refused, cancelled, lost, or the manager exited:
 //!   hand over nothing more, stop the manager, wait until it has settled,
 //!   close the channel (what was sent ahead returns to the queue)
 //! ```
 
+use std::any::Any;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Consumer};
+use lapin::{BasicProperties, Channel, Consumer, PublisherConfirm};
 use serde::de::DeserializeOwned;
 
-use super::codec::{self, DoneRecord, Origin};
+use super::codec::{self, Checked, DoneRecord, Origin};
 use super::connection::{self, Broker, Link, block_until};
-use super::error::BrokerError;
+use super::error::{BrokerError, InvalidDelivery};
 use super::reply::{self, AnswerSink, Binding, Target, WireAnswer};
 use crate::handle::{Handle, SettleOutside};
 use crate::manager::Manager;
@@ -53,7 +56,10 @@ use crate::stats::OutsideStats;
 /// hand-over never has two owners handling one queue at once.
 ///
 /// A [`Runtime::shutdown`] ends the serving the same way: the manager refuses
-/// the next delivery, and the consumer stops handing any over.
+/// the next delivery, and the consumer stops handing any over. A manager that
+/// exits on its own ([`Runtime::shutdown_now`], or its panic policy stopping
+/// it for good) ends the serving too, within a fraction of a second: what it
+/// had not settled goes back to the queue, for a standby.
 pub struct Served<M: Send + 'static> {
     handle: Handle<M>,
     owner: Arc<Owner>,
@@ -83,8 +89,10 @@ impl<M: Send + 'static> Served<M> {
 
     /// Whether it still serves: `false` once stopped, or once the serving
     /// ended on its own, which stops the manager too: the connection was
-    /// lost, the queue was deleted, or the manager refused a delivery (after
-    /// a runtime shutdown, at the next delivery).
+    /// lost, the queue was deleted, the manager refused a delivery (after a
+    /// runtime shutdown, at the next delivery), or the manager exited (an
+    /// immediate stop, or its panic policy stopped it for good). Its
+    /// unacknowledged deliveries then go back to the queue, for a standby.
     pub fn is_serving(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
@@ -268,15 +276,25 @@ pub(crate) fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The consumer thread: decodes each delivery and hands it to the manager.
+/// How often a consumer waiting for deliveries looks whether its manager has
+/// exited (stopped for good by its panic policy, or by an immediate stop).
+const EXIT_POLL: Duration = Duration::from_millis(100);
+
+/// The consumer thread: checks and decodes each delivery and hands it to the
+/// manager.
 ///
 /// When asked to stop (or when the manager refuses a delivery, in a runtime
-/// shutdown), it hands over nothing more, waits until the manager has
-/// handled and settled everything it was given, and only then closes the
-/// channel, which returns the deliveries it held back to the queue. It does
-/// not cancel the consumer first: on a single-active-consumer queue a cancel
-/// makes the standby active at once, while this owner would still be
-/// handling earlier messages: two owners, and the order lost.
+/// shutdown, or has exited), it hands over nothing more, waits until the
+/// manager has handled and settled everything it was given, and only then
+/// closes the channel, which returns the deliveries it held back to the
+/// queue. It does not cancel the consumer first: on a single-active-consumer
+/// queue a cancel makes the standby active at once, while this owner would
+/// still be handling earlier messages: two owners, and the order lost.
+///
+/// No delivery ends the serving: a delivery that fails its checks, does not
+/// decode, or whose decoding panics is dead-lettered with the reason. A panic
+/// of this thread's own code is caught too: it is logged as an error, and the
+/// serving ends the same orderly way, which makes a standby active.
 fn consume<M: DeserializeOwned + Send + 'static>(
     mut consumer: Consumer,
     handle: Handle<M>,
@@ -284,29 +302,93 @@ fn consume<M: DeserializeOwned + Send + 'static>(
 ) {
     let span = tracing::info_span!("remote", queue = %owner.queue);
     let _span = span.enter();
-    let limit = u64::from(owner.link.settings.delivery_limit);
+    // The consumer lives until the channel closes: dropping it earlier
+    // cancels it, which makes a standby active while this owner still works.
+    let fed = panic::catch_unwind(AssertUnwindSafe(|| feed(&mut consumer, &handle, &owner)));
+    if let Err(payload) = fed {
+        tracing::error!(
+            queue = %owner.queue,
+            panic = %panic_message(payload.as_ref()),
+            "the consumer thread panicked: serving ends"
+        );
+    }
+    handle.stop();
+    // Returns once every delivery handed over has been handled and settled.
+    let _ = handle.join();
+    // A last try for records that failed with a batch no later batch retried.
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| owner.ack_settled(Vec::new()))) {
+        tracing::error!(
+            queue = %owner.queue,
+            panic = %panic_message(payload.as_ref()),
+            "settling the last batch panicked"
+        );
+    }
+    owner.close_channel();
+    drop(consumer);
+    tracing::debug!(queue = %owner.queue, "stopped serving");
+}
+
+/// What the consumer thread waits for.
+enum Event {
+    /// Boxed: the other variants are small, and a delivery's body is on the
+    /// heap anyway.
+    Delivery(Box<lapin::message::Delivery>),
+    /// `Served::stop`, or a drop.
+    Stop,
+    /// The manager has exited: nobody will handle or settle more.
+    ManagerGone,
+    /// The consumer ended (cancelled by the broker, or its channel lost).
+    Ended(Option<lapin::Error>),
+}
+
+/// Hands deliveries to the manager until it is time to stop.
+fn feed<M: DeserializeOwned + Send + 'static>(
+    consumer: &mut Consumer,
+    handle: &Handle<M>,
+    owner: &Arc<Owner>,
+) {
     loop {
         // Looked at first: with deliveries always buffered, the race below
         // would pick the delivery every time.
         if owner.stop.is_raised() {
             break;
         }
+        if handle.has_exited() {
+            tracing::warn!(queue = %owner.queue, "the manager has exited: serving ends");
+            break;
+        }
         let next = block_until(
             None,
-            futures_lite::future::or(async { consumer.next().await.map(Some) }, async {
-                owner.stop.raised().await;
-                Some(None)
-            }),
-        )
-        .flatten();
+            futures_lite::future::or(
+                async {
+                    match consumer.next().await {
+                        Some(Ok(delivery)) => Event::Delivery(Box::new(delivery)),
+                        Some(Err(e)) => Event::Ended(Some(e)),
+                        None => Event::Ended(None),
+                    }
+                },
+                futures_lite::future::or(
+                    async {
+                        owner.stop.raised().await;
+                        Event::Stop
+                    },
+                    async {
+                        while !handle.has_exited() {
+                            async_io::Timer::after(EXIT_POLL).await;
+                        }
+                        Event::ManagerGone
+                    },
+                ),
+            ),
+        );
         let delivery = match next {
-            Some(Some(Ok(delivery))) => delivery,
-            Some(None) => break, // asked to stop
-            None => {
+            Some(Event::Delivery(delivery)) => delivery,
+            Some(Event::Stop | Event::ManagerGone) | None => continue, // looked at above
+            Some(Event::Ended(None)) => {
                 tracing::debug!(queue = %owner.queue, "the broker cancelled the consumer");
                 break;
             }
-            Some(Some(Err(e))) => {
+            Some(Event::Ended(Some(e))) => {
                 tracing::warn!(queue = %owner.queue, error = %e, "consumer ended by an error");
                 break;
             }
@@ -316,58 +398,115 @@ fn consume<M: DeserializeOwned + Send + 'static>(
         if delivery.redelivered {
             Counts::add(&owner.counts.redelivered, 1);
         }
-        let origin = Origin::of(&delivery.properties);
-        let target = codec::reply_target(&delivery.properties);
-        // Opened before decoding, so that a reply answered (or dropped)
-        // during the decode finds its request.
-        owner.book().open.push_back(Open {
-            tag,
-            origin: origin.clone(),
-            last: None,
-            ask: target.clone().map(|target| Ask {
-                target,
-                answer: None,
-                bound: false,
-            }),
-        });
-        let binding = target.clone().map(|target| Binding {
-            sink: Arc::clone(&owner) as Arc<dyn AnswerSink>,
-            tag,
-            target,
-        });
-        let (decoded, bound) = reply::decode_bound::<M>(&delivery.data, binding);
-        let msg = match decoded {
-            Ok(msg) => msg,
-            Err(reason) => {
-                owner.book().open.retain(|o| o.tag != tag);
-                owner.reject(tag, &delivery.data, &delivery.properties, origin, &reason);
-                continue;
+        match panic::catch_unwind(AssertUnwindSafe(|| take(handle, owner, &delivery))) {
+            Ok(Taken::Handed | Taken::Rejected) => {}
+            Ok(Taken::Refused) => break,
+            Err(payload) => {
+                // A bug of this module, not of the delivery: give it back to
+                // the queue (its delivery limit ends a delivery that always
+                // does this), and go on with the next one.
+                tracing::error!(
+                    queue = %owner.queue,
+                    tag,
+                    panic = %panic_message(payload.as_ref()),
+                    "taking a delivery panicked: requeued"
+                );
+                owner.forget(tag);
+                owner.nack(tag);
             }
-        };
-        {
-            let mut book = owner.book();
-            if let Some(open) = book.open.iter_mut().rev().find(|o| o.tag == tag) {
-                if let Some(ask) = &mut open.ask {
-                    ask.bound = bound;
-                }
-                if codec::delivery_count(&delivery.properties) >= limit {
-                    open.last = Some((delivery.data, delivery.properties));
-                }
-            }
-        }
-        if handle.deliver(msg, tag).is_err() {
-            // The manager is stopping (a runtime shutdown): hand over no more.
-            owner.book().open.retain(|o| o.tag != tag);
-            break;
         }
     }
-    handle.stop();
-    // Returns once every delivery handed over has been handled and settled.
-    let _ = handle.join();
-    // A last try for records that failed with a batch no later batch retried.
-    owner.ack_settled();
-    owner.close_channel();
-    tracing::debug!(queue = %owner.queue, "stopped serving");
+}
+
+/// What became of one delivery.
+enum Taken {
+    /// In the manager's mailbox.
+    Handed,
+    /// Dead-lettered (and acknowledged), or requeued if that failed.
+    Rejected,
+    /// The manager refused it (it is stopping): hand over no more.
+    Refused,
+}
+
+/// Checks one delivery, decodes it, and hands it to the manager; an invalid
+/// one is dead-lettered with the reason.
+fn take<M: DeserializeOwned + Send + 'static>(
+    handle: &Handle<M>,
+    owner: &Arc<Owner>,
+    delivery: &lapin::message::Delivery,
+) -> Taken {
+    let tag = delivery.delivery_tag;
+    let settings = &owner.link.settings;
+    let checked = codec::check(&delivery.properties, delivery.data.len(), settings.max_body);
+    let Checked {
+        origin,
+        target,
+        delivery_count,
+        invalid,
+    } = checked;
+    if let Some(invalid) = invalid {
+        owner.reject(tag, delivery, origin, target.as_ref(), &invalid);
+        return Taken::Rejected;
+    }
+    // Opened before decoding, so that a reply answered (or dropped) during
+    // the decode finds its request.
+    owner.book().open.push_back(Open {
+        tag,
+        origin: origin.clone(),
+        last: None,
+        ask: target.clone().map(|target| Ask {
+            target,
+            answer: None,
+            bound: false,
+        }),
+    });
+    let binding = target.clone().map(|target| Binding {
+        sink: Arc::clone(owner) as Arc<dyn AnswerSink>,
+        tag,
+        target,
+    });
+    // The message type's `Deserialize` is user code: a panic in it
+    // dead-letters this delivery, like a decode error.
+    let decoded = panic::catch_unwind(AssertUnwindSafe(|| {
+        reply::decode_bound::<M>(&delivery.data, binding)
+    }));
+    let invalid = match decoded {
+        Ok((Ok(msg), bound)) => {
+            {
+                let mut book = owner.book();
+                if let Some(open) = book.open.iter_mut().rev().find(|o| o.tag == tag) {
+                    if let Some(ask) = &mut open.ask {
+                        ask.bound = bound;
+                    }
+                    if delivery_count >= u64::from(settings.delivery_limit) {
+                        open.last = Some((delivery.data.clone(), delivery.properties.clone()));
+                    }
+                }
+            }
+            if handle.deliver(msg, tag).is_err() {
+                // The manager is stopping (a runtime shutdown): hand over no more.
+                owner.forget(tag);
+                return Taken::Refused;
+            }
+            return Taken::Handed;
+        }
+        Ok((Err(reason), _)) => InvalidDelivery::Undecodable(reason),
+        Err(payload) => InvalidDelivery::Panicked(panic_message(payload.as_ref())),
+    };
+    owner.forget(tag);
+    owner.reject(tag, delivery, origin, target.as_ref(), &invalid);
+    Taken::Rejected
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
 }
 
 /// A one-way flag a thread blocked on the broker can wait for.
@@ -416,6 +555,11 @@ impl Owner {
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Drops the open entry of a delivery that is not the manager's.
+    fn forget(&self, tag: u64) {
+        self.book().open.retain(|o| o.tag != tag);
+    }
+
     pub(crate) fn close_channel(&self) {
         let _ = block_until(
             self.link.confirm_deadline(),
@@ -424,63 +568,103 @@ impl Owner {
         );
     }
 
-    /// A delivery that cannot be decoded: copied to the dead-letter queue
-    /// with the reason, then acknowledged; its producer hears it is dead.
+    /// A delivery that is not handed to the manager: copied to the
+    /// dead-letter queue with the reason, its asker and its producer told,
+    /// then acknowledged.
     fn reject(
         &self,
         tag: u64,
-        data: &[u8],
-        props: &BasicProperties,
+        delivery: &lapin::message::Delivery,
         origin: Option<Origin>,
-        reason: &str,
+        target: Option<&Target>,
+        reason: &InvalidDelivery,
     ) {
-        tracing::warn!(queue = %self.queue, tag, reason, "undecodable delivery: dead-lettered");
-        self.dead_letter(tag, data, props, origin, reason);
-        if let Some(target) = codec::reply_target(props) {
-            self.answer_dead(&target, reason);
-        }
+        let reason = reason.to_string();
+        tracing::warn!(queue = %self.queue, tag, reason, "invalid delivery: dead-lettered");
+        self.dead_letter(
+            tag,
+            &delivery.data,
+            &delivery.properties,
+            origin,
+            target,
+            &reason,
+        );
     }
 
-    /// Tells an asker its request was dead-lettered.
-    fn answer_dead(&self, target: &Target, reason: &str) {
-        match codec::encode(&WireAnswer::<()>::DeadLettered(
-            codec::cut(reason).to_owned(),
-        )) {
-            Ok(body) => self.publish_answer(target, &body),
-            Err(e) => tracing::error!(error = %e, "cannot encode an answer"),
-        }
-    }
-
-    /// Publishes an answer to the asker's reply queue; not waited for (an
-    /// asker that has gone is no reason to hold up the owner).
-    fn publish_answer(&self, target: &Target, body: &[u8]) {
+    /// Starts publishing an answer to the asker's reply queue; the confirm to
+    /// wait for, if the publish went out. An asker that has gone is no reason
+    /// to hold up the owner: the broker drops its answer.
+    fn send_answer(&self, target: &Target, body: &[u8]) -> Option<PublisherConfirm> {
+        let (Ok(reply_to), Ok(correlation_id)) = (
+            ShortString::try_new(target.reply_to.as_str()),
+            ShortString::try_new(target.correlation_id.as_str()),
+        ) else {
+            tracing::error!(queue = %self.queue, "an answer address too long for AMQP: not sent");
+            return None;
+        };
         let props = BasicProperties::default()
             .with_content_type(ShortString::from(codec::CONTENT_TYPE))
-            .with_correlation_id(ShortString::from(target.correlation_id.as_str()));
+            .with_correlation_id(correlation_id);
         let published = self.link.run(
             || format!("answering `{}`", target.reply_to),
             self.channel.basic_publish(
                 ShortString::from(""),
-                ShortString::from(target.reply_to.as_str()),
+                reply_to,
                 BasicPublishOptions::default(),
                 body,
                 props,
             ),
         );
-        if let Err(e) = published {
-            tracing::warn!(queue = %self.queue, error = %e, "an answer was not sent");
+        match published {
+            Ok(confirm) => Some(confirm),
+            Err(e) => {
+                tracing::warn!(queue = %self.queue, error = %e, "an answer was not sent");
+                None
+            }
         }
     }
 
-    /// Publishes a copy to the dead-letter queue, tells its producer, and acks
-    /// the delivery; if the copy is not confirmed, requeues the delivery
-    /// instead (the broker's delivery limit dead-letters it in the end).
+    /// Waits, until the confirm timeout, for the broker to have taken the
+    /// answers published: it then has them before anything this channel
+    /// sends next (the ack).
+    fn await_answers(&self, confirms: Vec<PublisherConfirm>) {
+        let deadline = self.link.confirm_deadline();
+        for confirm in confirms {
+            match block_until(deadline, confirm) {
+                Some(Ok(c)) if c.is_ack() => {}
+                outcome => tracing::warn!(
+                    queue = %self.queue,
+                    timed_out = outcome.is_none(),
+                    "an answer was not confirmed"
+                ),
+            }
+        }
+    }
+
+    /// Tells an asker its request was dead-lettered (confirmed).
+    fn answer_dead(&self, target: &Target, reason: &str) {
+        match codec::encode(&WireAnswer::<()>::DeadLettered(
+            codec::cut(reason).to_owned(),
+        )) {
+            Ok(body) => {
+                let confirm = self.send_answer(target, &body);
+                self.await_answers(confirm.into_iter().collect());
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode an answer"),
+        }
+    }
+
+    /// Publishes a copy to the dead-letter queue, answers its asker, tells
+    /// its producer, and only then acks the delivery; if the copy is not
+    /// confirmed, requeues the delivery instead (the broker's delivery limit
+    /// dead-letters it in the end).
     fn dead_letter(
         &self,
         tag: u64,
         data: &[u8],
         props: &BasicProperties,
         origin: Option<Origin>,
+        target: Option<&Target>,
         reason: &str,
     ) {
         let copy = codec::dead_letter_properties(props, reason);
@@ -491,6 +675,11 @@ impl Owner {
             return;
         }
         Counts::add(&self.counts.dead_lettered, 1);
+        // Before the ack: an owner that dies after it must not leave the
+        // asker waiting.
+        if let Some(target) = target {
+            self.answer_dead(target, reason);
+        }
         if let Some(origin) = origin {
             let record = DoneRecord {
                 done: Vec::new(),
@@ -540,11 +729,12 @@ impl Owner {
         data: &[u8],
         props: BasicProperties,
     ) -> Result<(), String> {
+        let name = ShortString::try_new(queue).map_err(|e| e.to_string())?;
         let confirm = self.link.run(
             || format!("publishing to `{queue}`"),
             self.channel.basic_publish(
                 ShortString::from(""),
-                ShortString::from(queue),
+                name,
                 BasicPublishOptions::default(),
                 data,
                 props,
@@ -562,11 +752,15 @@ impl Owner {
         }
     }
 
-    /// Once every pending done record is confirmed, acknowledges everything
-    /// settled so far with one multiple-ack (earlier batches whose records
-    /// failed are covered too); `false` if records are still pending.
-    fn ack_settled(&self) -> bool {
-        if !self.flush_pending() {
+    /// Once every pending done record and every answer of `answers` is
+    /// confirmed, acknowledges everything settled so far with one
+    /// multiple-ack (earlier batches whose records failed are covered too);
+    /// `false` if records are still pending.
+    fn ack_settled(&self, answers: Vec<PublisherConfirm>) -> bool {
+        let flushed = self.flush_pending();
+        // Published before the records: confirmed by now, as a rule.
+        self.await_answers(answers);
+        if !flushed {
             return false;
         }
         let (unacked, count) = {
@@ -599,6 +793,14 @@ impl Owner {
                 }
             };
             let queue = connection::done_queue(&producer);
+            // Checked on delivery; were it not, the record could never go.
+            let Ok(name) = ShortString::try_new(queue.as_str()) else {
+                tracing::error!(
+                    len = queue.len(),
+                    "a done queue name too long for AMQP: record dropped"
+                );
+                continue;
+            };
             let props = BasicProperties::default()
                 .with_content_type(ShortString::from(codec::CONTENT_TYPE))
                 .with_delivery_mode(2);
@@ -606,7 +808,7 @@ impl Owner {
                 || format!("publishing to `{queue}`"),
                 self.channel.basic_publish(
                     ShortString::from(""),
-                    ShortString::from(queue.as_str()),
+                    name,
                     BasicPublishOptions::default(),
                     &body,
                     props,
@@ -657,8 +859,9 @@ impl AnswerSink for Owner {
                 return;
             }
         }
-        // Its batch is settled already: the reply was kept past it.
-        self.publish_answer(target, &body);
+        // Its batch is settled already (the reply was kept past it): no ack
+        // waits for this answer, so its confirm is not waited for either.
+        let _ = self.send_answer(target, &body);
     }
 }
 
@@ -672,7 +875,9 @@ impl SettleOutside for Settler {
         {
             let mut book = owner.book();
             while book.open.front().is_some_and(|o| o.tag <= up_to) {
-                let open = book.open.pop_front().expect("checked");
+                let Some(open) = book.open.pop_front() else {
+                    break;
+                };
                 match open.ask {
                     Some(Ask {
                         target,
@@ -702,12 +907,15 @@ impl SettleOutside for Settler {
             }
             book.unacked = Some(up_to);
         }
-        if !owner.ack_settled() {
+        // After `idle` (answered means committed) and before the ack: an
+        // owner that dies after the ack has answered; one that dies before
+        // it leaves the request to be redelivered, and answered again.
+        let confirms = answers
+            .iter()
+            .filter_map(|(target, body)| owner.send_answer(target, body))
+            .collect();
+        if !owner.ack_settled(confirms) {
             tracing::warn!(queue = %owner.queue, up_to, "batch left unacknowledged until its done records are confirmed");
-        }
-        // After `idle` and the ack: answered means committed.
-        for (target, body) in answers {
-            owner.publish_answer(&target, &body);
         }
     }
 
@@ -739,10 +947,8 @@ impl SettleOutside for Settler {
                     "the handler panicked on every delivery (limit {}): {panic}",
                     owner.link.settings.delivery_limit
                 );
-                owner.dead_letter(tag, &data, &props, origin, &reason);
-                if let Some(ask) = ask {
-                    owner.answer_dead(&ask.target, &reason);
-                }
+                let target = ask.map(|ask| ask.target);
+                owner.dead_letter(tag, &data, &props, origin, target.as_ref(), &reason);
             }
             _ => owner.nack(tag),
         }
