@@ -317,7 +317,7 @@ fn a_blocked_tell_and_an_ask_back_at_the_teller_end_with_one_deadlock(backend: B
         };
         // Wait until a is blocked on b's full mailbox: its second tell has
         // not returned, and b's slot is taken.
-        while b.len() == 0 || a.unfinished() == 0 {
+        while b.is_empty() || a.unfinished() == 0 {
             std::thread::yield_now();
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
