@@ -439,4 +439,112 @@ backend_tests!(
     a_blocked_tell_and_an_ask_back_at_the_teller_end_with_one_deadlock,
     a_manager_joining_itself_gets_deadlock_at_once,
     a_manager_joining_one_that_asks_it_gets_deadlock,
+    no_false_deadlock_under_churn_of_acyclic_asks,
 );
+
+// ---- no false cycle under churn: asks only go from lower to higher index,
+// so no cycle can ever exist; any Deadlock would be a false one.
+
+struct Layer {
+    index: usize,
+    all: Arc<OnceLock<Vec<Handle<LayerMsg>>>>,
+}
+
+enum LayerMsg {
+    /// Ask `hops` managers further up the chain (each asks the next), then
+    /// answer; `answer_first` answers before asking on.
+    Chain {
+        hops: usize,
+        seed: u64,
+        answer_first: bool,
+        reply: Reply<Result<usize, AskError>>,
+    },
+}
+
+impl Manager for Layer {
+    type Msg = LayerMsg;
+    fn handle(&mut self, msg: LayerMsg, _ctx: &mut Context<'_, LayerMsg>) {
+        let LayerMsg::Chain {
+            hops,
+            seed,
+            answer_first,
+            reply,
+        } = msg;
+        let all = self.all.get().unwrap();
+        let above = all.len() - self.index - 1;
+        if hops == 0 || above == 0 {
+            reply.send(Ok(0));
+            return;
+        }
+        let next = self.index + 1 + (seed as usize % above);
+        let seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let ask = |reply| LayerMsg::Chain {
+            hops: hops - 1,
+            seed,
+            answer_first: !answer_first,
+            reply,
+        };
+        if answer_first {
+            reply.send(Ok(hops));
+            // Asking on after answering: the asker is free again.
+            if let Err(e) = all[next].ask(ask).and_then(|r| r) {
+                panic!("false deadlock after answering: {e}");
+            }
+        } else {
+            reply.send(all[next].ask(ask).and_then(|r| r.map(|n| n + 1)));
+        }
+    }
+}
+
+fn no_false_deadlock_under_churn_of_acyclic_asks(backend: Backend) {
+    within("acyclic churn", move || {
+        let rt = runtime(backend);
+        let all = Arc::new(OnceLock::new());
+        let handles: Vec<_> = (0..8)
+            .map(|index| {
+                rt.spawn(
+                    format!("layer{index}"),
+                    Layer {
+                        index,
+                        all: Arc::clone(&all),
+                    },
+                )
+                .unwrap()
+            })
+            .collect();
+        all.set(handles.clone()).ok();
+        let askers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let handles = handles.clone();
+                std::thread::spawn(move || {
+                    let mut false_cycles = Vec::new();
+                    for i in 0..300u64 {
+                        let seed = t * 1_000_003 + i * 7919;
+                        let first = &handles[(seed % 3) as usize];
+                        let got = first.ask(|reply| LayerMsg::Chain {
+                            hops: 1 + (seed % 6) as usize,
+                            seed,
+                            answer_first: i % 2 == 0,
+                            reply,
+                        });
+                        if let Ok(Err(e)) | Err(e) = got {
+                            false_cycles.push(e.to_string());
+                        }
+                    }
+                    false_cycles
+                })
+            })
+            .collect();
+        for asker in askers {
+            let false_cycles = asker.join().unwrap();
+            assert!(false_cycles.is_empty(), "{false_cycles:?}");
+        }
+        for h in &handles {
+            h.join().unwrap();
+            assert_eq!(h.stats().panicked, 0, "a handler saw a false deadlock");
+        }
+        rt.shutdown();
+    });
+}
