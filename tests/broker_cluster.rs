@@ -681,8 +681,9 @@ fn fault_scenario(fault: Fault) {
              its process gone {gone_after:?} after the signal; \
              {confirmed_before} writes confirmed before and {confirmed_after} after \
              ({confirmed_after_resumed} after the service resumed); \
-             a write sent after the kill was answered {resumed:?} after it; \
-             the standby handled its first message {:?} after it; \
+             a write sent after the kill was answered {resumed:?} after the signal \
+             ({:?} after the process was gone); \
+             the standby handled its first message {:?} after the signal; \
              owner handled {}, standby {}; leader now node {}; \
              producers reconnected to {:?}, sent {:?} writes again, \
              and had one confirmed again {:?} after the kill; \
@@ -693,6 +694,7 @@ fn fault_scenario(fault: Fault) {
             victim.0,
             owner_node.0,
             standby_node.0,
+            resumed.saturating_sub(gone_after),
             standby_took_over.map(|t| t.saturating_duration_since(killed_at)),
             owner_seen.handled.load(Ordering::SeqCst),
             standby_seen.handled.load(Ordering::SeqCst),
