@@ -37,12 +37,25 @@ pub(crate) const DONE_QUEUE_PREFIX: &str = "custody.done.";
 /// The default for [`BrokerBuilder::max_body`]: 16 MiB.
 pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
 
-/// Settings for a [`Broker`]; made by [`Broker::builder`].
-#[derive(Debug, Clone)]
+/// Settings for a [`Broker`]; made by [`Broker::builder`] (one node, or a
+/// comma-separated list of nodes) or [`BrokerBuilder::urls`] (the nodes of a
+/// cluster).
+#[derive(Clone)]
 #[must_use = "a BrokerBuilder does nothing until `connect`"]
 pub struct BrokerBuilder {
-    url: String,
+    /// The nodes to try, in order.
+    urls: Vec<String>,
     settings: Settings,
+}
+
+impl fmt::Debug for BrokerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|url| mask_password(url)).collect();
+        f.debug_struct("BrokerBuilder")
+            .field("urls", &urls)
+            .field("settings", &self.settings)
+            .finish()
+    }
 }
 
 /// What every channel and queue of one `Broker` shares.
@@ -70,6 +83,37 @@ impl Default for Settings {
 }
 
 impl BrokerBuilder {
+    /// Settings for a connection to one of several nodes of a RabbitMQ
+    /// cluster: [`connect`](BrokerBuilder::connect) tries them in the order
+    /// given, each within the connect timeout, and keeps the first that
+    /// answers. A quorum queue lives on every node of the cluster, so any
+    /// node serves any manager.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use custody::broker::{Broker, BrokerBuilder};
+    ///
+    /// let broker = BrokerBuilder::urls([
+    ///     "amqp://guest:guest@10.0.0.1:5672/%2f",
+    ///     "amqp://guest:guest@10.0.0.2:5672/%2f",
+    ///     "amqp://guest:guest@10.0.0.3:5672/%2f",
+    /// ])
+    /// .connect()?;
+    /// println!("connected to {}", broker.host());
+    /// # Ok::<(), custody::broker::BrokerError>(())
+    /// ```
+    pub fn urls<I, S>(urls: I) -> BrokerBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        BrokerBuilder {
+            urls: urls.into_iter().map(Into::into).collect(),
+            settings: Settings::default(),
+        }
+    }
+
     /// The heartbeat interval asked of the broker (default 5 s; whole
     /// seconds, at least 1). A frozen peer is noticed after about twice this.
     pub fn heartbeat(mut self, interval: Duration) -> Self {
@@ -130,21 +174,48 @@ impl BrokerBuilder {
         self
     }
 
-    /// Connects.
+    /// Connects: to the first of its nodes that answers, trying them in
+    /// order, each within the connect timeout (so with every node down, it
+    /// fails after the connect timeout times the number of nodes at most).
     ///
     /// # Errors
     ///
-    /// [`BrokerError::InvalidUrl`], [`BrokerError::Unreachable`] (within the
-    /// connect timeout), or [`BrokerError::Refused`] (credentials, vhost).
+    /// [`BrokerError::InvalidUrl`] if any of the URLs is invalid (before
+    /// trying any node). With one node, [`BrokerError::Unreachable`] (within
+    /// the connect timeout) or [`BrokerError::Refused`] (credentials, vhost);
+    /// with several, [`BrokerError::NoNodeReachable`], holding each node's
+    /// error in the order tried.
     pub fn connect(self) -> Result<Broker, BrokerError> {
-        let mut uri: AMQPUri =
-            self.url
-                .parse()
-                .map_err(|reason: String| BrokerError::InvalidUrl {
-                    reason: reason.replace(&self.url, &mask_password(&self.url)),
-                })?;
+        let mut uris = Vec::with_capacity(self.urls.len());
+        for url in &self.urls {
+            uris.push(parse_url(url)?);
+        }
+        if uris.is_empty() {
+            return Err(BrokerError::InvalidUrl {
+                reason: "no broker URL given".to_owned(),
+            });
+        }
+        // Reconnecting after a lost connection would start here again, from
+        // the same URLs and settings, and put a new connection in the `Link`.
+        let mut attempts = Vec::with_capacity(uris.len());
+        for uri in uris {
+            match BrokerBuilder::connect_node(uri, self.settings.clone()) {
+                Ok(broker) => return Ok(broker),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no connection to this AMQP broker node");
+                    attempts.push(e);
+                }
+            }
+        }
+        if attempts.len() == 1 {
+            return Err(attempts.pop().expect("one attempt"));
+        }
+        Err(BrokerError::NoNodeReachable { attempts })
+    }
+
+    /// Connects to one node.
+    fn connect_node(mut uri: AMQPUri, settings: Settings) -> Result<Broker, BrokerError> {
         let host = format!("{}:{}", uri.authority.host, uri.authority.port);
-        let settings = self.settings;
         if uri.query.heartbeat.is_none() {
             let seconds = settings.heartbeat.as_secs().clamp(1, u64::from(u16::MAX));
             uri.query.heartbeat = Some(u16::try_from(seconds).unwrap_or(u16::MAX));
@@ -192,6 +263,24 @@ impl BrokerBuilder {
     }
 }
 
+/// Parses one broker URL; the error never holds its password.
+fn parse_url(url: &str) -> Result<AMQPUri, BrokerError> {
+    url.parse()
+        .map_err(|reason: String| BrokerError::InvalidUrl {
+            reason: reason.replace(url, &mask_password(url)),
+        })
+}
+
+/// The URLs of a comma-separated list of nodes, trimmed, empty ones dropped
+/// (a comma inside a password is written `%2C`).
+fn split_urls(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// One connection to a RabbitMQ broker: the process's way to serve managers
 /// from durable queues ([`serve`](Broker::serve)) and to send to managers
 /// served elsewhere ([`remote_handle`](Broker::remote_handle)).
@@ -231,12 +320,11 @@ impl fmt::Debug for Broker {
 
 impl Broker {
     /// Settings for a connection to `url` (`amqp://user:password@host:port/vhost`,
-    /// with the vhost URL-encoded: `%2f` is `/`).
+    /// with the vhost URL-encoded: `%2f` is `/`). A comma-separated list of
+    /// URLs names several nodes of a cluster, tried in order (see
+    /// [`BrokerBuilder::urls`]).
     pub fn builder(url: impl Into<String>) -> BrokerBuilder {
-        BrokerBuilder {
-            url: url.into(),
-            settings: Settings::default(),
-        }
+        BrokerBuilder::urls(split_urls(&url.into()))
     }
 
     /// Connects to `url` with the default settings: a 5 s heartbeat and
@@ -250,7 +338,8 @@ impl Broker {
         Broker::builder(url).connect()
     }
 
-    /// Connects to the URL in `CUSTODY_AMQP_URL`, or to
+    /// Connects to the URL in `CUSTODY_AMQP_URL` (or to the first node
+    /// that answers of a comma-separated list there), or to
     /// `amqp://guest:guest@127.0.0.1:5672/%2f` if it is not set.
     ///
     /// # Errors
@@ -522,6 +611,94 @@ mod tests {
         assert!(check_name("").is_err());
         assert!(check_name(&"x".repeat(MAX_NAME + 1)).is_err());
         assert!(dead_queue(&"x".repeat(MAX_NAME)).len() <= 255);
+    }
+
+    #[test]
+    fn a_comma_separated_url_names_several_nodes_in_order() {
+        assert_eq!(
+            split_urls(" amqp://a:1@h1 , amqp://h2,,amqp://h3/%2f "),
+            ["amqp://a:1@h1", "amqp://h2", "amqp://h3/%2f"]
+        );
+        assert_eq!(split_urls("amqp://h1"), ["amqp://h1"]);
+        let builder = Broker::builder("amqp://u:hunter2@h1:1,amqp://u:hunter2@h2:2");
+        let printed = format!("{builder:?}");
+        assert!(
+            printed.contains("h1:1") && printed.contains("h2:2"),
+            "{printed}"
+        );
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    /// Ports on which nothing listens (bound, then closed again).
+    fn closed_ports(n: usize) -> Vec<u16> {
+        let listeners: Vec<_> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect()
+    }
+
+    #[test]
+    fn no_node_answering_is_a_typed_error_naming_each_node_tried() {
+        let ports = closed_ports(2);
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|port| format!("amqp://user:hunter2@127.0.0.1:{port}/%2f"))
+            .collect();
+        let err = BrokerBuilder::urls(urls.clone())
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .unwrap_err();
+        let BrokerError::NoNodeReachable { attempts } = &err else {
+            panic!("expected NoNodeReachable, got {err:?}");
+        };
+        let hosts: Vec<&str> = attempts
+            .iter()
+            .map(|attempt| match attempt {
+                BrokerError::Unreachable { host, .. } => host.as_str(),
+                other => panic!("expected Unreachable, got {other:?}"),
+            })
+            .collect();
+        let expected: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        assert_eq!(hosts, expected);
+        let printed = format!("{err} {err:?}");
+        assert!(
+            expected.iter().all(|h| printed.contains(h.as_str())),
+            "{printed}"
+        );
+        assert!(!printed.contains("hunter2"), "{printed}");
+        // The same list through one comma-separated URL.
+        let err = Broker::builder(urls.join(","))
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .unwrap_err();
+        assert!(
+            matches!(&err, BrokerError::NoNodeReachable { attempts } if attempts.len() == 2),
+            "{err:?}"
+        );
+        // One node keeps its own error.
+        let err = Broker::builder(urls[0].clone())
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .unwrap_err();
+        assert!(matches!(err, BrokerError::Unreachable { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn an_invalid_url_among_several_is_reported_before_any_node_is_tried() {
+        let port = closed_ports(1)[0];
+        let err = BrokerBuilder::urls([
+            format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            "amqp://user:hunter2@".to_owned(),
+        ])
+        .connect()
+        .unwrap_err();
+        assert!(matches!(err, BrokerError::InvalidUrl { .. }), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = Broker::builder(" , ").connect().unwrap_err();
+        assert!(matches!(err, BrokerError::InvalidUrl { .. }), "{err:?}");
     }
 
     #[test]

@@ -34,6 +34,18 @@ pub enum BrokerError {
         #[source]
         source: Cause,
     },
+    /// None of the nodes of a cluster could be connected to: each node's
+    /// error ([`Unreachable`](BrokerError::Unreachable) or
+    /// [`Refused`](BrokerError::Refused), naming its `host:port`), in the
+    /// order they were tried.
+    #[error(
+        "no node of the AMQP broker could be connected to: {}",
+        describe_attempts(attempts)
+    )]
+    NoNodeReachable {
+        /// Each node's error, in the order tried.
+        attempts: Vec<BrokerError>,
+    },
     /// The broker answered but refused the connection (credentials, vhost).
     #[error("the AMQP broker at {host} refused the connection")]
     Refused {
@@ -173,6 +185,19 @@ pub(crate) enum FieldProblem {
         /// The value it must have.
         expected: &'static str,
     },
+}
+
+/// `host (cause); host (cause)` for the nodes a connect tried.
+fn describe_attempts(attempts: &[BrokerError]) -> String {
+    let described: Vec<String> = attempts
+        .iter()
+        .map(|attempt| match attempt {
+            BrokerError::Unreachable { host, source } => format!("{host} unreachable ({source})"),
+            BrokerError::Refused { host, source } => format!("{host} refused ({source})"),
+            other => other.to_string(),
+        })
+        .collect();
+    described.join("; ")
 }
 
 /// A [`RemoteHandle::tell`](super::RemoteHandle::tell) that was not confirmed;
