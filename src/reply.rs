@@ -467,7 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn parked_asker_with_a_deadline_is_woken_by_the_answer() {
+    fn asker_with_a_deadline_gets_an_answer_that_lands_in_time() {
         let (reply, waiter) = pair();
         answer_later(reply, 7u32);
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -216,7 +216,7 @@ impl Gate {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use std::sync::Arc;
+    use std::sync::{Arc, mpsc};
     use std::thread;
     use std::time::{Duration, Instant};
 
@@ -224,10 +224,14 @@ mod tests {
     use crate::current;
     use crate::deadlock::WaitNode;
 
-    /// Long enough never to be reached by a passing test; a broken wake-up
-    /// fails the test at this deadline instead of hanging it.
-    fn deadline() -> Option<Instant> {
-        Some(Instant::now() + Duration::from_secs(60))
+    /// Runs an untimed `wait_empty` on a thread of its own and returns whether
+    /// it succeeded, failing after 60 s instead of hanging on a lost wake-up.
+    fn join_within_a_minute(gate: &Arc<Gate>) -> bool {
+        let (tx, rx) = mpsc::channel();
+        let joiner = Arc::clone(gate);
+        thread::spawn(move || tx.send(joiner.wait_empty(None).is_ok()).unwrap());
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the joiner was not woken within a minute")
     }
 
     #[test]
@@ -338,7 +342,7 @@ mod tests {
             thread::sleep(Duration::from_millis(20));
             manager.leave(1);
         });
-        assert!(gate.wait_empty(deadline()).is_ok());
+        assert!(join_within_a_minute(&gate));
         assert_eq!(gate.unfinished(), 0);
         settler.join().unwrap();
     }
@@ -353,7 +357,7 @@ mod tests {
             manager.add_dropped(1);
             manager.mark_exited();
         });
-        assert!(gate.wait_empty(deadline()).is_ok());
+        assert!(join_within_a_minute(&gate));
         assert!(gate.has_exited());
         assert_eq!(gate.dropped(), 1);
         assert_eq!(gate.unfinished(), 1);
