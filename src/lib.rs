@@ -115,6 +115,8 @@ mod deadlock;
 mod error;
 pub mod fuzz;
 mod handle;
+#[cfg(all(test, loom))]
+mod loom_models;
 mod mailbox;
 mod manager;
 mod manager_thread;
@@ -127,6 +129,7 @@ mod schedule;
 mod stats;
 mod supervision;
 pub mod sync;
+mod sync_shim;
 
 #[cfg(feature = "amqp")]
 pub use broker::{Broker, BrokerError, RemoteHandle, Served};

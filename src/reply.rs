@@ -19,22 +19,24 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, Thread};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::deadlock::WaitLink;
 use crate::error::SendError;
 use crate::handle::Handle;
+use crate::sync_shim::atomic::{AtomicU8, Ordering};
+use crate::sync_shim::thread::{self, Thread};
+use crate::sync_shim::{Mutex, time};
 
 /// How long an asker polls before it parks: long enough for a manager on
 /// another core to answer an ordinary request, short enough not to matter
 /// next to a parked wait.
 const SPIN_FOR: Duration = Duration::from_micros(20);
 /// Spin hints between two looks at the clock; every fourth look also yields
-/// the core, in case the manager is waiting for this very core.
-const SPINS_PER_LOOK: u32 = 32;
+/// the core, in case the manager is waiting for this very core. (One under
+/// loom, where every poll multiplies the interleavings to explore.)
+const SPINS_PER_LOOK: u32 = if cfg!(loom) { 1 } else { 32 };
 
 enum Outcome<T> {
     Pending,
@@ -352,7 +354,7 @@ impl<C: HoldsSlot> Waiter<C> {
 
     /// Polls for a short, bounded while; `true` once the slot is ready.
     fn spin(&self) -> bool {
-        let started = Instant::now();
+        let started = time::now();
         let mut looks = 0u32;
         loop {
             for _ in 0..SPINS_PER_LOOK {
@@ -365,7 +367,7 @@ impl<C: HoldsSlot> Waiter<C> {
             if looks.is_multiple_of(4) {
                 thread::yield_now();
             }
-            if started.elapsed() >= SPIN_FOR {
+            if time::now().duration_since(started) >= SPIN_FOR {
                 return self.cell.slot().is_ready();
             }
         }
@@ -390,7 +392,7 @@ impl<C: HoldsSlot> Waiter<C> {
             match deadline {
                 None => thread::park(),
                 Some(at) => {
-                    let now = Instant::now();
+                    let now = time::now();
                     if now >= at {
                         return slot.is_ready();
                     }
@@ -416,6 +418,124 @@ impl<C: HoldsSlot> Waiter<C> {
             Outcome::NoReply | Outcome::Pending => Answer::NoReply,
             Outcome::Discarded => Answer::Discarded,
             Outcome::Panicked(m) => Answer::Panicked(m),
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::{Arc, mpsc};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use super::{Answer, DropMode, pair, set_drop_mode, settle_unwound};
+
+    /// Runs `wait` on a thread of its own and returns what it returned,
+    /// failing after 60 s instead of hanging on a lost wake-up.
+    fn within_a_minute<T: Send + 'static>(wait: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || tx.send(wait()).unwrap());
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the wait did not end within a minute")
+    }
+
+    /// Answers after the asker has had time to stop polling and park.
+    fn answer_later<T: Send + 'static>(reply: super::Reply<T>, value: T) {
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            reply.send(value);
+        });
+    }
+
+    #[test]
+    fn answer_sent_before_the_wait_is_returned_at_once() {
+        let (reply, waiter) = pair();
+        assert!(reply.is_awaited());
+        reply.send(5u32);
+        assert!(matches!(waiter.wait(None), Answer::Value(5)));
+    }
+
+    #[test]
+    fn parked_asker_is_woken_by_the_answer() {
+        let (reply, waiter) = pair();
+        answer_later(reply, 6u32);
+        assert!(matches!(
+            within_a_minute(move || waiter.wait(None)),
+            Answer::Value(6)
+        ));
+    }
+
+    #[test]
+    fn asker_with_a_deadline_gets_an_answer_that_lands_in_time() {
+        let (reply, waiter) = pair();
+        answer_later(reply, 7u32);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        assert!(matches!(waiter.wait(Some(deadline)), Answer::Value(7)));
+    }
+
+    #[test]
+    fn stray_wakeup_does_not_end_the_wait() {
+        let (reply, waiter) = pair();
+        answer_later(reply, 8u32);
+        let answer = within_a_minute(move || {
+            // A wake-up already pending when the asker parks, as a late
+            // answer to an earlier ask leaves it.
+            thread::current().unpark();
+            waiter.wait(None)
+        });
+        assert!(matches!(answer, Answer::Value(8)));
+    }
+
+    #[test]
+    fn wait_times_out_and_the_late_answer_is_dropped() {
+        let (reply, waiter) = pair();
+        let token = Arc::new(());
+        assert!(matches!(
+            waiter.wait(Some(Instant::now() + Duration::from_millis(1))),
+            Answer::TimedOut
+        ));
+        assert!(!reply.is_awaited(), "the asker gave up");
+        reply.send(Arc::clone(&token));
+        assert_eq!(Arc::strong_count(&token), 1, "the late answer was dropped");
+    }
+
+    #[test]
+    fn reply_dropped_unanswered_ends_the_wait_with_no_reply() {
+        let (reply, waiter) = pair::<u32>();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            drop(reply);
+        });
+        assert!(matches!(
+            within_a_minute(move || waiter.wait(None)),
+            Answer::NoReply
+        ));
+    }
+
+    #[test]
+    fn reply_dropped_while_discarding_ends_the_wait_as_discarded() {
+        let (reply, waiter) = pair::<u32>();
+        let previous = set_drop_mode(DropMode::Discarding);
+        drop(reply);
+        set_drop_mode(previous);
+        assert!(matches!(waiter.wait(None), Answer::Discarded));
+    }
+
+    #[test]
+    fn reply_dropped_by_a_panicking_handler_ends_the_wait_with_its_message() {
+        let (reply, waiter) = pair::<u32>();
+        let previous = set_drop_mode(DropMode::Handling);
+        let unwound = catch_unwind(AssertUnwindSafe(move || {
+            let _reply = reply;
+            panic!("handler failed");
+        }));
+        set_drop_mode(previous);
+        assert!(unwound.is_err());
+        settle_unwound("handler failed");
+        match waiter.wait(None) {
+            Answer::Panicked(message) => assert_eq!(message, "handler failed"),
+            _ => panic!("expected the panic message"),
         }
     }
 }

@@ -8,17 +8,23 @@
 //! message. Joiners sleep on a condvar and are woken only when the count
 //! reaches zero while someone waits (`joiners > 0`): `leave` reads `joiners`
 //! after its `fetch_sub`, `wait_empty` reads the count after raising
-//! `joiners`, both `SeqCst`, so one of the two always sees the other.
+//! `joiners`, with a `SeqCst` fence between the write and the read on each
+//! side, so one of the two always sees the other. (The fences, rather than
+//! `SeqCst` accesses alone, are what loom can check: it treats `SeqCst`
+//! accesses as `AcqRel`; see `src/loom_models.rs`.)
 //!
 //! A manager exits only when the gate is closed and the count is zero. A
 //! sender whose add was undone after the close may be the one that brings the
 //! count to zero; `leave` tells it so, and it nudges the manager awake.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::PoisonError;
 use std::time::Instant;
 
 use crate::current;
+use crate::sync_shim::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst, fence,
+};
+use crate::sync_shim::{Condvar, Mutex, time};
 
 /// Refuses every send.
 const CLOSED: u64 = 1 << 63;
@@ -108,7 +114,10 @@ impl Gate {
         let prev = self.state.fetch_sub(n, SeqCst);
         debug_assert!(prev & COUNT >= n, "gate count underflow");
         if prev & COUNT == n {
-            if self.joiners.load(SeqCst) > 0 {
+            // Pairs with the fence in `wait_empty`: either this load sees
+            // the joiner, or the joiner's read of the count sees this leave.
+            fence(SeqCst);
+            if self.joiners.load(Relaxed) > 0 {
                 self.wake_joiners();
             }
             return prev & CLOSED != 0;
@@ -172,7 +181,9 @@ impl Gate {
         if self.unfinished() == 0 {
             return Ok(());
         }
-        self.joiners.fetch_add(1, SeqCst);
+        self.joiners.fetch_add(1, Relaxed);
+        // Pairs with the fence in `leave` (see there).
+        fence(SeqCst);
         let result = self.wait_empty_slow(deadline);
         self.joiners.fetch_sub(1, SeqCst);
         result
@@ -190,16 +201,166 @@ impl Gate {
                     .wait(guard)
                     .unwrap_or_else(PoisonError::into_inner),
                 Some(at) => {
-                    let now = Instant::now();
+                    let now = time::now();
                     if now >= at {
                         return Err(WaitTimedOut);
                     }
-                    self.emptied
-                        .wait_timeout(guard, at - now)
+                    time::wait_timeout(&self.emptied, &self.lock, guard, at - now)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0
                 }
             };
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::{Arc, mpsc};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use super::Gate;
+    use crate::current;
+    use crate::deadlock::WaitNode;
+
+    /// Runs an untimed `wait_empty` on a thread of its own and returns whether
+    /// it succeeded, failing after 60 s instead of hanging on a lost wake-up.
+    fn join_within_a_minute(gate: &Arc<Gate>) -> bool {
+        let (tx, rx) = mpsc::channel();
+        let joiner = Arc::clone(gate);
+        thread::spawn(move || tx.send(joiner.wait_empty(None).is_ok()).unwrap());
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the joiner was not woken within a minute")
+    }
+
+    #[test]
+    fn enter_counts_a_message_and_leave_settles_it() {
+        let gate = Gate::new(1);
+        assert!(gate.enter().is_ok());
+        assert!(gate.enter().is_ok());
+        assert_eq!(gate.unfinished(), 2);
+        assert!(!gate.leave(0));
+        assert_eq!(gate.unfinished(), 2);
+        assert!(!gate.leave(2), "an open gate never asks for a nudge");
+        assert_eq!(gate.unfinished(), 0);
+    }
+
+    #[test]
+    fn close_refuses_later_sends_and_undoes_their_count() {
+        let gate = Gate::new(1);
+        assert!(gate.enter().is_ok());
+        assert!(gate.close(), "the first close finds the gate open");
+        assert!(!gate.close(), "a second close finds it closed");
+        assert!(gate.is_closed());
+
+        let refused = gate.enter().expect_err("a closed gate refuses");
+        assert!(!refused.nudge, "one message is still unfinished");
+        assert_eq!(gate.unfinished(), 1);
+        assert!(!gate.is_closed_and_empty());
+
+        assert!(gate.leave(1), "settling the last message of a closed gate");
+        assert!(gate.is_closed_and_empty());
+    }
+
+    #[test]
+    fn refused_send_that_leaves_a_closed_gate_empty_asks_for_a_nudge() {
+        let gate = Gate::new(1);
+        gate.close();
+        let refused = gate.enter().expect_err("a closed gate refuses");
+        assert!(refused.nudge);
+        assert!(gate.is_closed_and_empty());
+    }
+
+    #[test]
+    fn closed_to_outside_admits_only_the_runtimes_own_managers() {
+        let gate = Arc::new(Gate::new(7));
+        gate.close_to_outside();
+        assert!(!gate.is_closed(), "closed to outsiders is not closed");
+
+        let refused = gate.enter().expect_err("this thread is no manager");
+        assert!(!refused.nudge, "the gate is not closed");
+        assert_eq!(gate.unfinished(), 0);
+
+        let inside = Arc::clone(&gate);
+        let other = Arc::clone(&gate);
+        thread::spawn(move || {
+            let node = Arc::new(WaitNode::new("manager"));
+            let _current = current::enter(7, &node);
+            assert!(inside.enter().is_ok(), "a manager of the same runtime");
+        })
+        .join()
+        .unwrap();
+        thread::spawn(move || {
+            let node = Arc::new(WaitNode::new("stranger"));
+            let _current = current::enter(8, &node);
+            assert!(other.enter().is_err(), "a manager of another runtime");
+        })
+        .join()
+        .unwrap();
+        assert_eq!(gate.unfinished(), 1);
+
+        gate.close();
+        let node = Arc::new(WaitNode::new("manager"));
+        let _current = current::enter(7, &node);
+        assert!(
+            gate.enter().is_err(),
+            "closed refuses even the runtime's managers"
+        );
+    }
+
+    #[test]
+    fn wait_empty_returns_at_once_when_nothing_is_unfinished() {
+        let gate = Gate::new(1);
+        assert!(gate.wait_empty(None).is_ok());
+        assert!(gate.wait_empty(Some(Instant::now())).is_ok());
+    }
+
+    #[test]
+    fn wait_empty_times_out_while_a_message_is_unfinished() {
+        let gate = Gate::new(1);
+        assert!(gate.enter().is_ok());
+        assert!(gate.wait_empty(Some(Instant::now())).is_err());
+        let later = Instant::now() + Duration::from_millis(10);
+        assert!(gate.wait_empty(Some(later)).is_err());
+        assert!(
+            Instant::now() >= later,
+            "the wait lasted until its deadline"
+        );
+        assert_eq!(gate.unfinished(), 1);
+    }
+
+    #[test]
+    fn wait_empty_wakes_when_the_last_message_leaves() {
+        let gate = Arc::new(Gate::new(1));
+        assert!(gate.enter().is_ok());
+        assert!(gate.enter().is_ok());
+        let manager = Arc::clone(&gate);
+        let settler = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            manager.leave(1);
+            thread::sleep(Duration::from_millis(20));
+            manager.leave(1);
+        });
+        assert!(join_within_a_minute(&gate));
+        assert_eq!(gate.unfinished(), 0);
+        settler.join().unwrap();
+    }
+
+    #[test]
+    fn wait_empty_wakes_when_the_manager_exits_with_messages_left() {
+        let gate = Arc::new(Gate::new(1));
+        assert!(gate.enter().is_ok());
+        let manager = Arc::clone(&gate);
+        let exiting = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            manager.add_dropped(1);
+            manager.mark_exited();
+        });
+        assert!(join_within_a_minute(&gate));
+        assert!(gate.has_exited());
+        assert_eq!(gate.dropped(), 1);
+        assert_eq!(gate.unfinished(), 1);
+        exiting.join().unwrap();
     }
 }
