@@ -40,10 +40,7 @@ impl Broker {
     ) -> Result<Vec<DeadMessage>, BrokerError> {
         connection::check_name(name)?;
         let link = &*self.link;
-        let channel = link.run(
-            || "opening a channel".to_owned(),
-            link.connection.create_channel(),
-        )?;
+        let channel = link.open_channel(link.confirm_deadline())?;
         let queue = connection::dead_queue(name);
         let mut taken = Vec::new();
         while taken.len() < max {
@@ -82,10 +79,7 @@ impl Broker {
     pub fn delete_queues(&self, name: &str) -> Result<(), BrokerError> {
         connection::check_name(name)?;
         let link = &*self.link;
-        let channel = link.run(
-            || "opening a channel".to_owned(),
-            link.connection.create_channel(),
-        )?;
+        let channel = link.open_channel(link.confirm_deadline())?;
         for queue in [
             connection::mailbox_queue(name),
             connection::dead_queue(name),

@@ -179,7 +179,10 @@ mod reply;
 mod serve;
 
 pub use admin::DeadMessage;
-pub use connection::{Broker, BrokerBuilder, DEFAULT_MAX_BODY, DEFAULT_URL, URL_VAR};
+pub use connection::{
+    Broker, BrokerBuilder, BrokerState, DEFAULT_MAX_BODY, DEFAULT_RECONNECT_INITIAL,
+    DEFAULT_RECONNECT_MAX, DEFAULT_URL, URL_VAR,
+};
 pub use error::{
     BrokerError, Cause, DeadLetter, RemoteAskError, RemoteJoinError, RemoteSendError, TellAllError,
 };

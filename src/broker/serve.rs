@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -95,6 +95,7 @@ impl<M: Send + 'static> Served<M> {
     /// unacknowledged deliveries then go back to the queue, for a standby.
     pub fn is_serving(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
+            && self.owner.serving.load(Ordering::SeqCst)
     }
 
     /// Stops serving gracefully and waits until it is done (see [`Served`]).
@@ -122,7 +123,12 @@ impl<M: Send + 'static> Drop for Served<M> {
 /// The owner's channel and the book of deliveries not yet settled.
 pub(crate) struct Owner {
     link: Arc<Link>,
-    channel: Channel,
+    /// The channel deliveries come on now; replaced after a loss.
+    session: Mutex<Session>,
+    /// Whether a consumer is registered on the current channel (`false`
+    /// while the connection is being replaced).
+    serving: AtomicBool,
+    name: String,
     queue: String,
     dead_queue: String,
     book: Mutex<Book>,
@@ -151,23 +157,41 @@ impl Counts {
     }
 }
 
+/// One channel of the owner: its delivery tags mean something on it only.
+struct Session {
+    channel: Channel,
+    /// Counts the owner's channels, from 1.
+    id: u64,
+    /// `false` once the channel is known to be lost: none of its deliveries
+    /// is settled any more (the broker has returned them to the queue).
+    live: bool,
+}
+
 #[derive(Default)]
 struct Book {
+    /// The tag the manager gets for the next delivery: its own sequence,
+    /// across channels (a channel's delivery tags start again at 1).
+    next_tag: u64,
     /// Deliveries handed to the manager and not yet settled, in tag order.
     open: VecDeque<Open>,
     /// Done records not yet confirmed by the broker, by producer; kept when a
     /// publish fails and sent again with the next batch.
     pending: BTreeMap<String, DoneRecord>,
-    /// The last settled tag not yet acknowledged because its batch's done
-    /// records are still pending.
-    unacked: Option<u64>,
+    /// The last settled delivery tag not yet acknowledged because its
+    /// batch's done records are still pending, with its session: it is
+    /// never acknowledged on another channel.
+    unacked: Option<(u64, u64)>,
     /// How many deliveries that acknowledgement will cover.
     unacked_count: u64,
 }
 
 /// One delivery in the manager's hands.
 struct Open {
+    /// The manager's tag for it.
     tag: u64,
+    /// The broker's delivery tag, on the channel of `session`.
+    wire: u64,
+    session: u64,
     origin: Option<Origin>,
     /// The body and properties, kept only on a message's last allowed delivery:
     /// if its handler panics again, it is dead-lettered with the panic message.
@@ -198,16 +222,17 @@ where
 {
     connection::check_name(name)?;
     let link = Arc::clone(&broker.link);
-    let channel = link.confirmed_channel()?;
-    link.declare_mailbox(&channel, name)?;
     let queue = connection::mailbox_queue(name);
-    link.run(
-        || format!("setting the prefetch for `{queue}`"),
-        channel.basic_qos(link.settings.prefetch, BasicQosOptions::default()),
-    )?;
+    let channel = open_channel(&link, name, &queue, link.confirm_deadline())?;
     let owner = Arc::new(Owner {
         link: Arc::clone(&link),
-        channel: channel.clone(),
+        session: Mutex::new(Session {
+            channel: channel.clone(),
+            id: 1,
+            live: true,
+        }),
+        serving: AtomicBool::new(true),
+        name: name.to_owned(),
         queue: queue.clone(),
         dead_queue: connection::dead_queue(name),
         book: Mutex::new(Book::default()),
@@ -226,17 +251,7 @@ where
     if handle.shared.outside.set(settler).is_err() {
         unreachable!("a freshly spawned manager has no settler");
     }
-    let consumer_tag = format!("{queue}.{}.{}", std::process::id(), unique());
-    let consumed = link.run(
-        || format!("consuming from `{queue}`"),
-        channel.basic_consume(
-            ShortString::from(queue.as_str()),
-            ShortString::from(consumer_tag.as_str()),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    );
-    let consumer = match consumed {
+    let consumer = match owner.consume_on(&channel) {
         Ok(consumer) => consumer,
         Err(e) => {
             handle.stop();
@@ -267,6 +282,23 @@ where
         owner,
         thread: Some(thread),
     })
+}
+
+/// A channel for an owner of `name`: confirms on, the queue declared, the
+/// prefetch set.
+fn open_channel(
+    link: &Link,
+    name: &str,
+    queue: &str,
+    wait: Option<Instant>,
+) -> Result<Channel, BrokerError> {
+    let channel = link.confirmed_channel_until(wait)?;
+    link.declare_mailbox(&channel, name)?;
+    link.run(
+        || format!("setting the prefetch for `{queue}`"),
+        channel.basic_qos(link.settings.prefetch, BasicQosOptions::default()),
+    )?;
+    Ok(channel)
 }
 
 /// A number unique in this process.
@@ -304,7 +336,17 @@ fn consume<M: DeserializeOwned + Send + 'static>(
     let _span = span.enter();
     // The consumer lives until the channel closes: dropping it earlier
     // cancels it, which makes a standby active while this owner still works.
-    let fed = panic::catch_unwind(AssertUnwindSafe(|| feed(&mut consumer, &handle, &owner)));
+    // A channel lost (with the connection, or alone) is replaced, and the
+    // same manager goes on with the deliveries of the new one.
+    let fed = panic::catch_unwind(AssertUnwindSafe(|| {
+        while let Fed::Lost = feed(&mut consumer, &handle, &owner) {
+            match owner.restart(&handle) {
+                // The old consumer's channel is gone: dropping it sends nothing.
+                Some(next) => consumer = next,
+                None => break,
+            }
+        }
+    }));
     if let Err(payload) = fed {
         tracing::error!(
             queue = %owner.queue,
@@ -328,6 +370,19 @@ fn consume<M: DeserializeOwned + Send + 'static>(
     tracing::debug!(queue = %owner.queue, "stopped serving");
 }
 
+/// How feeding the manager from one channel ended.
+enum Fed {
+    /// Asked to stop, the manager refused or exited, or the broker cancelled
+    /// the consumer (its queue was deleted): serving ends.
+    Done,
+    /// The channel (or the whole connection) is lost.
+    Lost,
+}
+
+/// How often an owner waiting for a new connection looks whether it was
+/// asked to stop, or its manager has exited.
+const RESTART_POLL: Duration = Duration::from_millis(50);
+
 /// What the consumer thread waits for.
 enum Event {
     /// Boxed: the other variants are small, and a delivery's body is on the
@@ -341,21 +396,23 @@ enum Event {
     Ended(Option<lapin::Error>),
 }
 
-/// Hands deliveries to the manager until it is time to stop.
+/// Hands deliveries of the current channel to the manager until it is time
+/// to stop, or the channel is lost.
 fn feed<M: DeserializeOwned + Send + 'static>(
     consumer: &mut Consumer,
     handle: &Handle<M>,
     owner: &Arc<Owner>,
-) {
+) -> Fed {
+    let session = owner.session().id;
     loop {
         // Looked at first: with deliveries always buffered, the race below
         // would pick the delivery every time.
         if owner.stop.is_raised() {
-            break;
+            return Fed::Done;
         }
         if handle.has_exited() {
             tracing::warn!(queue = %owner.queue, "the manager has exited: serving ends");
-            break;
+            return Fed::Done;
         }
         let next = block_until(
             None,
@@ -384,13 +441,19 @@ fn feed<M: DeserializeOwned + Send + 'static>(
         let delivery = match next {
             Some(Event::Delivery(delivery)) => delivery,
             Some(Event::Stop | Event::ManagerGone) | None => continue, // looked at above
-            Some(Event::Ended(None)) => {
-                tracing::debug!(queue = %owner.queue, "the broker cancelled the consumer");
-                break;
-            }
-            Some(Event::Ended(Some(e))) => {
-                tracing::warn!(queue = %owner.queue, error = %e, "consumer ended by an error");
-                break;
+            Some(Event::Ended(ended)) => {
+                if owner.channel().status().connected() {
+                    match ended {
+                        None => {
+                            tracing::debug!(queue = %owner.queue, "the broker cancelled the consumer");
+                        }
+                        Some(e) => {
+                            tracing::warn!(queue = %owner.queue, error = %e, "consumer ended by an error");
+                        }
+                    }
+                    return Fed::Done;
+                }
+                return Fed::Lost;
             }
         };
         let tag = delivery.delivery_tag;
@@ -398,9 +461,9 @@ fn feed<M: DeserializeOwned + Send + 'static>(
         if delivery.redelivered {
             Counts::add(&owner.counts.redelivered, 1);
         }
-        match panic::catch_unwind(AssertUnwindSafe(|| take(handle, owner, &delivery))) {
+        match panic::catch_unwind(AssertUnwindSafe(|| take(handle, owner, session, &delivery))) {
             Ok(Taken::Handed | Taken::Rejected) => {}
-            Ok(Taken::Refused) => break,
+            Ok(Taken::Refused) => return Fed::Done,
             Err(payload) => {
                 // A bug of this module, not of the delivery: give it back to
                 // the queue (its delivery limit ends a delivery that always
@@ -411,8 +474,8 @@ fn feed<M: DeserializeOwned + Send + 'static>(
                     panic = %panic_message(payload.as_ref()),
                     "taking a delivery panicked: requeued"
                 );
-                owner.forget(tag);
-                owner.nack(tag);
+                owner.forget(session, tag);
+                owner.nack(session, tag);
             }
         }
     }
@@ -433,9 +496,10 @@ enum Taken {
 fn take<M: DeserializeOwned + Send + 'static>(
     handle: &Handle<M>,
     owner: &Arc<Owner>,
+    session: u64,
     delivery: &lapin::message::Delivery,
 ) -> Taken {
-    let tag = delivery.delivery_tag;
+    let wire = delivery.delivery_tag;
     let settings = &owner.link.settings;
     let checked = codec::check(&delivery.properties, delivery.data.len(), settings.max_body);
     let Checked {
@@ -445,21 +509,29 @@ fn take<M: DeserializeOwned + Send + 'static>(
         invalid,
     } = checked;
     if let Some(invalid) = invalid {
-        owner.reject(tag, delivery, origin, target.as_ref(), &invalid);
+        owner.reject(session, wire, delivery, origin, target.as_ref(), &invalid);
         return Taken::Rejected;
     }
     // Opened before decoding, so that a reply answered (or dropped) during
     // the decode finds its request.
-    owner.book().open.push_back(Open {
-        tag,
-        origin: origin.clone(),
-        last: None,
-        ask: target.clone().map(|target| Ask {
-            target,
-            answer: None,
-            bound: false,
-        }),
-    });
+    let tag = {
+        let mut book = owner.book();
+        book.next_tag += 1;
+        let tag = book.next_tag;
+        book.open.push_back(Open {
+            tag,
+            wire,
+            session,
+            origin: origin.clone(),
+            last: None,
+            ask: target.clone().map(|target| Ask {
+                target,
+                answer: None,
+                bound: false,
+            }),
+        });
+        tag
+    };
     let binding = target.clone().map(|target| Binding {
         sink: Arc::clone(owner) as Arc<dyn AnswerSink>,
         tag,
@@ -485,7 +557,7 @@ fn take<M: DeserializeOwned + Send + 'static>(
             }
             if handle.deliver(msg, tag).is_err() {
                 // The manager is stopping (a runtime shutdown): hand over no more.
-                owner.forget(tag);
+                owner.forget(session, wire);
                 return Taken::Refused;
             }
             return Taken::Handed;
@@ -493,8 +565,8 @@ fn take<M: DeserializeOwned + Send + 'static>(
         Ok((Err(reason), _)) => InvalidDelivery::Undecodable(reason),
         Err(payload) => InvalidDelivery::Panicked(panic_message(payload.as_ref())),
     };
-    owner.forget(tag);
-    owner.reject(tag, delivery, origin, target.as_ref(), &invalid);
+    owner.forget(session, wire);
+    owner.reject(session, wire, delivery, origin, target.as_ref(), &invalid);
     Taken::Rejected
 }
 
@@ -555,17 +627,122 @@ impl Owner {
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn session(&self) -> MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current channel (for publishing: answers and records go on any).
+    fn channel(&self) -> Channel {
+        self.session().channel.clone()
+    }
+
+    /// The channel of `session`, if it is still the current one and not
+    /// lost: delivery tags are acknowledged on their own channel only.
+    fn channel_of(&self, session: u64) -> Option<Channel> {
+        let current = self.session();
+        (current.id == session && current.live).then(|| current.channel.clone())
+    }
+
     /// Drops the open entry of a delivery that is not the manager's.
-    fn forget(&self, tag: u64) {
-        self.book().open.retain(|o| o.tag != tag);
+    fn forget(&self, session: u64, wire: u64) {
+        self.book()
+            .open
+            .retain(|o| (o.session, o.wire) != (session, wire));
     }
 
     pub(crate) fn close_channel(&self) {
         let _ = block_until(
             self.link.confirm_deadline(),
-            self.channel
+            self.channel()
                 .close(200, ShortString::from("custody: stopped serving")),
         );
+    }
+
+    /// Registers this owner's consumer on `channel`.
+    fn consume_on(&self, channel: &Channel) -> Result<Consumer, BrokerError> {
+        let queue = &self.queue;
+        let consumer_tag = format!("{queue}.{}.{}", std::process::id(), unique());
+        self.link.run(
+            || format!("consuming from `{queue}`"),
+            channel.basic_consume(
+                ShortString::from(queue.as_str()),
+                ShortString::from(consumer_tag.as_str()),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+    }
+
+    /// The channel is lost: waits for a connection, then opens a channel,
+    /// declares the queue again and consumes from it, as a standby if
+    /// another owner is active now (single active consumer decides). The
+    /// deliveries of the lost channel are never acknowledged: the broker
+    /// has returned them to the queue, to be delivered again. `None` when
+    /// asked to stop, when the manager has exited, or when the connection
+    /// is closed or lost for good.
+    fn restart<M: Send + 'static>(&self, handle: &Handle<M>) -> Option<Consumer> {
+        let lost_at = Instant::now();
+        self.serving.store(false, Ordering::SeqCst);
+        self.session().live = false;
+        tracing::warn!(
+            queue = %self.queue,
+            "the channel is lost: its unacknowledged deliveries go back to the queue; subscribing again once connected"
+        );
+        let mut pause = RESTART_POLL;
+        loop {
+            if self.stop.is_raised() || handle.has_exited() {
+                return None;
+            }
+            if self.link.is_final() {
+                tracing::warn!(queue = %self.queue, "the broker connection is closed for good: serving ends");
+                return None;
+            }
+            // Waits one poll for a connection at most, to see a stop soon.
+            let wait = connection::deadline(RESTART_POLL);
+            let channel = match open_channel(&self.link, &self.name, &self.queue, wait) {
+                Ok(channel) => channel,
+                Err(BrokerError::Disconnected { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, "subscribing again failed; retrying");
+                    self.pause(&mut pause);
+                    continue;
+                }
+            };
+            let id = {
+                let mut session = self.session();
+                session.id += 1;
+                session.channel = channel.clone();
+                session.live = true;
+                session.id
+            };
+            match self.consume_on(&channel) {
+                Ok(consumer) => {
+                    self.serving.store(true, Ordering::SeqCst);
+                    tracing::info!(
+                        queue = %self.queue,
+                        session = id,
+                        after = ?lost_at.elapsed(),
+                        "subscribed again: serving"
+                    );
+                    return Some(consumer);
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, "subscribing again failed; retrying");
+                    self.session().live = false;
+                    self.pause(&mut pause);
+                }
+            }
+        }
+    }
+
+    /// Sleeps `pause` (or until asked to stop), then doubles it, up to the
+    /// reconnect backoff's longest pause.
+    fn pause(&self, pause: &mut Duration) {
+        let until = Instant::now() + *pause;
+        while Instant::now() < until && !self.stop.is_raised() {
+            std::thread::sleep(RESTART_POLL);
+        }
+        *pause = (*pause * 2).min(self.link.settings.reconnect_max);
     }
 
     /// A delivery that is not handed to the manager: copied to the
@@ -573,6 +750,7 @@ impl Owner {
     /// then acknowledged.
     fn reject(
         &self,
+        session: u64,
         tag: u64,
         delivery: &lapin::message::Delivery,
         origin: Option<Origin>,
@@ -582,6 +760,7 @@ impl Owner {
         let reason = reason.to_string();
         tracing::warn!(queue = %self.queue, tag, reason, "invalid delivery: dead-lettered");
         self.dead_letter(
+            session,
             tag,
             &delivery.data,
             &delivery.properties,
@@ -607,7 +786,7 @@ impl Owner {
             .with_correlation_id(correlation_id);
         let published = self.link.run(
             || format!("answering `{}`", target.reply_to),
-            self.channel.basic_publish(
+            self.channel().basic_publish(
                 ShortString::from(""),
                 reply_to,
                 BasicPublishOptions::default(),
@@ -658,8 +837,10 @@ impl Owner {
     /// its producer, and only then acks the delivery; if the copy is not
     /// confirmed, requeues the delivery instead (the broker's delivery limit
     /// dead-letters it in the end).
+    #[allow(clippy::too_many_arguments)]
     fn dead_letter(
         &self,
+        session: u64,
         tag: u64,
         data: &[u8],
         props: &BasicProperties,
@@ -671,7 +852,7 @@ impl Owner {
         let published = self.publish_confirmed(&self.dead_queue, data, copy);
         if let Err(e) = published {
             tracing::error!(queue = %self.queue, tag, error = %e, "dead-lettering failed: requeued");
-            self.nack(tag);
+            self.nack(session, tag);
             return;
         }
         Counts::add(&self.counts.dead_lettered, 1);
@@ -692,23 +873,35 @@ impl Owner {
                 .merge(record);
             self.flush_pending();
         }
-        self.ack(tag, false);
+        self.ack(session, tag, false);
     }
 
-    fn ack(&self, tag: u64, multiple: bool) {
+    /// Acknowledges `tag` (with `multiple`, every earlier one too) on the
+    /// channel of `session`, unless that channel is lost: its deliveries are
+    /// back in the queue, and its tags mean other deliveries on a new one.
+    fn ack(&self, session: u64, tag: u64, multiple: bool) {
+        let Some(channel) = self.channel_of(session) else {
+            tracing::debug!(queue = %self.queue, tag, "not acknowledged: its channel is lost, the broker delivers it again");
+            return;
+        };
         let acked = self.link.run(
             || format!("acknowledging deliveries of `{}`", self.queue),
-            self.channel.basic_ack(tag, BasicAckOptions { multiple }),
+            channel.basic_ack(tag, BasicAckOptions { multiple }),
         );
         if let Err(e) = acked {
             tracing::error!(queue = %self.queue, tag, error = %e, "ack failed; the broker will redeliver");
         }
     }
 
-    fn nack(&self, tag: u64) {
+    /// Requeues `tag` on the channel of `session`, unless it is lost (the
+    /// broker has requeued it then).
+    fn nack(&self, session: u64, tag: u64) {
+        let Some(channel) = self.channel_of(session) else {
+            return;
+        };
         let nacked = self.link.run(
             || format!("requeueing a delivery of `{}`", self.queue),
-            self.channel.basic_nack(
+            channel.basic_nack(
                 tag,
                 BasicNackOptions {
                     multiple: false,
@@ -732,7 +925,7 @@ impl Owner {
         let name = ShortString::try_new(queue).map_err(|e| e.to_string())?;
         let confirm = self.link.run(
             || format!("publishing to `{queue}`"),
-            self.channel.basic_publish(
+            self.channel().basic_publish(
                 ShortString::from(""),
                 name,
                 BasicPublishOptions::default(),
@@ -767,8 +960,10 @@ impl Owner {
             let mut book = self.book();
             (book.unacked.take(), std::mem::take(&mut book.unacked_count))
         };
-        if let Some(up_to) = unacked {
-            self.ack(up_to, true);
+        if let Some((session, up_to)) = unacked
+            && self.channel_of(session).is_some()
+        {
+            self.ack(session, up_to, true);
             Counts::add(&self.counts.acked, count);
         }
         true
@@ -782,6 +977,7 @@ impl Owner {
         if pending.is_empty() {
             return true;
         }
+        let channel = self.channel();
         let mut sent = Vec::with_capacity(pending.len());
         let mut failed: Vec<(String, DoneRecord)> = Vec::new();
         for (producer, record) in pending {
@@ -806,7 +1002,7 @@ impl Owner {
                 .with_delivery_mode(2);
             let published = self.link.run(
                 || format!("publishing to `{queue}`"),
-                self.channel.basic_publish(
+                channel.basic_publish(
                     ShortString::from(""),
                     name,
                     BasicPublishOptions::default(),
@@ -872,12 +1068,31 @@ impl SettleOutside for Settler {
     fn settle(&self, up_to: u64) {
         let owner = &*self.0;
         let mut answers = Vec::new();
+        let current = {
+            let session = owner.session();
+            session.live.then_some(session.id)
+        };
         {
             let mut book = owner.book();
+            if book.unacked.is_some_and(|(s, _)| Some(s) != current) {
+                // Left by a lost channel: never acknowledged now.
+                book.unacked = None;
+                book.unacked_count = 0;
+            }
+            let mut last = None;
+            let mut stale = 0u64;
             while book.open.front().is_some_and(|o| o.tag <= up_to) {
                 let Some(open) = book.open.pop_front() else {
                     break;
                 };
+                if Some(open.session) != current {
+                    // Came on a channel since lost: the broker has it back
+                    // and delivers it again (maybe to a standby), which
+                    // answers and reports it then.
+                    stale += 1;
+                    continue;
+                }
+                last = Some(open.wire);
                 match open.ask {
                     Some(Ask {
                         target,
@@ -905,7 +1120,12 @@ impl SettleOutside for Settler {
                 }
                 book.unacked_count += 1;
             }
-            book.unacked = Some(up_to);
+            if stale > 0 {
+                tracing::debug!(queue = %owner.queue, stale, "deliveries of a lost channel handled: left to their redelivery");
+            }
+            if let (Some(session), Some(wire)) = (current, last) {
+                book.unacked = Some((session, wire));
+            }
         }
         // After `idle` (answered means committed) and before the ack: an
         // owner that dies after the ack has answered; one that dies before
@@ -936,21 +1156,38 @@ impl SettleOutside for Settler {
             let at = book.open.iter().position(|o| o.tag == tag);
             at.and_then(|at| book.open.remove(at))
         };
+        let Some(open) = open else {
+            return;
+        };
+        if owner.channel_of(open.session).is_none() {
+            // Its channel is lost: the broker delivers it again.
+            return;
+        }
         match open {
-            Some(Open {
+            Open {
+                session,
+                wire,
                 origin,
                 last: Some((data, props)),
                 ask,
                 ..
-            }) => {
+            } => {
                 let reason = format!(
                     "the handler panicked on every delivery (limit {}): {panic}",
                     owner.link.settings.delivery_limit
                 );
                 let target = ask.map(|ask| ask.target);
-                owner.dead_letter(tag, &data, &props, origin, target.as_ref(), &reason);
+                owner.dead_letter(
+                    session,
+                    wire,
+                    &data,
+                    &props,
+                    origin,
+                    target.as_ref(),
+                    &reason,
+                );
             }
-            _ => owner.nack(tag),
+            Open { session, wire, .. } => owner.nack(session, wire),
         }
     }
 }
