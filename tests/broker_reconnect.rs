@@ -14,10 +14,14 @@
 //!   handles some twice: those it had in hand when cut off, which the broker
 //!   delivers again), and a `join_timeout` across the outage tells the truth.
 //! - A producer cut off in the middle of a stream of `tell_all`s resumes
-//!   once the proxy is back; every confirmed message is handled, and a
+//!   once the proxy is back; every confirmed message is handled, in the
+//!   order sent, and a
 //!   `join_timeout` in progress across the cut ends truthfully, also for
 //!   done records the owner sent while the producer was cut off.
 //! - `Served::stop` during an outage returns while the outage lasts.
+//! - With reconnecting off, a lost connection is final, and every call
+//!   fails at once with a typed error; so is a broker the application
+//!   closed.
 //! - An ask across a cut ends: with its answer when the owner is cut off
 //!   (the request is delivered again after the reconnect), with a typed
 //!   error when the asker is (its answer was to come on the lost
@@ -36,7 +40,7 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use custody::broker::{
-    Broker, BrokerBuilder, BrokerState, RemoteAskError, RemoteReply, RemoteSendError,
+    Broker, BrokerBuilder, BrokerError, BrokerState, RemoteAskError, RemoteReply, RemoteSendError,
 };
 use custody::{Backend, Context, Manager, Runtime};
 use serde::{Deserialize, Serialize};
@@ -572,6 +576,20 @@ fn a_producer_cut_off_mid_stream_resumes_and_every_confirmed_message_is_handled(
             &refused[..refused.len().min(5)]
         );
         assert_eq!(all.len() as u64, TOTAL);
+        // In the order sent: a message sent again after the cut may be
+        // handled twice, but its first handling is in its place.
+        let mut firsts = Vec::new();
+        let mut seen_once = BTreeSet::new();
+        for (n, _) in handled.lock().unwrap().iter() {
+            if seen_once.insert(*n) {
+                firsts.push(*n);
+            }
+        }
+        let out_of_order: Vec<_> = firsts.windows(2).filter(|w| w[0] > w[1]).collect();
+        assert!(
+            out_of_order.is_empty(),
+            "handled out of the order sent: {out_of_order:?}"
+        );
         assert!(producer.reconnects() >= 1, "the producer never reconnected");
         let after = confirmed
             .lock()
@@ -858,6 +876,73 @@ fn an_ask_whose_asker_is_cut_off_ends_with_a_typed_error_and_the_handle_asks_on(
         proxy.restore();
         served.stop();
         drop(calc);
+        drop(queues);
+    });
+}
+
+/// With reconnecting off, a lost connection is final: the broker stays
+/// `Lost`, the owner stops serving (a standby would take over), and calls
+/// fail at once with typed errors. `Broker::close` is final too.
+#[test]
+fn with_reconnecting_off_a_lost_connection_is_final_and_calls_fail_with_typed_errors() {
+    per_backend(|backend| {
+        let queues = Queues::new("no-reconnect");
+        let proxy = Proxy::start();
+        let rt = Runtime::builder().backend(backend).build().unwrap();
+        let broker = connect(Broker::builder(proxy.url.clone()).reconnect(false));
+        let handled = Handled::default();
+        let served = broker
+            .serve(&rt, &queues.name, Recorder(Arc::clone(&handled)))
+            .unwrap();
+        let jobs = broker.remote_handle::<u64>(&queues.name).unwrap();
+        jobs.tell_all(0..50).unwrap();
+        jobs.join_timeout(Duration::from_secs(20)).unwrap();
+        let open = proxy.cut();
+        assert!(open >= 1, "the proxy had no open connection to cut");
+        proxy.restore();
+        wait_until("the broker noticed the cut", || {
+            broker.state() == BrokerState::Lost
+        });
+        wait_until("the serving ended", || !served.is_serving());
+        let told = jobs.tell_timeout(50, Duration::from_secs(5));
+        assert!(
+            matches!(told, Err(RemoteSendError::Unreachable { .. })),
+            "a tell after the loss ended with {told:?}"
+        );
+        let asked = broker
+            .remote_handle::<u64>(&queues.name)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(
+                asked,
+                BrokerError::Disconnected {
+                    reconnecting: false,
+                    ..
+                }
+            ),
+            "a new handle after the loss: {asked:?}"
+        );
+        assert_eq!(broker.state(), BrokerState::Lost);
+        assert_eq!(broker.reconnects(), 0);
+        assert_eq!(count(&handled), 50);
+        served.stop();
+
+        let other = connect(builder());
+        let handle = other.remote_handle::<u64>(&queues.name).unwrap();
+        other.close();
+        assert_eq!(other.state(), BrokerState::Closed);
+        let told = handle.tell(1);
+        assert!(
+            matches!(told, Err(RemoteSendError::Unreachable { .. })),
+            "a tell after close ended with {told:?}"
+        );
+        let joined = handle.join_timeout(Duration::from_secs(5));
+        assert!(joined.is_ok(), "nothing was outstanding: {joined:?}");
+        assert!(matches!(
+            other.remote_handle::<u64>(&queues.name),
+            Err(BrokerError::Closed)
+        ));
         drop(queues);
     });
 }

@@ -378,22 +378,21 @@ pub struct Broker {
 /// Where a [`Broker`]'s connection is:
 ///
 /// ```text
-///             connect
-///                |
-///                v
-///   +------> Connected ----------- close ----------+
-///   |            |                                 |
-///   |   the connection is lost                     |
-///   |   (socket error, heartbeat, broker closed)   |
-///   |            v                                 v
-///   |          Lost --- reconnect off: stays --> (final)
-///   |            |                                 |
-///   |     first attempt                            |
-///   |            v                                 v
-///   +------ Reconnecting ------- close ------->  Closed
-///  a node     (rounds over every node, a pause
-///  answered    between rounds: capped, doubling,
-///              with jitter)
+///              connect
+///                 |
+///                 v
+///   +-------> Connected ------------ close -------------+
+///   |             |                                     |
+///   |    the connection is lost (socket error,          |
+///   |    missed heartbeat, broker closed it)            |
+///   |             v                                     v
+///   |           Lost --> reconnect off: stays Lost    Closed
+///   |             |                                     ^
+///   |       first attempt                               |
+///   |             v                                     |
+///   +------ Reconnecting ----------- close -------------+
+///  a node    rounds over every node, a pause between
+///  answered  rounds: doubling, capped, with jitter
 /// ```
 ///
 /// `Closed` and a `Lost` with reconnecting off are final: every call on
@@ -1013,55 +1012,73 @@ impl Core {
                     }
                 }
             }
-            // Between half the pause and all of it.
-            let half = pause / 2;
-            let jitter = half.mul_f64(self.random_unit());
-            if self.sleep(half + jitter) {
+            if self.sleep(jittered(pause, random_unit(&self.jitter))) {
                 return None;
             }
-            pause = (pause * 2).min(self.settings.reconnect_max);
+            pause = next_pause(pause, self.settings.reconnect_max);
         }
     }
 
     /// Sleeps `pause` unless the link is closed first (`true`).
     fn sleep(&self, pause: Duration) -> bool {
-        let until = Instant::now() + pause;
+        let until = Instant::now().checked_add(pause);
         let mut live = self.live();
         loop {
             if live.state == BrokerState::Closed {
                 return true;
             }
-            let now = Instant::now();
-            if now >= until {
+            let Some(slice) = wait_slice(until) else {
                 return false;
-            }
+            };
             live = self
                 .changed
-                .wait_timeout(live, until - now)
+                .wait_timeout(live, slice)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
     }
+}
 
-    /// A number in [0, 1) from splitmix64.
-    fn random_unit(&self) -> f64 {
-        let state = self
-            .jitter
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        // The top 53 bits, as a fraction.
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
+/// The pause after a round of attempts that failed: between half of
+/// `pause` and all of it, as `unit` (in [0, 1)) says.
+fn jittered(pause: Duration, unit: f64) -> Duration {
+    let half = pause / 2;
+    half + half.mul_f64(unit)
+}
+
+/// The pause after the next round: doubled, up to `max`.
+fn next_pause(pause: Duration, max: Duration) -> Duration {
+    pause.saturating_mul(2).min(max)
+}
+
+/// A number in [0, 1) from splitmix64 over `state`.
+fn random_unit(state: &AtomicU64) -> f64 {
+    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut z = state
+        .fetch_add(GAMMA, Ordering::Relaxed)
+        .wrapping_add(GAMMA);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    // The top 53 bits, as a fraction.
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The supervisor thread: watches the connection, and replaces it when it
 /// is lost, until the link is closed (or the connection lost with
-/// reconnecting off).
-fn supervise(core: &Core, mut events: Events) {
+/// reconnecting off). Should its own code panic, the link is closed, so
+/// that nothing waits for a connection that would never come.
+fn supervise(core: &Core, events: Events) {
+    let watched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        watch_and_replace(core, events)
+    }));
+    if watched.is_err() {
+        tracing::error!("the AMQP connection supervisor panicked: the broker connection is closed");
+        core.close(false);
+    }
+}
+
+fn watch_and_replace(core: &Core, mut events: Events) {
     loop {
         let Some(reason) = core.watch(&mut events) else {
             return;
@@ -1188,6 +1205,39 @@ pub(crate) fn mask_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnect_pauses_double_up_to_the_cap_with_jitter_between_half_and_all() {
+        let ms = Duration::from_millis;
+        let mut pause = ms(100);
+        let mut pauses = Vec::new();
+        for _ in 0..7 {
+            pauses.push(pause);
+            pause = next_pause(pause, ms(1000));
+        }
+        assert_eq!(
+            pauses,
+            [100, 200, 400, 800, 1000, 1000, 1000].map(ms).to_vec()
+        );
+        assert_eq!(next_pause(Duration::MAX, Duration::MAX), Duration::MAX);
+        assert_eq!(jittered(ms(100), 0.0), ms(50));
+        assert_eq!(jittered(ms(100), 0.5), ms(75));
+        let near_one = jittered(ms(100), 0.999_999);
+        assert!(near_one < ms(100) && near_one > ms(99), "{near_one:?}");
+        let state = AtomicU64::new(7);
+        let draws: Vec<f64> = (0..1000).map(|_| random_unit(&state)).collect();
+        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
+        let low = draws.iter().filter(|&&u| u < 0.5).count();
+        assert!(
+            (400..600).contains(&low),
+            "{low} of 1000 draws below one half"
+        );
+        let builder = Broker::builder("amqp://h").reconnect_backoff(Duration::ZERO, Duration::ZERO);
+        assert_eq!(builder.settings.reconnect_initial, ms(1));
+        assert_eq!(builder.settings.reconnect_max, ms(1));
+        let builder = Broker::builder("amqp://h").reconnect_backoff(ms(500), ms(100));
+        assert_eq!(builder.settings.reconnect_max, ms(500));
+    }
 
     #[test]
     fn passwords_are_masked() {

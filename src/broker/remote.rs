@@ -414,6 +414,7 @@ impl<M: Serialize> RemoteHandle<M> {
             timeout,
             &mut confirmed,
             &mut refused,
+            &mut None,
         );
         match refused.pop() {
             Some(e) => Err(e),
@@ -427,8 +428,10 @@ impl<M: Serialize> RemoteHandle<M> {
     /// broker) before the next publish. The messages reach the queue in
     /// iteration order. Each confirm wait ends at the confirm timeout.
     /// Across a lost connection, the messages not yet confirmed are
-    /// published again on the new one (each wait for it ends at the confirm
-    /// timeout too); if none comes in time, the rest are refused as
+    /// published again on the new one, before any later message (each wait
+    /// for it ends at the confirm timeout too); one that the broker had
+    /// taken before the loss is then in the queue twice, the first time in
+    /// order. If no connection comes in time, the rest are refused as
     /// `Unreachable` without waiting again.
     ///
     /// # Errors
@@ -476,24 +479,55 @@ impl<M: Serialize> RemoteHandle<M> {
                     continue;
                 }
             };
-            match self.launch(msg, id, Arc::new(body), next_deadline(), None) {
-                Ok(flight) => in_flight.push(flight),
-                Err(e) => {
-                    if matches!(e, RemoteSendError::Unreachable { .. }) {
-                        broken = Some(unsent_reason(&e));
+            let mut prepared = (msg, id, Arc::new(body));
+            loop {
+                let (msg, id, body) = prepared;
+                // Only on the channel of the messages in flight: once it is
+                // lost, they go again first, so that the order holds.
+                let after = in_flight.last().map(|f: &Flight<M>| Arc::clone(&f.session));
+                match self.launch_once(msg, id, body, next_deadline(), None, after.as_deref()) {
+                    Launch::Flying(flight) => in_flight.push(flight),
+                    Launch::Again(msg, id, body, _) => {
+                        let flights = std::mem::take(&mut in_flight);
+                        self.land(
+                            flights,
+                            &next_deadline,
+                            timeout,
+                            &mut confirmed,
+                            &mut refused,
+                            &mut broken,
+                        );
+                        if let Some(reason) = &broken {
+                            self.remote.joins.forget(&id);
+                            refused.push(RemoteSendError::Unreachable {
+                                msg,
+                                queue: self.remote.queue.clone(),
+                                reason: reason.clone(),
+                            });
+                            break;
+                        }
+                        prepared = (msg, id, body);
+                        continue;
                     }
-                    refused.push(e);
+                    Launch::Refused(e) => {
+                        if matches!(e, RemoteSendError::Unreachable { .. }) {
+                            broken = Some(unsent_reason(&e));
+                        }
+                        refused.push(e);
+                    }
                 }
+                break;
             }
             if in_flight.len() >= WINDOW {
                 let flights = std::mem::take(&mut in_flight);
-                broken = broken.or(self.land(
+                self.land(
                     flights,
                     &next_deadline,
                     timeout,
                     &mut confirmed,
                     &mut refused,
-                ));
+                    &mut broken,
+                );
             }
         }
         self.land(
@@ -502,6 +536,7 @@ impl<M: Serialize> RemoteHandle<M> {
             timeout,
             &mut confirmed,
             &mut refused,
+            &mut broken,
         );
         if refused.is_empty() {
             Ok(())
@@ -739,44 +774,66 @@ impl<M: Serialize> RemoteHandle<M> {
     /// of it was cut short, if one was.
     fn launch(
         &self,
+        mut msg: M,
+        mut id: String,
+        mut body: Arc<Vec<u8>>,
+        deadline: Option<Instant>,
+        mut cut: Option<String>,
+    ) -> Result<Flight<M>, RemoteSendError<M>> {
+        loop {
+            match self.launch_once(msg, id, body, deadline, cut, None) {
+                Launch::Flying(flight) => return Ok(flight),
+                Launch::Refused(e) => return Err(e),
+                Launch::Again(m, i, b, c) => (msg, id, body, cut) = (m, i, b, c),
+            }
+        }
+    }
+
+    /// One try of [`launch`](Self::launch); with `after`, only on that
+    /// session (the one of the messages in flight before this one).
+    fn launch_once(
+        &self,
         msg: M,
         id: String,
         body: Arc<Vec<u8>>,
         deadline: Option<Instant>,
         cut: Option<String>,
-    ) -> Result<Flight<M>, RemoteSendError<M>> {
-        loop {
-            let session = match self.remote.session(deadline) {
-                Ok(session) => session,
-                Err(e) => return Err(self.unsent(msg, &id, cut, &e)),
-            };
-            match self.start(&session, &id, Arc::clone(&body)) {
-                Started::Sending(sending) => {
-                    return Ok(Flight {
-                        msg,
-                        id,
-                        body,
-                        session,
-                        sending,
-                    });
-                }
-                // Refused before anything went out: the channel is gone.
-                Started::Failed(_) if !session.is_open() && !self.remote.link.is_final() => {}
-                Started::Failed(e) => {
-                    self.remote.joins.forget(&id);
-                    return Err(RemoteSendError::Disconnected {
-                        msg,
-                        queue: self.remote.queue.clone(),
-                        reason: e.to_string(),
-                    });
-                }
+        after: Option<&Session>,
+    ) -> Launch<M> {
+        let session = match self.remote.session(deadline) {
+            Ok(session) => session,
+            Err(e) => return Launch::Refused(self.unsent(msg, &id, cut, &e)),
+        };
+        if after.is_some_and(|after| after.id != session.id) {
+            return Launch::Again(msg, id, body, cut);
+        }
+        match self.start(&session, &id, Arc::clone(&body)) {
+            Started::Sending(sending) => Launch::Flying(Flight {
+                msg,
+                id,
+                body,
+                session,
+                sending,
+            }),
+            // Refused before anything went out: the channel is gone.
+            Started::Failed(_) if !session.is_open() && !self.remote.link.is_final() => {
+                Launch::Again(msg, id, body, cut)
+            }
+            Started::Failed(e) => {
+                self.remote.joins.forget(&id);
+                Launch::Refused(RemoteSendError::Disconnected {
+                    msg,
+                    queue: self.remote.queue.clone(),
+                    reason: e.to_string(),
+                })
             }
         }
     }
 
     /// Waits for the confirms of `flights`; publishes those whose channel
-    /// was lost first again on a new one, each round with a deadline from
-    /// `next_deadline`. Returns why no new channel came, if none did.
+    /// was lost first again on a new one, in their order, each round with a
+    /// deadline from `next_deadline`. Sets `broken` to why no new channel
+    /// came, if none did (and refuses them at once if it was set).
     fn land(
         &self,
         mut flights: Vec<Flight<M>>,
@@ -784,8 +841,8 @@ impl<M: Serialize> RemoteHandle<M> {
         waited: Duration,
         confirmed: &mut usize,
         refused: &mut Vec<RemoteSendError<M>>,
-    ) -> Option<String> {
-        let mut broken = None;
+        broken: &mut Option<String>,
+    ) {
         while !flights.is_empty() {
             let deadline = next_deadline();
             let mut cut = Vec::new();
@@ -812,7 +869,7 @@ impl<M: Serialize> RemoteHandle<M> {
             }
             let deadline = next_deadline();
             for (msg, id, body, why) in cut {
-                if let Some(reason) = &broken {
+                if let Some(reason) = broken {
                     self.remote.joins.forget(&id);
                     refused.push(RemoteSendError::Disconnected {
                         msg,
@@ -825,13 +882,12 @@ impl<M: Serialize> RemoteHandle<M> {
                 match self.launch(msg, id, body, deadline, Some(why)) {
                     Ok(flight) => flights.push(flight),
                     Err(e) => {
-                        broken = Some(unsent_reason(&e));
+                        *broken = Some(unsent_reason(&e));
                         refused.push(e);
                     }
                 }
             }
         }
-        broken
     }
 
     /// The error for a message that could not be (sent) again: `cut` if an
@@ -1150,6 +1206,17 @@ fn unsent_reason<M>(e: &RemoteSendError<M>) -> String {
 
 /// A publish under way: the write and then the confirm.
 type Sending = Pin<Box<dyn Future<Output = lapin::Result<Confirmation>>>>;
+
+/// What became of one try to publish.
+enum Launch<M> {
+    /// Published; the confirm is awaited.
+    Flying(Flight<M>),
+    /// To try again (on a new channel), with the reason an earlier publish
+    /// was cut, if one was.
+    Again(M, String, Arc<Vec<u8>>, Option<String>),
+    /// Not sent, or not sent again.
+    Refused(RemoteSendError<M>),
+}
 
 /// A publish just started.
 enum Started {

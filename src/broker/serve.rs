@@ -11,10 +11,19 @@
 //!        with x-custody-error, tell the    failed(tag):
 //!        asker and the producer, ack it      nack and requeue it, or on its last
 //!                                            delivery dead-letter it with the panic
-//! asked to stop, refused, cancelled, lost, or the manager exited:
+//! asked to stop, refused, cancelled, or the manager exited:
 //!   hand over nothing more, stop the manager, wait until it has settled,
 //!   close the channel (what was sent ahead returns to the queue)
+//! the channel (or the connection) lost:
+//!   the broker has returned what it was not acked; wait for the connection,
+//!   open a channel, declare, consume again (as a standby, if another owner
+//!   is active now); the lost channel's deliveries still in the manager's
+//!   hands are never acked, answered or reported: their redelivery is
 //! ```
+//!
+//! The manager's tags are a sequence of the owner's own, across channels;
+//! each open delivery keeps its channel (session) and its broker tag, which
+//! is acknowledged on that channel only.
 
 use std::any::Any;
 use std::collections::{BTreeMap, VecDeque};
@@ -60,6 +69,19 @@ use crate::stats::OutsideStats;
 /// exits on its own ([`Runtime::shutdown_now`], or its panic policy stopping
 /// it for good) ends the serving too, within a fraction of a second: what it
 /// had not settled goes back to the queue, for a standby.
+///
+/// A lost channel or connection does not end the serving (unless the
+/// [`Broker`] was built with reconnecting off, or closed): the broker
+/// returns the unacknowledged deliveries to the queue, and once the broker
+/// has a connection again the same manager is subscribed again, as the
+/// active owner or, if another owner took over meanwhile, as its standby.
+/// The deliveries of the lost channel still in the manager's mailbox are
+/// handled (a plain manager handles them twice, at least once as always;
+/// one that records ids, like
+/// [`RemoteDatabase`](crate::resources::RemoteDatabase), skips the second)
+/// but never acknowledged, answered or reported done: their redelivery is.
+/// [`stop`](Served::stop) during the outage returns without waiting for it
+/// to end.
 pub struct Served<M: Send + 'static> {
     handle: Handle<M>,
     owner: Arc<Owner>,
@@ -87,12 +109,15 @@ impl<M: Send + 'static> Served<M> {
         &self.owner.queue
     }
 
-    /// Whether it still serves: `false` once stopped, or once the serving
-    /// ended on its own, which stops the manager too: the connection was
-    /// lost, the queue was deleted, the manager refused a delivery (after a
-    /// runtime shutdown, at the next delivery), or the manager exited (an
-    /// immediate stop, or its panic policy stopped it for good). Its
-    /// unacknowledged deliveries then go back to the queue, for a standby.
+    /// Whether it serves: `false` once stopped, or once the serving ended on
+    /// its own, which stops the manager too: the connection was lost for
+    /// good (reconnecting off, or the broker closed), the queue was deleted,
+    /// the manager refused a delivery (after a runtime shutdown, at the next
+    /// delivery), or the manager exited (an immediate stop, or its panic
+    /// policy stopped it for good). Its unacknowledged deliveries then go
+    /// back to the queue, for a standby. Also `false` while a lost channel
+    /// or connection is being replaced, and `true` again once it consumes
+    /// from the queue again.
     pub fn is_serving(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
             && self.owner.serving.load(Ordering::SeqCst)
@@ -738,11 +763,13 @@ impl Owner {
     /// Sleeps `pause` (or until asked to stop), then doubles it, up to the
     /// reconnect backoff's longest pause.
     fn pause(&self, pause: &mut Duration) {
-        let until = Instant::now() + *pause;
-        while Instant::now() < until && !self.stop.is_raised() {
+        let until = Instant::now().checked_add(*pause);
+        while until.is_none_or(|at| Instant::now() < at) && !self.stop.is_raised() {
             std::thread::sleep(RESTART_POLL);
         }
-        *pause = (*pause * 2).min(self.link.settings.reconnect_max);
+        *pause = pause
+            .saturating_mul(2)
+            .min(self.link.settings.reconnect_max);
     }
 
     /// A delivery that is not handed to the manager: copied to the
