@@ -40,7 +40,8 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use custody::broker::{
-    Broker, BrokerBuilder, BrokerError, BrokerState, RemoteAskError, RemoteReply, RemoteSendError,
+    Broker, BrokerBuilder, BrokerError, BrokerState, RemoteAskError, RemoteJoinError, RemoteReply,
+    RemoteSendError,
 };
 use custody::{Backend, Context, Manager, Runtime};
 use serde::{Deserialize, Serialize};
@@ -523,6 +524,12 @@ fn a_producer_cut_off_mid_stream_resumes_and_every_confirmed_message_is_handled(
         assert!(
             producer.state() != BrokerState::Connected,
             "the producer did not notice the cut"
+        );
+        // A join without a deadline does not wait for a new connection.
+        let unbounded = jobs.join();
+        assert!(
+            matches!(unbounded, Err(RemoteJoinError::Disconnected { .. })),
+            "a join without a deadline during the outage ended with {unbounded:?}"
         );
         // An outage of half a second at least, the stream waiting.
         std::thread::sleep(Duration::from_millis(500).saturating_sub(cut_at.elapsed()));

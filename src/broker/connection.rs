@@ -743,14 +743,21 @@ impl Link {
     }
 
     /// Waits until the connection of `generation` is no longer the current
-    /// one, or `deadline` passes: after a failure that says it is gone,
-    /// before the supervisor has noticed.
-    pub(crate) fn wait_replaced(&self, generation: u64, deadline: Option<Instant>) {
+    /// one: after a failure that says it is gone, before the supervisor has
+    /// noticed. `Disconnected` if `deadline` passes first.
+    pub(crate) fn wait_replaced(
+        &self,
+        generation: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), BrokerError> {
         let core = &*self.core;
         let mut live = core.live();
         while live.state == BrokerState::Connected && live.generation == generation {
             let Some(slice) = wait_slice(deadline) else {
-                return;
+                drop(live);
+                return Err(
+                    self.down_error(Down::NotYet("the connection is no longer open".to_owned()))
+                );
             };
             live = core
                 .changed
@@ -758,6 +765,7 @@ impl Link {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+        Ok(())
     }
 
     /// The typed error for a connection that could not be had.
@@ -815,7 +823,7 @@ impl Link {
             ) {
                 Ok(channel) => return Ok(channel),
                 Err(_) if !connection.status().connected() => {
-                    self.wait_replaced(generation, deadline);
+                    self.wait_replaced(generation, deadline)?;
                 }
                 Err(e) => return Err(e),
             }

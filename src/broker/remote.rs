@@ -263,6 +263,18 @@ impl Remote {
             .cloned()
     }
 
+    /// Whether the current session's channel is known to be lost; `false`
+    /// while another call is opening a new one (not waited for).
+    fn is_lost(&self) -> bool {
+        match self.session.try_lock() {
+            Ok(slot) => !slot.as_ref().is_some_and(|s| s.is_open()),
+            Err(std::sync::TryLockError::Poisoned(slot)) => {
+                !slot.into_inner().as_ref().is_some_and(|s| s.is_open())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        }
+    }
+
     /// The current session, or a new one once its channel is lost: waits
     /// for a connection until `deadline` (`None`: not at all).
     fn session(&self, deadline: Option<Instant>) -> Result<Arc<Session>, BrokerError> {
@@ -274,14 +286,17 @@ impl Remote {
             }
             // Outside the lock: another call with a later deadline may be
             // waiting too.
-            self.link
+            let (_, generation) = self
+                .link
                 .wait_connected(deadline)
                 .map_err(|down| self.link.down_error(down))?;
             let mut slot = self.session.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(session) = slot.as_ref().filter(|s| s.is_open()) {
                 return Ok(Arc::clone(session));
             }
-            match self.open_session(deadline) {
+            // Without waiting for a connection under the lock: a call
+            // without a deadline must not wait behind it.
+            match self.open_session(Some(Instant::now())) {
                 Ok(session) => {
                     if slot.is_some() {
                         tracing::info!(queue = %self.queue, producer = %self.producer, "a new channel after the old one was lost");
@@ -290,7 +305,10 @@ impl Remote {
                     return Ok(session);
                 }
                 // The connection went again: wait for the next one.
-                Err(_) if !self.link.is_connected() && !self.link.is_final() => {}
+                Err(_) if !self.link.is_connected() && !self.link.is_final() => {
+                    drop(slot);
+                    self.link.wait_replaced(generation, deadline)?;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -758,7 +776,9 @@ impl<M: Serialize> RemoteHandle<M> {
                     return Ok(session);
                 }
                 // Lost meanwhile: a new channel, if one comes in time.
-                Err(_) if !session.is_open() && !remote.link.is_final() => {}
+                Err(_)
+                    if (!session.is_open() || !remote.link.is_connected())
+                        && !remote.link.is_final() => {}
                 Err(e) => {
                     return Err(RemoteAskError::Disconnected {
                         queue: remote.queue.clone(),
@@ -816,9 +836,7 @@ impl<M: Serialize> RemoteHandle<M> {
                 sending,
             }),
             // Refused before anything went out: the channel is gone.
-            Started::Failed(_) if !session.is_open() && !self.remote.link.is_final() => {
-                Launch::Again(msg, id, body, cut)
-            }
+            Started::Failed(e) if self.lost_with(&session, &e) => Launch::Again(msg, id, body, cut),
             Started::Failed(e) => {
                 self.remote.joins.forget(&id);
                 Launch::Refused(RemoteSendError::Disconnected {
@@ -855,7 +873,7 @@ impl<M: Serialize> RemoteHandle<M> {
                     sending,
                 } = flight;
                 match block_until(deadline, sending) {
-                    Some(Err(e)) if !session.is_open() && !self.remote.link.is_final() => {
+                    Some(Err(e)) if self.lost_with(&session, &e) => {
                         cut.push((msg, id, body, e.to_string()));
                     }
                     outcome => match self.conclude(msg, &id, outcome, waited) {
@@ -888,6 +906,22 @@ impl<M: Serialize> RemoteHandle<M> {
                 }
             }
         }
+    }
+
+    /// Whether a publish on `session` failed with `e` because the channel or
+    /// the connection is gone, and a new one may come: the pending writes
+    /// fail with the connection's error before the channel's state says so.
+    fn lost_with(&self, session: &Session, e: &lapin::Error) -> bool {
+        let link = &*self.remote.link;
+        !link.is_final()
+            && (!session.is_open()
+                || !link.is_connected()
+                || matches!(
+                    e.kind(),
+                    lapin::ErrorKind::IOError(_)
+                        | lapin::ErrorKind::InvalidChannelState(..)
+                        | lapin::ErrorKind::InvalidConnectionState(_)
+                ))
     }
 
     /// The error for a message that could not be (sent) again: `cut` if an
@@ -1083,7 +1117,7 @@ impl<M> RemoteHandle<M> {
                         // Not under the join state's lock: a new session
                         // takes the session lock, then this one.
                         drop(state);
-                        let gone = remote.current().is_none();
+                        let gone = remote.is_lost();
                         state = joins.state();
                         if gone && state.consuming == seen {
                             // Its channel is lost, the loss not reported yet.
