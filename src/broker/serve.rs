@@ -11,18 +11,22 @@
 //!        with x-custody-error, tell the    failed(tag):
 //!        asker and the producer, ack it      nack and requeue it, or on its last
 //!                                            delivery dead-letter it with the panic
-//! asked to stop, refused, cancelled, lost, or the manager exited:
+//! asked to stop, refused, or the manager exited:
 //!   hand over nothing more, stop the manager, wait until it has settled,
 //!   close the channel (what was sent ahead returns to the queue)
+//! the channel or connection lost, or the consumer cancelled:
+//!   another owner may be active already: stop the manager at once (its
+//!   mailbox is dropped, its batch in hand is neither settled nor, for a
+//!   RemoteDatabase, committed), answer and acknowledge nothing more
 //! ```
 
 use std::any::Any;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -60,6 +64,13 @@ use crate::stats::OutsideStats;
 /// exits on its own ([`Runtime::shutdown_now`], or its panic policy stopping
 /// it for good) ends the serving too, within a fraction of a second: what it
 /// had not settled goes back to the queue, for a standby.
+///
+/// A lost channel or connection is no hand-over: the broker has already
+/// returned the unacknowledged deliveries to the queue, and a standby may be
+/// handling them. So the manager is stopped at once: what is in its mailbox
+/// is dropped, and nothing it handled since its last settled batch is
+/// answered, reported done or acknowledged (see the
+/// [module docs](crate::broker) on two owners at once).
 pub struct Served<M: Send + 'static> {
     handle: Handle<M>,
     owner: Arc<Owner>,
@@ -88,11 +99,14 @@ impl<M: Send + 'static> Served<M> {
     }
 
     /// Whether it still serves: `false` once stopped, or once the serving
-    /// ended on its own, which stops the manager too: the connection was
-    /// lost, the queue was deleted, the manager refused a delivery (after a
-    /// runtime shutdown, at the next delivery), or the manager exited (an
-    /// immediate stop, or its panic policy stopped it for good). Its
-    /// unacknowledged deliveries then go back to the queue, for a standby.
+    /// ended on its own, which stops the manager too: the channel or the
+    /// connection was lost or the queue deleted (the manager is then stopped
+    /// at once, its mailbox dropped: another owner may be active already),
+    /// the manager refused a delivery (after a runtime shutdown, at the next
+    /// delivery), or the manager exited (an immediate stop, its panic policy
+    /// stopping it for good, or a `RemoteDatabase` that found another owner
+    /// active). Its unacknowledged deliveries then go back to the queue, for
+    /// a standby.
     pub fn is_serving(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
@@ -134,6 +148,13 @@ pub(crate) struct Owner {
     stop: StopSignal,
     /// Delivered, redelivered, acked, dead-lettered.
     counts: Counts,
+    /// Set when the channel or the connection was lost, or the broker
+    /// cancelled the consumer: another owner may be active already.
+    lost: AtomicBool,
+    /// Whether the manager was stopped at once (by the consumer thread when
+    /// the channel was lost, by the manager itself when it found it was
+    /// superseded, or by an immediate stop); set once it is spawned.
+    aborted: OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
 }
 
 /// The queue's counters, written by the consumer and manager threads.
@@ -214,6 +235,8 @@ where
         flushing: Mutex::new(()),
         stop: StopSignal::default(),
         counts: Counts::default(),
+        lost: AtomicBool::new(false),
+        aborted: OnceLock::new(),
     });
     let handle = match rt.manager(name).spawn(manager) {
         Ok(handle) => handle,
@@ -222,6 +245,11 @@ where
             return Err(e.into());
         }
     };
+    let shared = Arc::downgrade(&handle.shared);
+    let _ = owner.aborted.set(Box::new(move || {
+        shared.upgrade().is_none_or(|shared| shared.is_aborted())
+    }));
+    let registered = Registered::new(&handle, &owner);
     let settler: Box<dyn SettleOutside> = Box::new(Settler(Arc::clone(&owner)));
     if handle.shared.outside.set(settler).is_err() {
         unreachable!("a freshly spawned manager has no settler");
@@ -248,7 +276,10 @@ where
     let thread_handle = handle.clone();
     let thread = std::thread::Builder::new()
         .name(format!("custody-amqp-{name}"))
-        .spawn(move || consume(consumer, thread_handle, thread_owner));
+        .spawn(move || {
+            let _registered = registered;
+            consume(consumer, thread_handle, thread_owner);
+        });
     let thread = match thread {
         Ok(thread) => thread,
         Err(source) => {
@@ -274,6 +305,71 @@ pub(crate) fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The owners of the managers served in this process, by the address of the
+/// manager's shared state: how a served manager (a `RemoteDatabase`) finds
+/// its owner, to ask the broker whether it is still the active owner.
+fn owners() -> MutexGuard<'static, HashMap<usize, Weak<Owner>>> {
+    static OWNERS: OnceLock<Mutex<HashMap<usize, Weak<Owner>>>> = OnceLock::new();
+    OWNERS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+fn owner_key<M: Send + 'static>(handle: &Handle<M>) -> usize {
+    Arc::as_ptr(&handle.shared).addr()
+}
+
+/// Keeps a served manager's owner findable while its consumer thread runs.
+struct Registered(usize);
+
+impl Registered {
+    fn new<M: Send + 'static>(handle: &Handle<M>, owner: &Arc<Owner>) -> Registered {
+        let key = owner_key(handle);
+        owners().insert(key, Arc::downgrade(owner));
+        Registered(key)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        owners().remove(&self.0);
+    }
+}
+
+/// What the broker says of the owner of a manager.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))] // RemoteDatabase uses it
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ownership {
+    /// The manager is not served from a broker queue in this process.
+    NotServed,
+    /// Its owner's channel answered a round trip to the broker just now, so
+    /// its consumer was still registered, the active one.
+    Active,
+    /// Its channel or connection is lost, or did not answer within the
+    /// confirm timeout: another owner may be active.
+    Lost,
+}
+
+/// Whether the manager of `handle` is served from a broker queue here.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))] // RemoteDatabase uses it
+pub(crate) fn is_served<M: Send + 'static>(handle: &Handle<M>) -> bool {
+    owners().contains_key(&owner_key(handle))
+}
+
+/// Asks the broker, with a round trip on the owner's channel, whether the
+/// manager of `handle` is still its queue's active owner. Blocks for at
+/// most the confirm timeout.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))] // RemoteDatabase uses it
+pub(crate) fn ownership<M: Send + 'static>(handle: &Handle<M>) -> Ownership {
+    let owner = owners().get(&owner_key(handle)).and_then(Weak::upgrade);
+    match owner {
+        None => Ownership::NotServed,
+        Some(owner) if owner.confirm_active() => Ownership::Active,
+        Some(_) => Ownership::Lost,
+    }
 }
 
 /// How often a consumer waiting for deliveries looks whether its manager has
@@ -313,10 +409,16 @@ fn consume<M: DeserializeOwned + Send + 'static>(
         );
     }
     handle.stop();
-    // Returns once every delivery handed over has been handled and settled.
+    // Returns once every delivery handed over has been handled and settled
+    // (or, after a loss, dropped).
     let _ = handle.join();
     // A last try for records that failed with a batch no later batch retried.
-    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| owner.ack_settled(Vec::new()))) {
+    let settle_last = || {
+        if !owner.is_lost() {
+            owner.ack_settled(Vec::new());
+        }
+    };
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(settle_last)) {
         tracing::error!(
             queue = %owner.queue,
             panic = %panic_message(payload.as_ref()),
@@ -385,11 +487,13 @@ fn feed<M: DeserializeOwned + Send + 'static>(
             Some(Event::Delivery(delivery)) => delivery,
             Some(Event::Stop | Event::ManagerGone) | None => continue, // looked at above
             Some(Event::Ended(None)) => {
-                tracing::debug!(queue = %owner.queue, "the broker cancelled the consumer");
+                tracing::warn!(queue = %owner.queue, "the broker cancelled the consumer: stopping at once");
+                owner.lose(handle);
                 break;
             }
             Some(Event::Ended(Some(e))) => {
-                tracing::warn!(queue = %owner.queue, error = %e, "consumer ended by an error");
+                tracing::warn!(queue = %owner.queue, error = %e, "the channel is lost: stopping at once");
+                owner.lose(handle);
                 break;
             }
         };
@@ -558,6 +662,49 @@ impl Owner {
     /// Drops the open entry of a delivery that is not the manager's.
     fn forget(&self, tag: u64) {
         self.book().open.retain(|o| o.tag != tag);
+    }
+
+    /// The channel or connection is gone (or the consumer cancelled): the
+    /// broker has returned every unacknowledged delivery to the queue, for
+    /// another owner, so nothing this one does from now on may count. Stops
+    /// the manager at once: its mailbox is dropped, and its batch in hand is
+    /// neither settled nor answered.
+    fn lose<M: Send + 'static>(&self, handle: &Handle<M>) {
+        self.lost.store(true, Ordering::SeqCst);
+        handle.shared.abort();
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Whether nothing more may be answered or settled: the channel is lost,
+    /// or the manager was stopped at once (it may have rolled its batch
+    /// back, as a superseded `RemoteDatabase` does).
+    fn is_dropping(&self) -> bool {
+        self.is_lost() || self.aborted.get().is_some_and(|aborted| aborted())
+    }
+
+    /// A round trip to the broker on this owner's channel (re-setting its
+    /// prefetch): `true` if the broker answered, so the channel, and with it
+    /// this owner's consumer, was still there.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))] // RemoteDatabase uses it
+    fn confirm_active(&self) -> bool {
+        if self.is_lost() {
+            return false;
+        }
+        let answered = self.link.run(
+            || format!("confirming the ownership of `{}`", self.queue),
+            self.channel
+                .basic_qos(self.link.settings.prefetch, BasicQosOptions::default()),
+        );
+        match answered {
+            Ok(()) => !self.is_lost(),
+            Err(e) => {
+                tracing::warn!(queue = %self.queue, error = %e, "the broker did not confirm this owner");
+                false
+            }
+        }
     }
 
     pub(crate) fn close_channel(&self) {
@@ -849,6 +996,11 @@ impl Owner {
 
 impl AnswerSink for Owner {
     fn answer(&self, tag: u64, target: &Target, body: Vec<u8>) {
+        if self.is_dropping() {
+            // Its request goes back to the queue, to be answered by the
+            // owner that handles it next.
+            return;
+        }
         {
             let mut book = self.book();
             let open = book.open.iter_mut().find(|o| o.tag == tag);
@@ -871,6 +1023,13 @@ struct Settler(Arc<Owner>);
 impl SettleOutside for Settler {
     fn settle(&self, up_to: u64) {
         let owner = &*self.0;
+        if owner.is_dropping() {
+            // Lost, or stopped at once after this batch's `idle`: settle
+            // nothing; the deliveries go back to the queue.
+            owner.book().open.retain(|o| o.tag > up_to);
+            tracing::debug!(queue = %owner.queue, up_to, "a batch of a dropped owner left unsettled");
+            return;
+        }
         let mut answers = Vec::new();
         {
             let mut book = owner.book();
@@ -950,6 +1109,7 @@ impl SettleOutside for Settler {
                 let target = ask.map(|ask| ask.target);
                 owner.dead_letter(tag, &data, &props, origin, target.as_ref(), &reason);
             }
+            _ if owner.is_lost() => {}
             _ => owner.nack(tag),
         }
     }
