@@ -21,12 +21,16 @@
 //!   how many the broker confirmed, then joins.
 //!
 //! Needs a RabbitMQ broker (`CUSTODY_AMQP_URL`, default guest@127.0.0.1:5672).
-//! Run with `cargo run --features amqp --example distributed`.
+//! Run with `cargo run --features amqp --example distributed`. With
+//! `--cluster` it runs against the three-node cluster of
+//! `scripts/rabbitmq-cluster` instead (the nodes in `CUSTODY_CLUSTER_URLS`,
+//! comma-separated, default 127.0.0.1:5681-5683): every process connects to
+//! the first node that answers.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use custody::Runtime;
@@ -49,17 +53,44 @@ fn ledger(path: &Path) -> Result<RemoteDatabase, DatabaseError> {
     ))
 }
 
+/// The cluster's nodes, when run with `--cluster`: passed to every child as
+/// `CUSTODY_AMQP_URL`, so `Broker::from_env` connects to one of them.
+static CLUSTER_URLS: OnceLock<String> = OnceLock::new();
+
+/// The nodes of `scripts/rabbitmq-cluster` when `CUSTODY_CLUSTER_URLS` is unset.
+const DEFAULT_CLUSTER_URLS: &str = "amqp://guest:guest@127.0.0.1:5681/%2f,\
+amqp://guest:guest@127.0.0.1:5682/%2f,amqp://guest:guest@127.0.0.1:5683/%2f";
+
+/// The broker this process uses: the cluster's nodes, or `CUSTODY_AMQP_URL`.
+fn connect() -> Result<Broker, custody::broker::BrokerError> {
+    match CLUSTER_URLS.get() {
+        Some(urls) => Broker::builder(urls.as_str()).connect(),
+        None => Broker::from_env(),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let outcome = match args.as_slice() {
         [] => orchestrate(),
+        ["--cluster"] => {
+            let urls = std::env::var("CUSTODY_CLUSTER_URLS")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| DEFAULT_CLUSTER_URLS.to_owned());
+            println!("against the cluster: {} nodes", urls.split(',').count());
+            let _ = CLUSTER_URLS.set(urls);
+            orchestrate()
+        }
         ["owner", name, db] => own(name, Path::new(db)),
         ["producer", name, k, count] => match (k.parse(), count.parse()) {
             (Ok(k), Ok(count)) => produce(name, k, count),
             _ => Err("producer: K and COUNT must be numbers".to_owned()),
         },
-        _ => Err("usage: distributed [owner NAME DB | producer NAME K COUNT]".to_owned()),
+        _ => {
+            Err("usage: distributed [--cluster | owner NAME DB | producer NAME K COUNT]".to_owned())
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,7 +160,11 @@ struct Proc {
 impl Proc {
     fn start(label: &str, args: &[&str]) -> Result<Proc, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        if let Some(urls) = CLUSTER_URLS.get() {
+            command.env("CUSTODY_AMQP_URL", urls);
+        }
+        let mut child = command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -189,7 +224,7 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        match Broker::from_env() {
+        match connect() {
             Ok(broker) => {
                 if let Err(e) = broker.delete_queues(&self.name) {
                     eprintln!("could not delete the queues of {}: {e}", self.name);

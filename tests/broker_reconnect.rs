@@ -33,15 +33,17 @@
 
 #![cfg(feature = "amqp")]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use common::{Queues, builder, connect, url};
 use custody::broker::{
-    Broker, BrokerBuilder, BrokerError, BrokerState, RemoteAskError, RemoteJoinError, RemoteReply,
-    RemoteSendError,
+    Broker, BrokerError, BrokerState, RemoteAskError, RemoteJoinError, RemoteReply, RemoteSendError,
 };
 use custody::{Backend, Context, Manager, Runtime};
 use serde::{Deserialize, Serialize};
@@ -87,66 +89,12 @@ fn log() {
     });
 }
 
-fn url() -> String {
-    std::env::var("CUSTODY_AMQP_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| custody::broker::DEFAULT_URL.to_owned())
-}
-
-fn builder() -> BrokerBuilder {
-    Broker::builder(url())
-}
-
 /// A broker through `proxy`, retrying often so the scenarios stay short.
 fn proxied(proxy: &Proxy) -> Broker {
     connect(
         Broker::builder(proxy.url.clone())
             .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200)),
     )
-}
-
-fn connect(b: BrokerBuilder) -> Broker {
-    b.connect().unwrap_or_else(|e| {
-        panic!("the broker tests need a reachable RabbitMQ broker (CUSTODY_AMQP_URL): {e}")
-    })
-}
-
-/// A manager name no other test run uses.
-fn unique_name(label: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "test.{label}.{}.{}.{nanos:x}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Deletes the queues of a manager name when dropped, pass or fail.
-struct Queues {
-    broker: Broker,
-    name: String,
-}
-
-impl Queues {
-    fn new(label: &str) -> Queues {
-        Queues {
-            broker: connect(builder()),
-            name: unique_name(label),
-        }
-    }
-}
-
-impl Drop for Queues {
-    fn drop(&mut self) {
-        if let Err(e) = self.broker.delete_queues(&self.name) {
-            eprintln!("could not delete the queues of {}: {e}", self.name);
-        }
-    }
 }
 
 /// Waits until `cond` holds (the scenario's `within` bounds the wait).

@@ -11,27 +11,32 @@
 //!        with x-custody-error, tell the    failed(tag):
 //!        asker and the producer, ack it      nack and requeue it, or on its last
 //!                                            delivery dead-letter it with the panic
-//! asked to stop, refused, cancelled, or the manager exited:
+//! asked to stop, refused, or the manager exited:
 //!   hand over nothing more, stop the manager, wait until it has settled,
 //!   close the channel (what was sent ahead returns to the queue)
-//! the channel (or the connection) lost:
-//!   the broker has returned what it was not acked; wait for the connection,
-//!   open a channel, declare, consume again (as a standby, if another owner
-//!   is active now); the lost channel's deliveries still in the manager's
-//!   hands are never acked, answered or reported: their redelivery is
+//! the channel (or the connection) lost, reconnecting on:
+//!   the broker has returned what was not acked, maybe to a standby; wait
+//!   for the connection, open a channel, declare, consume again (as a
+//!   standby, if another owner is active now); the lost channel's
+//!   deliveries in the manager's hands are never acked, answered or
+//!   reported done: their redelivery is
+//! lost for good (reconnecting off, the broker closed), or the consumer
+//! cancelled:
+//!   another owner may be active already: stop the manager at once (its
+//!   mailbox is dropped, its batch in hand is neither settled nor, for a
+//!   RemoteDatabase, committed), answer and acknowledge nothing more
 //! ```
 //!
 //! The manager's tags are a sequence of the owner's own, across channels;
 //! each open delivery keeps its channel (session) and its broker tag, which
 //! is acknowledged on that channel only.
 
-use std::any::Any;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -50,6 +55,7 @@ use super::error::{BrokerError, InvalidDelivery};
 use super::reply::{self, AnswerSink, Binding, Target, WireAnswer};
 use crate::handle::{Handle, SettleOutside};
 use crate::manager::Manager;
+use crate::manager_thread::panic_message;
 use crate::runtime::Runtime;
 use crate::stats::OutsideStats;
 
@@ -70,18 +76,22 @@ use crate::stats::OutsideStats;
 /// it for good) ends the serving too, within a fraction of a second: what it
 /// had not settled goes back to the queue, for a standby.
 ///
-/// A lost channel or connection does not end the serving (unless the
-/// [`Broker`] was built with reconnecting off, or closed): the broker
-/// returns the unacknowledged deliveries to the queue, and once the broker
-/// has a connection again the same manager is subscribed again, as the
-/// active owner or, if another owner took over meanwhile, as its standby.
-/// The deliveries of the lost channel still in the manager's mailbox are
-/// handled (a plain manager handles them twice, at least once as always;
-/// one that records ids, like
-/// [`RemoteDatabase`](crate::resources::RemoteDatabase), skips the second)
-/// but never acknowledged, answered or reported done: their redelivery is.
-/// [`stop`](Served::stop) during the outage returns without waiting for it
-/// to end.
+/// A lost channel or connection is no hand-over: the broker has already
+/// returned the unacknowledged deliveries to the queue, and a standby may be
+/// handling them, so nothing the manager handled since its last settled
+/// batch is answered, reported done or acknowledged (see the
+/// [module docs](crate::broker) on two owners at once). Unless the
+/// [`Broker`] reconnects (its default), or the broker cancelled the
+/// consumer, the manager is stopped at once: what is in its mailbox is
+/// dropped. When it reconnects, the serving does not end: once there is a
+/// connection again the same manager is subscribed again, as the active
+/// owner or, if another owner took over meanwhile, as its standby. The
+/// deliveries of the lost channel still in its mailbox are then handled
+/// (the manager loop cannot drop them and keep the manager): a plain
+/// manager may handle them twice, at least once as always, while a
+/// [`RemoteDatabase`](crate::resources::RemoteDatabase) is fenced by its
+/// owner epoch. [`stop`](Served::stop) during the outage returns without
+/// waiting for it to end.
 pub struct Served<M: Send + 'static> {
     handle: Handle<M>,
     owner: Arc<Owner>,
@@ -110,14 +120,16 @@ impl<M: Send + 'static> Served<M> {
     }
 
     /// Whether it serves: `false` once stopped, or once the serving ended on
-    /// its own, which stops the manager too: the connection was lost for
-    /// good (reconnecting off, or the broker closed), the queue was deleted,
-    /// the manager refused a delivery (after a runtime shutdown, at the next
-    /// delivery), or the manager exited (an immediate stop, or its panic
-    /// policy stopped it for good). Its unacknowledged deliveries then go
-    /// back to the queue, for a standby. Also `false` while a lost channel
-    /// or connection is being replaced, and `true` again once it consumes
-    /// from the queue again.
+    /// its own, which stops the manager too: the channel or the connection
+    /// was lost for good (reconnecting off, or the broker closed) or the
+    /// queue deleted (the manager is then stopped at once, its mailbox
+    /// dropped: another owner may be active already), the manager refused a
+    /// delivery (after a runtime shutdown, at the next delivery), or the
+    /// manager exited (an immediate stop, its panic policy stopping it for
+    /// good, or a `RemoteDatabase` that found another owner active). Its
+    /// unacknowledged deliveries then go back to the queue, for a standby.
+    /// Also `false` while a lost channel or connection is being replaced,
+    /// and `true` again once it consumes from the queue again.
     pub fn is_serving(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
             && self.owner.serving.load(Ordering::SeqCst)
@@ -165,6 +177,10 @@ pub(crate) struct Owner {
     stop: StopSignal,
     /// Delivered, redelivered, acked, dead-lettered.
     counts: Counts,
+    /// Whether the manager was stopped at once (by the consumer thread when
+    /// the channel was lost, by the manager itself when it found it was
+    /// superseded, or by an immediate stop); set once it is spawned.
+    aborted: OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
 }
 
 /// The queue's counters, written by the consumer and manager threads.
@@ -190,6 +206,8 @@ struct Session {
     /// `false` once the channel is known to be lost: none of its deliveries
     /// is settled any more (the broker has returned them to the queue).
     live: bool,
+    /// Whether a delivery came on it: its consumer is the active one.
+    delivered: bool,
 }
 
 #[derive(Default)]
@@ -197,6 +215,8 @@ struct Book {
     /// The tag the manager gets for the next delivery: its own sequence,
     /// across channels (a channel's delivery tags start again at 1).
     next_tag: u64,
+    /// The first tag of the current channel: those before came on a lost one.
+    first_current: u64,
     /// Deliveries handed to the manager and not yet settled, in tag order.
     open: VecDeque<Open>,
     /// Done records not yet confirmed by the broker, by producer; kept when a
@@ -255,6 +275,7 @@ where
             channel: channel.clone(),
             id: 1,
             live: true,
+            delivered: false,
         }),
         serving: AtomicBool::new(true),
         name: name.to_owned(),
@@ -264,6 +285,7 @@ where
         flushing: Mutex::new(()),
         stop: StopSignal::default(),
         counts: Counts::default(),
+        aborted: OnceLock::new(),
     });
     let handle = match rt.manager(name).spawn(manager) {
         Ok(handle) => handle,
@@ -272,6 +294,11 @@ where
             return Err(e.into());
         }
     };
+    let shared = Arc::downgrade(&handle.shared);
+    let _ = owner.aborted.set(Box::new(move || {
+        shared.upgrade().is_none_or(|shared| shared.is_aborted())
+    }));
+    let registered = Registered::new(&handle, &owner);
     let settler: Box<dyn SettleOutside> = Box::new(Settler(Arc::clone(&owner)));
     if handle.shared.outside.set(settler).is_err() {
         unreachable!("a freshly spawned manager has no settler");
@@ -288,7 +315,10 @@ where
     let thread_handle = handle.clone();
     let thread = std::thread::Builder::new()
         .name(format!("custody-amqp-{name}"))
-        .spawn(move || consume(consumer, thread_handle, thread_owner));
+        .spawn(move || {
+            let _registered = registered;
+            consume(consumer, thread_handle, thread_owner);
+        });
     let thread = match thread {
         Ok(thread) => thread,
         Err(source) => {
@@ -333,6 +363,71 @@ pub(crate) fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The owners of the managers served in this process, by the address of the
+/// manager's shared state: how a served manager (a `RemoteDatabase`) finds
+/// its owner, to ask the broker whether it is still the active owner.
+fn owners() -> MutexGuard<'static, HashMap<usize, Weak<Owner>>> {
+    static OWNERS: OnceLock<Mutex<HashMap<usize, Weak<Owner>>>> = OnceLock::new();
+    OWNERS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+fn owner_key<M: Send + 'static>(handle: &Handle<M>) -> usize {
+    Arc::as_ptr(&handle.shared).addr()
+}
+
+/// Keeps a served manager's owner findable while its consumer thread runs.
+struct Registered(usize);
+
+impl Registered {
+    fn new<M: Send + 'static>(handle: &Handle<M>, owner: &Arc<Owner>) -> Registered {
+        let key = owner_key(handle);
+        owners().insert(key, Arc::downgrade(owner));
+        Registered(key)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        owners().remove(&self.0);
+    }
+}
+
+/// What the broker says of the owner of a manager.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))] // RemoteDatabase uses it
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ownership {
+    /// The manager is not served from a broker queue in this process.
+    NotServed,
+    /// Its owner's channel answered a round trip to the broker just now, so
+    /// its consumer was still registered, the active one.
+    Active,
+    /// Its channel or connection is lost, or did not answer within the
+    /// confirm timeout: another owner may be active.
+    Lost,
+}
+
+/// Whether the manager of `handle` is served from a broker queue here.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))] // RemoteDatabase uses it
+pub(crate) fn is_served<M: Send + 'static>(handle: &Handle<M>) -> bool {
+    owners().contains_key(&owner_key(handle))
+}
+
+/// Asks the broker, with a round trip on the owner's channel, whether the
+/// manager of `handle` is still its queue's active owner. Blocks for at
+/// most the confirm timeout.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))] // RemoteDatabase uses it
+pub(crate) fn ownership<M: Send + 'static>(handle: &Handle<M>) -> Ownership {
+    let owner = owners().get(&owner_key(handle)).and_then(Weak::upgrade);
+    match owner {
+        None => Ownership::NotServed,
+        Some(owner) if owner.confirm_active() => Ownership::Active,
+        Some(_) => Ownership::Lost,
+    }
+}
+
 /// How often a consumer waiting for deliveries looks whether its manager has
 /// exited (stopped for good by its panic policy, or by an immediate stop).
 const EXIT_POLL: Duration = Duration::from_millis(100);
@@ -368,7 +463,13 @@ fn consume<M: DeserializeOwned + Send + 'static>(
             match owner.restart(&handle) {
                 // The old consumer's channel is gone: dropping it sends nothing.
                 Some(next) => consumer = next,
-                None => break,
+                None => {
+                    // Asked to stop, or lost for good, while without a
+                    // channel: all the mailbox holds came on the lost one,
+                    // and may be a standby's now. Stop at once.
+                    owner.lose(&handle);
+                    break;
+                }
             }
         }
     }));
@@ -380,10 +481,16 @@ fn consume<M: DeserializeOwned + Send + 'static>(
         );
     }
     handle.stop();
-    // Returns once every delivery handed over has been handled and settled.
+    // Returns once every delivery handed over has been handled and settled
+    // (or, after a loss, dropped).
     let _ = handle.join();
     // A last try for records that failed with a batch no later batch retried.
-    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| owner.ack_settled(Vec::new()))) {
+    let settle_last = || {
+        if !owner.is_lost() {
+            owner.ack_settled(Vec::new());
+        }
+    };
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(settle_last)) {
         tracing::error!(
             queue = %owner.queue,
             panic = %panic_message(payload.as_ref()),
@@ -429,6 +536,7 @@ fn feed<M: DeserializeOwned + Send + 'static>(
     owner: &Arc<Owner>,
 ) -> Fed {
     let session = owner.session().id;
+    let mut delivered = false;
     loop {
         // Looked at first: with deliveries always buffered, the race below
         // would pick the delivery every time.
@@ -468,20 +576,27 @@ fn feed<M: DeserializeOwned + Send + 'static>(
             Some(Event::Stop | Event::ManagerGone) | None => continue, // looked at above
             Some(Event::Ended(ended)) => {
                 if owner.channel().status().connected() {
+                    // The broker cancelled the consumer (its queue was
+                    // deleted): a standby may be active already.
                     match ended {
                         None => {
-                            tracing::debug!(queue = %owner.queue, "the broker cancelled the consumer");
+                            tracing::warn!(queue = %owner.queue, "the broker cancelled the consumer: stopping at once")
                         }
                         Some(e) => {
-                            tracing::warn!(queue = %owner.queue, error = %e, "consumer ended by an error");
+                            tracing::warn!(queue = %owner.queue, error = %e, "the consumer ended: stopping at once")
                         }
                     }
+                    owner.lose(handle);
                     return Fed::Done;
                 }
                 return Fed::Lost;
             }
         };
         let tag = delivery.delivery_tag;
+        if !delivered {
+            delivered = true;
+            owner.session().delivered = true;
+        }
         Counts::add(&owner.counts.delivered, 1);
         if delivery.redelivered {
             Counts::add(&owner.counts.redelivered, 1);
@@ -595,17 +710,6 @@ fn take<M: DeserializeOwned + Send + 'static>(
     Taken::Rejected
 }
 
-/// The text of a panic payload.
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
-    }
-}
-
 /// A one-way flag a thread blocked on the broker can wait for.
 #[derive(Default)]
 struct StopSignal {
@@ -675,6 +779,59 @@ impl Owner {
             .retain(|o| (o.session, o.wire) != (session, wire));
     }
 
+    /// The channel or connection is gone (or the consumer cancelled): the
+    /// broker has returned every unacknowledged delivery to the queue, for
+    /// another owner, so nothing this one does from now on may count. Stops
+    /// the manager at once: its mailbox is dropped, and its batch in hand is
+    /// neither settled nor answered.
+    fn lose<M: Send + 'static>(&self, handle: &Handle<M>) {
+        self.session().live = false;
+        handle.shared.abort();
+    }
+
+    /// Whether the current channel is lost (and not replaced yet).
+    fn is_lost(&self) -> bool {
+        !self.session().live
+    }
+
+    /// Whether nothing more may be answered or settled: the channel is lost,
+    /// or the manager was stopped at once (it may have rolled its batch
+    /// back, as a superseded `RemoteDatabase` does).
+    fn is_dropping(&self) -> bool {
+        self.is_lost() || self.aborted.get().is_some_and(|aborted| aborted())
+    }
+
+    /// A round trip to the broker on this owner's channel (re-setting its
+    /// prefetch): `true` if the broker answered, so the channel, and with it
+    /// this owner's consumer, was still there. Only for a channel that has
+    /// had a delivery: single active consumer delivers to the active
+    /// consumer only, which stays active while its channel lives, whereas a
+    /// channel opened after a loss may hold a standby's consumer.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))] // RemoteDatabase uses it
+    fn confirm_active(&self) -> bool {
+        let (channel, id) = {
+            let session = self.session();
+            if !session.live || !session.delivered {
+                return false;
+            }
+            (session.channel.clone(), session.id)
+        };
+        let answered = self.link.run(
+            || format!("confirming the ownership of `{}`", self.queue),
+            channel.basic_qos(self.link.settings.prefetch, BasicQosOptions::default()),
+        );
+        match answered {
+            Ok(()) => {
+                let session = self.session();
+                session.live && session.id == id
+            }
+            Err(e) => {
+                tracing::warn!(queue = %self.queue, error = %e, "the broker did not confirm this owner");
+                false
+            }
+        }
+    }
+
     pub(crate) fn close_channel(&self) {
         let _ = block_until(
             self.link.confirm_deadline(),
@@ -707,8 +864,13 @@ impl Owner {
     /// is closed or lost for good.
     fn restart<M: Send + 'static>(&self, handle: &Handle<M>) -> Option<Consumer> {
         let lost_at = Instant::now();
-        self.serving.store(false, Ordering::SeqCst);
         self.session().live = false;
+        if !self.link.settings.reconnect || self.link.is_final() {
+            // Not serving once the consumer thread has stopped the manager.
+            tracing::warn!(queue = %self.queue, "the channel is lost, for good: stopping at once");
+            return None;
+        }
+        self.serving.store(false, Ordering::SeqCst);
         tracing::warn!(
             queue = %self.queue,
             "the channel is lost: its unacknowledged deliveries go back to the queue; subscribing again once connected"
@@ -733,11 +895,16 @@ impl Owner {
                     continue;
                 }
             };
+            {
+                let mut book = self.book();
+                book.first_current = book.next_tag + 1;
+            }
             let id = {
                 let mut session = self.session();
                 session.id += 1;
                 session.channel = channel.clone();
                 session.live = true;
+                session.delivered = false;
                 session.id
             };
             match self.consume_on(&channel) {
@@ -1072,8 +1239,18 @@ impl Owner {
 
 impl AnswerSink for Owner {
     fn answer(&self, tag: u64, target: &Target, body: Vec<u8>) {
+        if self.is_dropping() {
+            // Its request goes back to the queue, to be answered by the
+            // owner that handles it next.
+            return;
+        }
         {
             let mut book = self.book();
+            if tag < book.first_current {
+                // Its request came on a lost channel: its redelivery is
+                // answered.
+                return;
+            }
             let open = book.open.iter_mut().find(|o| o.tag == tag);
             if let Some(ask) = open.and_then(|o| o.ask.as_mut()) {
                 // Held until the batch is settled; a handler that answers
@@ -1094,6 +1271,13 @@ struct Settler(Arc<Owner>);
 impl SettleOutside for Settler {
     fn settle(&self, up_to: u64) {
         let owner = &*self.0;
+        if owner.is_dropping() {
+            // Lost, or stopped at once after this batch's `idle`: settle
+            // nothing; the deliveries go back to the queue.
+            owner.book().open.retain(|o| o.tag > up_to);
+            tracing::debug!(queue = %owner.queue, up_to, "a batch of a dropped owner left unsettled");
+            return;
+        }
         let mut answers = Vec::new();
         let current = {
             let session = owner.session();

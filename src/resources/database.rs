@@ -22,7 +22,11 @@
 //! The same group commit serves `RemoteDatabase` (features `amqp` and
 //! `sqlite`), a database served from a broker queue whose writes carry ids:
 //! each id is recorded inside its write's savepoint, so a write delivered
-//! again after a crash changes nothing.
+//! again after a crash changes nothing. It adds a check run inside the
+//! transaction just before COMMIT (its owner epoch), which may roll the
+//! batch back instead, and it is told the outcome of every write, told ones
+//! too, so that it can run again the writes that failed for a transient
+//! reason ([`DatabaseError::is_transient`]).
 
 use std::any::Any;
 use std::fmt;
@@ -177,6 +181,62 @@ pub enum DatabaseError {
     /// The manager could not be spawned.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+}
+
+impl DatabaseError {
+    /// Whether the failure says nothing about the write itself, so that the
+    /// same write may succeed when tried again: SQLite was busy or locked
+    /// (another connection held the write lock past the busy timeout), an
+    /// I/O error, a full disk, no memory, a file that could not be opened,
+    /// or a batch rolled back because of something other than this write
+    /// ([`BatchAborted`](DatabaseError::BatchAborted)). A failed statement
+    /// (a constraint, a syntax error, a type) is not transient: it would
+    /// fail again.
+    ///
+    /// A [`RemoteDatabase`](crate::resources::RemoteDatabase) holds a write
+    /// that failed this way and runs it again, instead of settling it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::Runtime;
+    /// use custody::resources::Database;
+    ///
+    /// let rt = Runtime::new();
+    /// let db = Database::in_memory()
+    ///     .init_sql("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    ///     .spawn(&rt, "db")?;
+    /// db.execute("INSERT INTO t VALUES (1)", vec![])?;
+    /// let duplicate = db.execute("INSERT INTO t VALUES (1)", vec![]).unwrap_err();
+    /// assert!(!duplicate.is_transient()); // it would fail again
+    /// # Ok::<(), custody::resources::DatabaseError>(())
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DatabaseError::Sqlite(error) => is_transient_sqlite(error),
+            DatabaseError::Commit(error) => is_transient_sqlite(error),
+            DatabaseError::BatchAborted { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// SQLite's result codes for failures of the moment rather than of the
+/// statement.
+fn is_transient_sqlite(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+                | ErrorCode::OutOfMemory
+                | ErrorCode::CannotOpen
+                | ErrorCode::FileLockingProtocolFailed
+        )
+    )
 }
 
 /// A told write ([`tell_execute`](DatabaseHandle::tell_execute) or
@@ -475,12 +535,37 @@ pub(crate) trait WriteOp: Any + Send {
     fn run(&mut self, conn: &Connection) -> rusqlite::Result<()>;
     /// Whether someone waits for the answer (an ask rather than a tell).
     fn is_asked(&self) -> bool;
+    /// Whether the write is held until its batch ends and told its outcome
+    /// (`succeed` or `fail`) even when nobody waits for it: a
+    /// `RemoteDatabase` needs the outcome of every write, to retry or
+    /// settle it.
+    fn wants_outcome(&self) -> bool {
+        self.is_asked()
+    }
     /// What to call this write in a log line.
     fn describe(&self) -> &str;
     /// The batch committed: answer `Ok`.
     fn succeed(self: Box<Self>);
     /// The write, or its batch, failed: answer the error.
     fn fail(self: Box<Self>, error: DatabaseError);
+}
+
+/// Runs inside a batch's transaction just before its COMMIT, and may refuse
+/// it: the batch is then rolled back and its held writes fail with
+/// [`DatabaseError::BatchAborted`] and the reason. (`RemoteDatabase` checks
+/// there that no other owner has claimed the database since it did.)
+pub(crate) trait CommitCheck {
+    /// `Err(reason)` refuses the commit.
+    fn before_commit(&mut self, conn: &Connection) -> Result<(), &'static str>;
+}
+
+/// Commits unconditionally.
+struct NoCheck;
+
+impl CommitCheck for NoCheck {
+    fn before_commit(&mut self, _conn: &Connection) -> Result<(), &'static str> {
+        Ok(())
+    }
 }
 
 struct ExecuteOp {
@@ -691,7 +776,7 @@ impl Database {
         rt.spawn(name, self).map(DatabaseHandle::from)
     }
 
-    fn write(&mut self, mut op: Box<dyn WriteOp>) {
+    fn write(&mut self, mut op: Box<dyn WriteOp>, check: &mut dyn CommitCheck) {
         if !self.in_transaction {
             if let Err(error) = self.conn.execute_batch("BEGIN IMMEDIATE") {
                 self.reject(op, error.into());
@@ -723,7 +808,7 @@ impl Database {
                 );
                 self.rollback_savepoint();
                 self.check_transaction();
-                self.commit_if_full();
+                self.commit_if_full(check);
                 // Unwinding drops `op`, and with it the reply: the runtime
                 // answers the asker with the panic message.
                 panic::resume_unwind(payload);
@@ -743,7 +828,7 @@ impl Database {
         match result.and_then(|()| self.conn.execute_batch(RELEASE_SAVEPOINT)) {
             Ok(()) => {
                 self.savepoint_open = false;
-                if op.is_asked() {
+                if op.wants_outcome() {
                     self.held.push(op);
                 } else {
                     self.told_in_batch += 1;
@@ -791,21 +876,27 @@ impl Database {
 
     /// Commits when the batch has reached its size limit; otherwise `idle`
     /// (the mailbox ran dry) commits it.
-    fn commit_if_full(&mut self) {
+    fn commit_if_full(&mut self, check: &mut dyn CommitCheck) {
         if self.in_transaction && self.writes_in_batch >= self.max_batch {
-            self.commit();
+            self.commit(check);
         }
     }
 
-    /// Commits the open batch and answers its held writers.
-    fn commit(&mut self) {
+    /// Commits the open batch and answers its held writers; `check` may
+    /// refuse the commit first, from inside the transaction, which then
+    /// rolls the batch back.
+    fn commit(&mut self, check: &mut dyn CommitCheck) {
         if !self.in_transaction {
+            return;
+        }
+        if let Err(reason) = check.before_commit(&self.conn) {
+            self.abandon(reason);
+            self.stats.failed_commits += 1;
             return;
         }
         self.in_transaction = false;
         self.writes_in_batch = 0;
-        let told = std::mem::take(&mut self.told_in_batch);
-        let writes = self.held.len() as u64 + told;
+        let (writes, told) = self.take_counts();
         match self.conn.execute_batch("COMMIT") {
             Ok(()) => {
                 self.stats.commits += 1;
@@ -829,14 +920,21 @@ impl Database {
         }
     }
 
+    /// The writes of the open batch and, of those, the told ones (counted
+    /// only, or held for their outcome); resets the count of told writes.
+    fn take_counts(&mut self) -> (u64, u64) {
+        let counted = std::mem::take(&mut self.told_in_batch);
+        let held_told = self.held.iter().filter(|op| !op.is_asked()).count() as u64;
+        (self.held.len() as u64 + counted, counted + held_told)
+    }
+
     /// Rolls the open batch back and fails every held writer.
     fn abandon(&mut self, reason: &'static str) {
         self.rollback_transaction("an abandoned batch");
         self.in_transaction = false;
         self.savepoint_open = false;
         self.writes_in_batch = 0;
-        let told = std::mem::take(&mut self.told_in_batch);
-        let writes = self.held.len() as u64 + told;
+        let (writes, told) = self.take_counts();
         self.stats.failed_writes += writes;
         self.stats.failed_told_writes += told;
         tracing::error!(reason, writes, told, "a write batch was abandoned");
@@ -879,15 +977,55 @@ impl Database {
     /// Handles one write message: into the open batch, which is committed
     /// if it reached its size limit.
     pub(crate) fn handle_write(&mut self, op: Box<dyn WriteOp>) {
+        self.handle_write_checked(op, &mut NoCheck);
+    }
+
+    /// [`handle_write`](Database::handle_write), with `check` run inside the
+    /// transaction before a commit it leads to.
+    pub(crate) fn handle_write_checked(
+        &mut self,
+        op: Box<dyn WriteOp>,
+        check: &mut dyn CommitCheck,
+    ) {
         self.restore();
-        self.write(op);
-        self.commit_if_full();
+        self.write(op, check);
+        self.commit_if_full(check);
     }
 
     /// The mailbox ran dry, or the manager stops: commit the open batch.
     pub(crate) fn settle(&mut self) {
+        self.settle_checked(&mut NoCheck);
+    }
+
+    /// [`settle`](Database::settle), with `check` run inside the transaction
+    /// before the commit.
+    pub(crate) fn settle_checked(&mut self, check: &mut dyn CommitCheck) {
         self.restore();
-        self.commit();
+        self.commit(check);
+    }
+
+    /// Rolls the open batch back, failing its held writes with
+    /// [`DatabaseError::BatchAborted`] and `reason`.
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // RemoteDatabase uses it
+    pub(crate) fn abandon_batch(&mut self, reason: &'static str) {
+        self.restore();
+        if self.in_transaction {
+            self.abandon(reason);
+        }
+    }
+
+    /// The connection, when no batch is open (for work of its own
+    /// transaction); `None` while a batch is open.
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // RemoteDatabase uses it
+    pub(crate) fn connection_between_batches(&mut self) -> Option<&Connection> {
+        self.restore();
+        (!self.in_transaction).then_some(&self.conn)
+    }
+
+    /// The counters.
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // RemoteDatabase uses it
+    pub(crate) fn stats(&self) -> DatabaseStats {
+        self.stats
     }
 
     /// A panic escaped: roll back what it left open.
@@ -911,14 +1049,14 @@ impl Manager for Database {
             Op::Write(op) => self.handle_write(op),
             Op::Call(job) => {
                 self.restore();
-                self.commit();
+                self.commit(&mut NoCheck);
                 job(&mut self.conn);
                 self.restore();
             }
             Op::Stats(reply) => {
                 self.restore();
                 reply.send(self.stats);
-                self.commit_if_full();
+                self.commit_if_full(&mut NoCheck);
             }
         }
     }

@@ -14,31 +14,45 @@
 //!     0 rows -> already applied: run nothing, answer Ok(0)
 //!     1 row  -> run the statement (if it fails, the savepoint is rolled
 //!               back, the id with it, and the write fails)
-//! RELEASE custody_write ... COMMIT in `idle`, then the broker acks
+//! RELEASE custody_write ... check the owner epoch, COMMIT in `idle`,
+//! then the broker acks
 //! ```
 //!
 //! A batch is acknowledged only after `idle`, which commits, so a write the
 //! broker redelivers was either committed with its id (and is skipped) or
 //! not at all (and is applied now).
+//!
+//! An owner claims the database (the table `custody_owner`) before its
+//! first write and checks its claim before each commit, so that a
+//! superseded owner commits nothing; a write that fails for a transient
+//! reason is held and run again. Both are described on [`RemoteDatabase`].
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime};
 
-use rusqlite::Connection;
-use rusqlite::types::Value;
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{Connection, ToSql};
 use serde::{Deserialize, Serialize};
 
-use super::database::{Database, DatabaseBuilder, DatabaseError, WriteOp};
-use crate::broker::RemoteReply;
+use super::database::{
+    CommitCheck, Database, DatabaseBuilder, DatabaseError, DatabaseStats, WriteOp,
+};
+use crate::broker::{Ownership, RemoteReply};
 use crate::{Context, Manager};
 
 /// The table of applied ids, created when a [`RemoteDatabase`] opens.
 const CREATE_APPLIED: &str =
     "CREATE TABLE IF NOT EXISTS custody_applied (id TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID";
 const RECORD_APPLIED: &str = "INSERT OR IGNORE INTO custody_applied (id) VALUES (?1)";
+/// The owner epoch, one row, created when a [`RemoteDatabase`] opens.
+const CREATE_OWNER: &str = "CREATE TABLE IF NOT EXISTS custody_owner \
+     (id INTEGER PRIMARY KEY CHECK (id = 0), epoch INTEGER NOT NULL)";
+const CLAIM: &str = "INSERT INTO custody_owner (id, epoch) VALUES (0, 1) \
+     ON CONFLICT (id) DO UPDATE SET epoch = epoch + 1";
+const READ_EPOCH: &str = "SELECT epoch FROM custody_owner WHERE id = 0";
 
 /// A SQLite value that crosses the broker: the serde mirror of
 /// [`rusqlite::types::Value`].
@@ -205,12 +219,13 @@ fn fresh_id() -> String {
 #[derive(Debug, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum RemoteDbMsg {
-    /// Apply the write unless its id was applied before. A failure is logged
-    /// and counted in the database's `failed_told_writes`; the message is
-    /// acknowledged all the same.
+    /// Apply the write unless its id was applied before. A transient failure
+    /// ([`DatabaseError::is_transient`]) holds the write and runs it again;
+    /// any other failure (the statement itself) is logged and counted in the
+    /// database's `failed_told_writes`, and the message is acknowledged.
     Execute(RemoteWrite),
     /// The same, answered once its batch is committed: the rows changed (0
-    /// if the id was already applied), or the error as text.
+    /// if the id was already applied), or the statement's error as text.
     ExecuteAsk(RemoteWrite, RemoteReply<Result<usize, String>>),
 }
 
@@ -224,9 +239,46 @@ pub enum RemoteDbMsg {
 /// `Database`'s own: a savepoint per write, a transaction per batch,
 /// committed in `idle`, before the broker acknowledges the batch.
 ///
-/// If a batch's COMMIT fails, its writes fail (askers get the error, told
-/// writes are logged) and the batch is still acknowledged: the senders must
-/// retry what they need, with the same ids.
+/// **One owner commits (fencing).** Two owners can act at once: one frozen
+/// (a SIGSTOP, a long pause) or cut off without knowing it still holds
+/// deliveries when the broker makes a standby active. So, served from a
+/// broker, an owner claims the database before its first write, and commits
+/// only while its claim is the latest:
+///
+/// ```text
+/// claim:  ask the broker (a round trip on the owner's channel): still active?
+///         BEGIN IMMEDIATE; custody_owner.epoch += 1; COMMIT  -> mine
+///         ask the broker again: still active?   no -> superseded, stop
+/// commit: in the batch's transaction, before COMMIT:
+///         custody_owner.epoch == mine?   no -> roll the batch back, ask
+///         the broker; still active: claim again and run the batch again;
+///         not: superseded, stop (nothing settled, answered or acknowledged)
+/// ```
+///
+/// SQLite's write lock makes the check and the COMMIT one step, and the
+/// epoch only grows, so once the new owner's claim is committed no batch of
+/// an older owner commits: an owner that was frozen, or cut off without
+/// knowing, while a standby took over commits nothing after the new owner's
+/// first commit; its batch is rolled back, nothing of it is answered or
+/// acknowledged, and it stops serving (its deliveries are the new owner's).
+/// A claim committed after the new owner's can only be a superseded
+/// owner's, which the broker then does not confirm: it costs the live owner
+/// one batch run again, never its place. An owner whose broker does not
+/// answer the round trip within the confirm timeout takes itself for
+/// superseded and stops, for a standby to take over. An owner that learns
+/// its channel is gone stops at once and rolls back its batch in hand. Not
+/// served from a broker, it claims nothing and checks nothing.
+///
+/// **Transient failures are not done.** A write or a COMMIT that fails for
+/// a reason of the moment ([`DatabaseError::is_transient`]: SQLite busy or
+/// locked past its busy timeout, as when another process holds the write
+/// lock, or an I/O error) is held with the rest of its batch and run again,
+/// backing off, until it commits; it is acknowledged and reported done only
+/// then. A stop while writes are held stops at once instead, leaving them to
+/// the queue. A write whose statement fails (a constraint, a syntax error)
+/// fails for good: askers get the error, told writes are logged, and the
+/// message is acknowledged; the senders must retry what they need, with the
+/// same ids.
 ///
 /// # Examples
 ///
@@ -245,29 +297,100 @@ pub enum RemoteDbMsg {
 /// ```
 pub struct RemoteDatabase {
     db: Database,
+    /// What the batch's writes came to, filled as the `Database` settles
+    /// them, drained after each call into it.
+    outcomes: Outcomes,
+    /// Writes held for another try after a transient failure, in order.
+    retry: Vec<Pending>,
+    /// A write of the open batch failed for a transient reason: the rest of
+    /// the batch waits in `retry` without running.
+    blocked: bool,
+    next_seq: u64,
+    fence: Fence,
+    retries: u64,
 }
 
 impl RemoteDatabase {
     /// Opens the database `builder` describes and creates the
-    /// `custody_applied` table if it is missing.
+    /// `custody_applied` and `custody_owner` tables if they are missing.
     ///
     /// # Errors
     ///
-    /// As [`DatabaseBuilder::open`], or [`DatabaseError::Sqlite`] if the
-    /// table cannot be created.
+    /// As [`DatabaseBuilder::open`], or [`DatabaseError::Sqlite`] if a table
+    /// cannot be created.
     pub fn open(builder: DatabaseBuilder) -> Result<RemoteDatabase, DatabaseError> {
         RemoteDatabase::new(builder.open()?)
     }
 
     /// Serves an opened database remotely; creates the `custody_applied`
-    /// table if it is missing.
+    /// and `custody_owner` tables if they are missing.
     ///
     /// # Errors
     ///
-    /// [`DatabaseError::Sqlite`] if the table cannot be created.
+    /// [`DatabaseError::Sqlite`] if a table cannot be created.
     pub fn new(mut db: Database) -> Result<RemoteDatabase, DatabaseError> {
-        db.setup(CREATE_APPLIED)?;
-        Ok(RemoteDatabase { db })
+        db.setup(&format!("{CREATE_APPLIED}; {CREATE_OWNER}"))?;
+        Ok(RemoteDatabase {
+            db,
+            outcomes: Outcomes::default(),
+            retry: Vec::new(),
+            blocked: false,
+            next_seq: 0,
+            fence: Fence::default(),
+            retries: 0,
+        })
+    }
+
+    /// The owner epoch this database holds: its claim on the database,
+    /// confirmed by the broker. `None` before its first write, and when it
+    /// is not served from a broker.
+    ///
+    /// The manager's state lives on its thread: read this (and the other
+    /// counters) from a manager that wraps a `RemoteDatabase`, for example
+    /// to log them in `idle`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::resources::{Database, RemoteDatabase};
+    ///
+    /// let db = RemoteDatabase::open(Database::in_memory())?;
+    /// assert_eq!(db.epoch(), None); // not served: nothing claimed
+    /// assert!(!db.is_superseded());
+    /// assert_eq!((db.rejected_commits(), db.retries(), db.held_writes()), (0, 0, 0));
+    /// # Ok::<(), custody::resources::DatabaseError>(())
+    /// ```
+    pub fn epoch(&self) -> Option<u64> {
+        self.fence.epoch.and_then(|e| u64::try_from(e).ok())
+    }
+
+    /// Whether the broker said another owner is active: this one has
+    /// stopped for good, with nothing of its open batch committed.
+    pub fn is_superseded(&self) -> bool {
+        self.fence.superseded
+    }
+
+    /// Batches rolled back at their commit because another owner had
+    /// claimed the database since this one did.
+    pub fn rejected_commits(&self) -> u64 {
+        self.fence.rejected_commits
+    }
+
+    /// Tries to run again writes held after a transient failure or a
+    /// rejected commit.
+    pub fn retries(&self) -> u64 {
+        self.retries
+    }
+
+    /// Writes held now after a transient failure, waiting for their next
+    /// try: neither acknowledged nor reported done.
+    pub fn held_writes(&self) -> usize {
+        self.retry.len()
+    }
+
+    /// The underlying database's counters.
+    pub fn database_stats(&self) -> DatabaseStats {
+        self.db.stats()
     }
 }
 
@@ -275,78 +398,413 @@ impl std::fmt::Debug for RemoteDatabase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteDatabase")
             .field("db", &self.db)
-            .finish()
+            .field("epoch", &self.epoch())
+            .field("superseded", &self.fence.superseded)
+            .field("held", &self.retry.len())
+            .finish_non_exhaustive()
     }
 }
 
-/// A write applied at most once per id.
-struct AppliedOnceOp {
+/// A write not yet settled: what it takes to run it again.
+struct Pending {
+    /// Its place in the order the writes arrived.
+    seq: u64,
     write: RemoteWrite,
-    changed: usize,
     reply: Option<RemoteReply<Result<usize, String>>>,
+}
+
+impl Pending {
+    fn is_asked(&self) -> bool {
+        self.reply.as_ref().is_some_and(RemoteReply::is_bound)
+    }
+}
+
+/// The writes the `Database` settled, with what became of each.
+type Outcomes = Arc<Mutex<Vec<(Pending, Result<usize, DatabaseError>)>>>;
+
+/// A write applied at most once per id; its outcome goes back to the
+/// `RemoteDatabase`, which answers it, or holds it for another try.
+struct AppliedOnceOp {
+    pending: Pending,
+    changed: usize,
+    outcomes: Outcomes,
+}
+
+impl AppliedOnceOp {
+    fn settled(self, result: Result<usize, DatabaseError>) {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((self.pending, result));
+    }
+}
+
+/// A parameter bound by reference, so that a write can run again.
+struct Param<'a>(&'a SqlValue);
+
+impl ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self.0 {
+            SqlValue::Null => ValueRef::Null,
+            SqlValue::Integer(n) => ValueRef::Integer(*n),
+            SqlValue::Real(x) => ValueRef::Real(*x),
+            SqlValue::Text(s) => ValueRef::Text(s.as_bytes()),
+            SqlValue::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
 }
 
 impl WriteOp for AppliedOnceOp {
     fn run(&mut self, conn: &Connection) -> rusqlite::Result<()> {
-        let recorded = conn
-            .prepare_cached(RECORD_APPLIED)?
-            .execute([&self.write.id])?;
+        let write = &self.pending.write;
+        let recorded = conn.prepare_cached(RECORD_APPLIED)?.execute([&write.id])?;
         if recorded == 0 {
-            tracing::debug!(id = %self.write.id, "a write applied before: skipped");
+            tracing::debug!(id = %write.id, "a write applied before: skipped");
             self.changed = 0;
             return Ok(());
         }
-        let params = std::mem::take(&mut self.write.params);
-        let mut statement = conn.prepare_cached(&self.write.sql)?;
-        self.changed = statement.execute(rusqlite::params_from_iter(
-            params.into_iter().map(Value::from),
-        ))?;
+        let mut statement = conn.prepare_cached(&write.sql)?;
+        self.changed =
+            statement.execute(rusqlite::params_from_iter(write.params.iter().map(Param)))?;
         Ok(())
     }
 
     fn is_asked(&self) -> bool {
-        self.reply.as_ref().is_some_and(RemoteReply::is_bound)
+        self.pending.is_asked()
+    }
+
+    fn wants_outcome(&self) -> bool {
+        true
     }
 
     fn describe(&self) -> &str {
-        &self.write.sql
+        &self.pending.write.sql
     }
 
     fn succeed(self: Box<Self>) {
-        if let Some(reply) = self.reply {
-            reply.send(Ok(self.changed));
-        }
+        let changed = self.changed;
+        self.settled(Ok(changed));
     }
 
     fn fail(self: Box<Self>, error: DatabaseError) {
-        if let Some(reply) = self.reply {
-            reply.send(Err(error.to_string()));
+        self.settled(Err(error));
+    }
+}
+
+/// This owner's claim on the database, checked before each commit.
+#[derive(Default)]
+struct Fence {
+    /// Whether the manager is served from a broker queue (learned at its
+    /// first message); only then is there anything to fence.
+    served: Option<bool>,
+    /// The epoch this owner claimed, confirmed by the broker.
+    epoch: Option<i64>,
+    /// A commit found the epoch changed: ask the broker, and claim again,
+    /// before the next try.
+    stale: bool,
+    superseded: bool,
+    rejected_commits: u64,
+}
+
+impl Fence {
+    fn is_served(&self) -> bool {
+        self.served == Some(true)
+    }
+
+    /// Whether a claim must come before the next write.
+    fn needs_claim(&self) -> bool {
+        self.is_served() && (self.epoch.is_none() || self.stale)
+    }
+}
+
+impl CommitCheck for Fence {
+    fn before_commit(&mut self, conn: &Connection) -> Result<(), &'static str> {
+        if !self.is_served() {
+            return Ok(());
+        }
+        let Some(mine) = self.epoch else {
+            return Err("this owner holds no claim on the database");
+        };
+        let current = conn
+            .prepare_cached(READ_EPOCH)
+            .and_then(|mut s| s.query_row([], |row| row.get::<_, i64>(0)));
+        match current {
+            Ok(current) if current == mine => Ok(()),
+            Ok(current) => {
+                tracing::warn!(
+                    mine,
+                    current,
+                    "another owner claimed the database since this one did: batch rolled back"
+                );
+                self.stale = true;
+                self.rejected_commits += 1;
+                Err("another owner claimed the database since this one did")
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the owner epoch could not be read: batch rolled back");
+                Err("the owner epoch could not be read")
+            }
         }
     }
+}
+
+/// What a claim came to.
+enum Claim {
+    Held,
+    /// The database refused for now (busy, I/O): try again later.
+    Later,
+    /// The broker says another owner is active.
+    Superseded,
+}
+
+/// The longest wait between two tries of held writes.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+impl RemoteDatabase {
+    /// Runs one write into the open batch (which commits if full).
+    fn run(&mut self, pending: Pending) {
+        let op = AppliedOnceOp {
+            pending,
+            changed: 0,
+            outcomes: Arc::clone(&self.outcomes),
+        };
+        self.db.handle_write_checked(Box::new(op), &mut self.fence);
+    }
+
+    /// Takes what the `Database` settled: answers the done writes and those
+    /// that failed for good, holds those that failed for a transient reason
+    /// (and with them the rest of their batch, rolled back).
+    fn absorb(&mut self) {
+        let mut taken = false;
+        loop {
+            let settled =
+                std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(PoisonError::into_inner));
+            if settled.is_empty() {
+                break;
+            }
+            for (pending, result) in settled {
+                match result {
+                    Ok(changed) => {
+                        if let Some(reply) = pending.reply {
+                            reply.send(Ok(changed));
+                        }
+                    }
+                    Err(error) if error.is_transient() => {
+                        if !self.blocked {
+                            tracing::warn!(id = %pending.write.id, %error, "a write failed for a transient reason: its batch is held and run again");
+                        }
+                        self.blocked = true;
+                        self.retry.push(pending);
+                        taken = true;
+                    }
+                    Err(error) => {
+                        if !pending.is_asked() {
+                            tracing::warn!(id = %pending.write.id, %error, "a told write failed");
+                        }
+                        if let Some(reply) = pending.reply {
+                            reply.send(Err(error.to_string()));
+                        }
+                    }
+                }
+            }
+            if self.blocked {
+                // What else of the batch is open goes with it, in order.
+                self.db.abandon_batch(
+                    "a write of the batch failed for a transient reason: the batch is run again",
+                );
+            }
+        }
+        if taken {
+            self.retry.sort_by_key(|p| p.seq);
+        }
+    }
+
+    /// Claims the database for this owner: asks the broker, bumps the epoch
+    /// in a transaction of its own, asks the broker again.
+    fn claim(&mut self, ctx: &Context<'_, RemoteDbMsg>) -> Claim {
+        // A superseded owner learns it here, before it touches the epoch.
+        // (Claims are made only by a served manager: not served any more,
+        // its serving has ended.)
+        if crate::broker::ownership(ctx.handle()) != Ownership::Active {
+            return Claim::Superseded;
+        }
+        let Some(conn) = self.db.connection_between_batches() else {
+            return Claim::Later;
+        };
+        let claimed = (|| {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            conn.prepare_cached(CLAIM)?.execute([])?;
+            let epoch = conn
+                .prepare_cached(READ_EPOCH)?
+                .query_row([], |row| row.get::<_, i64>(0))?;
+            conn.execute_batch("COMMIT")?;
+            Ok::<i64, rusqlite::Error>(epoch)
+        })();
+        let epoch = match claimed {
+            Ok(epoch) => epoch,
+            Err(error) => {
+                if !conn.is_autocommit()
+                    && let Err(error) = conn.execute_batch("ROLLBACK")
+                {
+                    tracing::error!(%error, "rolling back a failed claim failed");
+                }
+                tracing::warn!(%error, "claiming the database failed: tried again later");
+                return Claim::Later;
+            }
+        };
+        // Confirmed after the claim committed: an owner the broker had
+        // already replaced cannot pass this, whatever it claimed.
+        if crate::broker::ownership(ctx.handle()) != Ownership::Active {
+            return Claim::Superseded;
+        }
+        tracing::debug!(epoch, "claimed the database");
+        self.fence.epoch = Some(epoch);
+        self.fence.stale = false;
+        Claim::Held
+    }
+
+    /// Another owner is active: stop at once, and let nothing of this one's
+    /// count (the batch in hand is rolled back; its deliveries are the new
+    /// owner's).
+    fn supersede(&mut self, ctx: &Context<'_, RemoteDbMsg>) {
+        if !self.fence.superseded {
+            tracing::error!("another owner is active: this one stops, its open batch rolled back");
+        }
+        self.fence.superseded = true;
+        // First: from now on the owner answers and settles nothing.
+        ctx.handle().shared.abort();
+        self.drop_unsettled("this owner was superseded");
+    }
+
+    /// Rolls back the open batch and drops every write not settled, unanswered.
+    fn drop_unsettled(&mut self, reason: &'static str) {
+        self.db.abandon_batch(reason);
+        self.outcomes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.retry.clear();
+        self.blocked = false;
+    }
+
+    /// Commits the batch, then runs held writes again until none is left,
+    /// the owner is superseded or stopped at once, or a stop is asked for
+    /// (which stops at once, leaving them to the queue).
+    fn settle(&mut self, ctx: &Context<'_, RemoteDbMsg>) {
+        self.db.settle_checked(&mut self.fence);
+        self.absorb();
+        let mut tries: u32 = 0;
+        while !self.retry.is_empty() {
+            let shared = &ctx.handle().shared;
+            if self.fence.superseded || shared.is_aborted() {
+                self.drop_unsettled("the owner stopped at once");
+                return;
+            }
+            if tries > 0 && shared.gate.is_closed() {
+                tracing::warn!(
+                    held = self.retry.len(),
+                    "stopping with writes held after transient failures: stopping at once, they go back to the queue"
+                );
+                shared.abort();
+                self.drop_unsettled("the owner stopped with writes held");
+                return;
+            }
+            std::thread::sleep(backoff(tries));
+            tries = tries.saturating_add(1);
+            self.retries += 1;
+            self.blocked = false;
+            if self.fence.needs_claim() {
+                match self.claim(ctx) {
+                    Claim::Held => {}
+                    Claim::Later => continue,
+                    Claim::Superseded => {
+                        self.supersede(ctx);
+                        return;
+                    }
+                }
+            }
+            for pending in std::mem::take(&mut self.retry) {
+                if self.blocked {
+                    self.retry.push(pending);
+                } else {
+                    self.run(pending);
+                    self.absorb();
+                }
+            }
+            if !self.blocked {
+                self.db.settle_checked(&mut self.fence);
+                self.absorb();
+            }
+        }
+        self.blocked = false;
+    }
+}
+
+/// 10 ms, doubling with each try, at most [`MAX_BACKOFF`].
+fn backoff(tries: u32) -> Duration {
+    Duration::from_millis(10)
+        .saturating_mul(1 << tries.min(7))
+        .min(MAX_BACKOFF)
 }
 
 impl Manager for RemoteDatabase {
     type Msg = RemoteDbMsg;
 
-    fn handle(&mut self, msg: RemoteDbMsg, _ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn handle(&mut self, msg: RemoteDbMsg, ctx: &mut Context<'_, RemoteDbMsg>) {
         let (write, reply) = match msg {
             RemoteDbMsg::Execute(write) => (write, None),
             RemoteDbMsg::ExecuteAsk(write, reply) => (write, Some(reply)),
         };
-        self.db.handle_write(Box::new(AppliedOnceOp {
+        let pending = Pending {
+            seq: self.next_seq,
             write,
-            changed: 0,
             reply,
-        }));
+        };
+        self.next_seq += 1;
+        if self.fence.superseded || ctx.handle().shared.is_aborted() {
+            // Stopped at once: this delivery is the next owner's.
+            return;
+        }
+        if self.blocked {
+            self.retry.push(pending);
+            return;
+        }
+        if self.fence.served.is_none() {
+            self.fence.served = Some(crate::broker::is_served(ctx.handle()));
+        }
+        if self.fence.needs_claim() {
+            match self.claim(ctx) {
+                Claim::Held => {}
+                Claim::Later => {
+                    self.blocked = true;
+                    self.retry.push(pending);
+                    return;
+                }
+                Claim::Superseded => {
+                    self.supersede(ctx);
+                    return;
+                }
+            }
+        }
+        self.run(pending);
+        self.absorb();
     }
 
-    /// Commits the batch; the broker acknowledges it only after this.
-    fn idle(&mut self, _ctx: &mut Context<'_, RemoteDbMsg>) {
-        self.db.settle();
+    /// Commits the batch (running held writes again until they commit); the
+    /// broker acknowledges it only after this.
+    fn idle(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+        self.settle(ctx);
     }
 
-    fn stopped(&mut self, _ctx: &mut Context<'_, RemoteDbMsg>) {
-        self.db.settle();
+    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+        if self.fence.is_served() && ctx.handle().shared.is_aborted() {
+            // Stopped at once (the channel lost, or superseded): nothing
+            // handled since the last `idle` may commit; the broker gives
+            // those deliveries to the next owner.
+            self.drop_unsettled("the owner stopped at once");
+            return;
+        }
+        self.settle(ctx);
     }
 
     fn recover(&mut self, _panic: &str, _ctx: &mut Context<'_, RemoteDbMsg>) {

@@ -18,7 +18,54 @@ backend_tests!(
     shutdown_twice_returns_the_same_report,
     spawn_after_shutdown_is_refused,
     shutdown_now_cuts_a_graceful_shutdown_short,
+    shutdown_now_from_a_handler_stops_everything_and_reports_truly,
+    wait_from_a_handler_returns_at_once_in_progress,
 );
+
+/// A runtime reachable from inside its own managers.
+type SelfRef = Arc<std::sync::OnceLock<Arc<custody::Runtime>>>;
+
+fn shutdown_now_from_a_handler_stops_everything_and_reports_truly(backend: Backend) {
+    within("shutdown_now from a handler", move || {
+        let rt = Arc::new(runtime(backend));
+        let me: SelfRef = Arc::default();
+        me.set(Arc::clone(&rt)).ok();
+        let (probe, log) = Probe::new();
+        let (worker, latch) = blocked_probe(&rt, "worker", probe);
+        for _ in 0..100 {
+            worker.tell(Msg::Add(1)).unwrap();
+        }
+        let stopper = rt.own("stopper", Arc::clone(&me)).unwrap();
+        let inside = stopper.call(|me| me.get().unwrap().shutdown_now()).unwrap();
+        assert!(!inside.is_complete());
+        assert_eq!(inside.to_string(), "shutdown in progress\n");
+        latch.open();
+        let report = rt.wait();
+        assert!(report.is_complete());
+        // The worker finished the message in hand and discarded the 100 adds.
+        let record = report.managers.iter().find(|m| m.name == "worker").unwrap();
+        assert_eq!(record.unhandled, 100, "{report}");
+        assert_eq!(log.lock().unwrap().total, 0);
+        assert!(worker.has_exited() && stopper.handle().has_exited());
+        assert_eq!(rt.shutdown(), report, "a later shutdown reports the same");
+    });
+}
+
+fn wait_from_a_handler_returns_at_once_in_progress(backend: Backend) {
+    within("wait from a handler", move || {
+        let rt = Arc::new(runtime(backend));
+        let me: SelfRef = Arc::default();
+        me.set(Arc::clone(&rt)).ok();
+        let owner = rt.own("waiter", Arc::clone(&me)).unwrap();
+        // Nobody shuts down: a wait from a plain thread would block; from a
+        // manager it cannot ever complete, so it returns at once.
+        let waited = owner.call(|me| me.get().unwrap().wait()).unwrap();
+        assert!(!waited.is_complete());
+        let report = rt.shutdown();
+        assert!(report.is_complete());
+        assert_eq!(report.total_unhandled(), 0);
+    });
+}
 
 fn shutdown_drains_every_mailbox_and_runs_stopped(backend: Backend) {
     within("shutdown drains", move || {
