@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::error::BrokerError;
+use super::error::{BrokerError, QueueMismatch, parse_inequivalent_arg};
 use super::remote::RemoteHandle;
 use super::serve::{self, Served};
 use crate::manager::Manager;
@@ -147,7 +148,8 @@ impl BrokerBuilder {
     /// How many times a message is redelivered after a failed delivery
     /// before it is dead-lettered (default 5, so at most 6 deliveries). It is
     /// an argument of the queue: every process declaring the queue must use
-    /// the same value, or the second declaration fails.
+    /// the same value, or the second declaration fails with
+    /// [`BrokerError::QueueMismatch`] (which says how to change it).
     pub fn delivery_limit(mut self, n: u32) -> Self {
         self.settings.delivery_limit = n;
         self
@@ -367,7 +369,12 @@ impl Broker {
     /// # Errors
     ///
     /// [`BrokerError::InvalidName`], [`BrokerError::Spawn`] (for example a
-    /// name already running in `rt`), or a failed or timed-out declaration.
+    /// name already running in `rt`), [`BrokerError::QueueMismatch`] when
+    /// the queue exists with other arguments (another delivery limit, a
+    /// classic queue of that name: keep the queue's setting, or drain it,
+    /// delete it with [`delete_queues`](Broker::delete_queues) and serve
+    /// again; nothing was spawned and the connection stays usable), or a
+    /// failed or timed-out declaration.
     ///
     /// # Examples
     ///
@@ -410,7 +417,8 @@ impl Broker {
     ///
     /// # Errors
     ///
-    /// [`BrokerError::InvalidName`], or a failed or timed-out declaration.
+    /// [`BrokerError::InvalidName`], [`BrokerError::QueueMismatch`] (see
+    /// [`serve`](Broker::serve)), or a failed or timed-out declaration.
     ///
     /// # Examples
     ///
@@ -482,8 +490,13 @@ impl Link {
         dead_args.insert("x-queue-type".into(), long_string("quorum"));
         self.run(
             || format!("declaring queue `{dead}`"),
-            channel.queue_declare(ShortString::from(dead.as_str()), durable(), dead_args),
-        )?;
+            channel.queue_declare(
+                ShortString::from(dead.as_str()),
+                durable(),
+                dead_args.clone(),
+            ),
+        )
+        .map_err(|e| self.mismatch(e, &dead, &dead_args))?;
         let queue = mailbox_queue(name);
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), long_string("quorum"));
@@ -496,9 +509,52 @@ impl Link {
         args.insert("x-dead-letter-routing-key".into(), long_string(&dead));
         self.run(
             || format!("declaring queue `{queue}`"),
-            channel.queue_declare(ShortString::from(queue.as_str()), durable(), args),
-        )?;
+            channel.queue_declare(ShortString::from(queue.as_str()), durable(), args.clone()),
+        )
+        .map_err(|e| self.mismatch(e, &queue, &args))?;
         Ok(())
+    }
+
+    /// `error` as [`BrokerError::QueueMismatch`] if the broker refused the
+    /// declaration of `queue` with `args` because the queue exists with
+    /// other arguments (`PRECONDITION_FAILED`); unchanged otherwise.
+    fn mismatch(&self, error: BrokerError, queue: &str, args: &FieldTable) -> BrokerError {
+        let BrokerError::Operation { source, .. } = &error else {
+            return error;
+        };
+        let Some(lapin::ErrorKind::ProtocolError(amqp)) = source
+            .downcast_ref::<lapin::Error>()
+            .map(lapin::Error::kind)
+        else {
+            return error;
+        };
+        if *amqp.kind() != AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) {
+            return error;
+        }
+        let reply = amqp.get_message().as_str().to_owned();
+        let (argument, current, requested) = match parse_inequivalent_arg(&reply) {
+            Some((argument, received, current)) => {
+                // What this declaration asked for, from its own table when
+                // the argument is one of it (`durable` is an option: true).
+                let asked = match argument.as_str() {
+                    "durable" => Some("true".to_owned()),
+                    key => args
+                        .inner()
+                        .get(&ShortString::from(key))
+                        .map(describe_value),
+                };
+                (Some(argument), current, asked.or(received))
+            }
+            None => (None, None, None),
+        };
+        BrokerError::QueueMismatch(Box::new(QueueMismatch {
+            queue: queue.to_owned(),
+            host: self.host.clone(),
+            argument,
+            current,
+            requested,
+            reply,
+        }))
     }
 }
 
@@ -506,6 +562,18 @@ fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
+    }
+}
+
+/// A queue argument's value as RabbitMQ prints it.
+fn describe_value(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        other => format!("{other:?}"),
     }
 }
 

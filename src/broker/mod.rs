@@ -190,6 +190,14 @@
 //! each returned delivery counts towards the delivery limit. A
 //! [`Runtime`](crate::Runtime) shutdown ends the serving the same way.
 //!
+//! **Changing a queue's settings.** A queue's arguments (its type, the
+//! delivery limit, the dead-letter queue) are fixed when it is first
+//! declared; serving or sending with other ones is
+//! [`BrokerError::QueueMismatch`] (a [`QueueMismatch`]), naming the argument, the queue's value and
+//! the one asked for. To change one: stop the owners and senders, let the
+//! queue drain, delete its queues with [`Broker::delete_queues`], and serve
+//! again with the new setting (or keep the old one).
+//!
 //! **Costs.** One connection per process (it runs its own I/O thread), one
 //! channel per served manager and per `RemoteHandle`. Measured on a 2-core
 //! machine against RabbitMQ 3.10 on the same host (release build): `tell`,
@@ -214,7 +222,8 @@ mod serve;
 pub use admin::DeadMessage;
 pub use connection::{Broker, BrokerBuilder, DEFAULT_MAX_BODY, DEFAULT_URL, URL_VAR};
 pub use error::{
-    BrokerError, Cause, DeadLetter, RemoteAskError, RemoteJoinError, RemoteSendError, TellAllError,
+    BrokerError, Cause, DeadLetter, QueueMismatch, RemoteAskError, RemoteJoinError,
+    RemoteSendError, TellAllError,
 };
 pub use remote::RemoteHandle;
 pub use reply::RemoteReply;

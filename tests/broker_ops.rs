@@ -1,0 +1,218 @@
+//! What a user meets running managers on a broker: a queue declared again
+//! with other arguments, and the `custody_applied` table of a
+//! `RemoteDatabase` kept bounded.
+//!
+//! Against the RabbitMQ broker at `CUSTODY_AMQP_URL` (default
+//! guest@127.0.0.1:5672); fails, never skips, when none is reachable. Each
+//! scenario runs once per backend, with queue names of its own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
+
+use custody::broker::{Broker, BrokerBuilder, BrokerError, QueueMismatch};
+use custody::{Backend, Context, Manager, Runtime};
+
+/// Runs `f` on a thread of its own and fails the test if it takes longer
+/// than 60 s.
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let limit = Duration::from_secs(60);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(v)) => v,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("{what}: the scenario did not finish within {limit:?}"),
+    }
+}
+
+/// Runs the scenario once per backend, each inside `within`.
+fn per_backend(what: &'static str, scenario: impl Fn(Backend) + Send + Sync + Clone + 'static) {
+    for backend in Backend::ALL {
+        let scenario = scenario.clone();
+        within(&format!("{what} ({})", backend.name()), move || {
+            scenario(backend)
+        });
+    }
+}
+
+fn url() -> String {
+    std::env::var("CUSTODY_AMQP_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| custody::broker::DEFAULT_URL.to_owned())
+}
+
+fn builder() -> BrokerBuilder {
+    Broker::builder(url())
+}
+
+fn connect(b: BrokerBuilder) -> Broker {
+    b.connect().unwrap_or_else(|e| {
+        panic!("the broker tests need a reachable RabbitMQ broker (CUSTODY_AMQP_URL): {e}")
+    })
+}
+
+fn runtime(backend: Backend) -> Runtime {
+    Runtime::builder().backend(backend).build().unwrap()
+}
+
+/// A manager name no other test run uses.
+fn unique_name(label: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "test.{label}.{}.{}.{nanos:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Deletes the queues of a manager name when dropped, pass or fail.
+struct Queues {
+    broker: Broker,
+    name: String,
+}
+
+impl Queues {
+    fn new(label: &str) -> Queues {
+        Queues {
+            broker: connect(builder()),
+            name: unique_name(label),
+        }
+    }
+}
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        if let Err(e) = self.broker.delete_queues(&self.name) {
+            eprintln!("could not delete the queues of {}: {e}", self.name);
+        }
+    }
+}
+
+/// Adds up what it is sent.
+struct Total(u64);
+
+impl Manager for Total {
+    type Msg = u64;
+    fn handle(&mut self, n: u64, _ctx: &mut Context<'_, u64>) {
+        self.0 += n;
+    }
+}
+
+#[test]
+fn serving_with_another_delivery_limit_is_a_typed_error_naming_the_argument() {
+    per_backend("another delivery limit", |backend| {
+        let queues = Queues::new("ops.limit");
+        let name = queues.name.clone();
+        let rt = runtime(backend);
+        let first = connect(builder().delivery_limit(3));
+        let served = first.serve(&rt, &name, Total(0)).unwrap();
+        served.stop();
+
+        let second = connect(builder().delivery_limit(7));
+        let rt2 = runtime(backend);
+        let err = second.serve(&rt2, &name, Total(0)).unwrap_err();
+        let BrokerError::QueueMismatch(mismatch) = &err else {
+            panic!("expected QueueMismatch, got {err:?}");
+        };
+        let QueueMismatch {
+            queue,
+            argument,
+            current,
+            requested,
+            reply,
+            ..
+        } = &**mismatch;
+        assert_eq!(queue, &format!("custody.{name}"));
+        assert_eq!(argument.as_deref(), Some("x-delivery-limit"), "{reply}");
+        assert_eq!(current.as_deref(), Some("3"), "{reply}");
+        assert_eq!(requested.as_deref(), Some("7"), "{reply}");
+        let printed = err.to_string();
+        assert!(
+            printed.contains("x-delivery-limit") && printed.contains('3') && printed.contains('7'),
+            "{printed}"
+        );
+        // A sender with the other limit is told the same.
+        let err = second.remote_handle::<u64>(&name).unwrap_err();
+        assert!(
+            matches!(&err, BrokerError::QueueMismatch(m) if m.argument.as_deref() == Some("x-delivery-limit")),
+            "{err:?}"
+        );
+
+        // The connection is still usable: another queue is served and used.
+        let other = Queues::new("ops.limit.other");
+        let served = second.serve(&rt2, &other.name, Total(0)).unwrap();
+        let sender = second.remote_handle::<u64>(&other.name).unwrap();
+        sender.tell(5).unwrap();
+        sender.join().unwrap();
+        served.stop();
+        // And the queue with its old setting is still served with it.
+        let again = first.serve(&rt, &name, Total(0)).unwrap();
+        again.stop();
+    });
+}
+
+#[test]
+fn serving_a_classic_queue_is_a_typed_error_naming_the_queue_type() {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{FieldTable, ShortString};
+    use lapin::{Connection, ConnectionProperties};
+
+    per_backend("a classic queue", |backend| {
+        let queues = Queues::new("ops.classic");
+        let name = queues.name.clone();
+        // A classic queue of that name, declared by another client.
+        futures_lite::future::block_on(async {
+            let conn = Connection::connect(&url(), ConnectionProperties::default())
+                .await
+                .unwrap();
+            let channel = conn.create_channel().await.unwrap();
+            channel
+                .queue_declare(
+                    ShortString::from(format!("custody.{name}.dead")),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            let _ = conn.close(200, ShortString::from("OK")).await;
+        });
+        let broker = connect(builder());
+        let rt = runtime(backend);
+        let err = broker.serve(&rt, &name, Total(0)).unwrap_err();
+        let BrokerError::QueueMismatch(mismatch) = &err else {
+            panic!("expected QueueMismatch, got {err:?}");
+        };
+        let QueueMismatch {
+            queue,
+            argument,
+            current,
+            requested,
+            reply,
+            ..
+        } = &**mismatch;
+        assert_eq!(queue, &format!("custody.{name}.dead"));
+        assert_eq!(argument.as_deref(), Some("x-queue-type"), "{reply}");
+        assert_eq!(requested.as_deref(), Some("quorum"), "{reply}");
+        // RabbitMQ 3.10 stores no `x-queue-type` for a classic queue
+        // declared without one: it says `none`.
+        assert!(
+            current.as_deref().is_none_or(|c| c == "classic"),
+            "{current:?} {reply}"
+        );
+        assert!(err.to_string().contains("x-queue-type"), "{err}");
+        // The connection is still usable.
+        let other = Queues::new("ops.classic.other");
+        broker.serve(&rt, &other.name, Total(0)).unwrap().stop();
+    });
+}
