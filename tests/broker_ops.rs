@@ -7,10 +7,11 @@
 //! scenario runs once per backend, with queue names of its own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime};
 
 use custody::broker::{Broker, BrokerBuilder, BrokerError, QueueMismatch};
+use custody::resources::{Database, RemoteDatabase, RemoteDbMsg, RemoteWrite};
 use custody::{Backend, Context, Manager, Runtime};
 
 /// Runs `f` on a thread of its own and fails the test if it takes longer
@@ -214,5 +215,189 @@ fn serving_a_classic_queue_is_a_typed_error_naming_the_queue_type() {
         // The connection is still usable.
         let other = Queues::new("ops.classic.other");
         broker.serve(&rt, &other.name, Total(0)).unwrap().stop();
+    });
+}
+
+/// A database file of its own, removed (with its WAL) when dropped.
+struct DbFile(std::path::PathBuf);
+
+impl DbFile {
+    fn new(name: &str) -> DbFile {
+        DbFile(std::env::temp_dir().join(format!("custody-{name}.db")))
+    }
+}
+
+impl Drop for DbFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+        }
+    }
+}
+
+/// A `RemoteDatabase` that reports, after each batch's `idle`, its commits
+/// and the ids it pruned so far.
+struct Probe {
+    db: RemoteDatabase,
+    report: Arc<Mutex<Vec<(u64, u64)>>>,
+}
+
+impl Manager for Probe {
+    type Msg = RemoteDbMsg;
+    fn handle(&mut self, msg: RemoteDbMsg, ctx: &mut Context<'_, RemoteDbMsg>) {
+        self.db.handle(msg, ctx);
+    }
+    fn idle(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+        self.db.idle(ctx);
+        let commits = self.db.database_stats().commits;
+        self.report
+            .lock()
+            .unwrap()
+            .push((commits, self.db.pruned_ids()));
+    }
+    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+        self.db.stopped(ctx);
+    }
+    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDbMsg>) {
+        self.db.recover(panic, ctx);
+    }
+}
+
+fn unix_millis_ago(ago: Duration) -> i64 {
+    let at = SystemTime::now() - ago;
+    i64::try_from(
+        at.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// A write inserting its own id into `t`.
+fn write_of(id: &str) -> RemoteDbMsg {
+    RemoteDbMsg::Execute(RemoteWrite::with_id(
+        id,
+        "INSERT INTO t (id) VALUES (?1)",
+        vec![id.into()],
+    ))
+}
+
+fn column(path: &std::path::Path, sql: &str) -> Vec<String> {
+    let conn = custody::resources::rusqlite::Connection::open(path).unwrap();
+    let mut statement = conn.prepare(sql).unwrap();
+    statement
+        .query_map([], |row| row.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn applied_ids_older_than_the_horizon_are_pruned_inside_a_batch_commit_and_newer_ones_still_skip_writes()
+ {
+    per_backend("pruning applied ids", |backend| {
+        let queues = Queues::new("ops.prune");
+        let name = queues.name.clone();
+        let file = DbFile::new(&name);
+        let path = file.0.clone();
+        // The tables, then two ids applied two hours ago and one a minute ago.
+        drop(RemoteDatabase::open(Database::builder(&path)).unwrap());
+        let conn = custody::resources::rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO custody_applied (id, applied_at) VALUES ('old-1', ?1), ('old-2', ?1), ('recent', ?2)",
+            [
+                unix_millis_ago(Duration::from_secs(2 * 3600)),
+                unix_millis_ago(Duration::from_secs(60)),
+            ],
+        )
+        .unwrap();
+        drop(conn);
+        // Each pruned id is logged with the rows `t` has at that moment, in
+        // the transaction that deletes it.
+        let db = RemoteDatabase::open(Database::builder(&path).init_sql(
+            "CREATE TABLE IF NOT EXISTS t (id TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS prune_log (id TEXT NOT NULL, rows_of_t INTEGER NOT NULL);
+             CREATE TEMP TRIGGER log_prune AFTER DELETE ON main.custody_applied BEGIN
+                 INSERT INTO prune_log VALUES (old.id, (SELECT count(*) FROM main.t));
+             END;",
+        ))
+        .unwrap()
+        .applied_horizon(Duration::from_secs(3600));
+        let report = Arc::new(Mutex::new(Vec::new()));
+        let rt = runtime(backend);
+        let broker = connect(builder());
+        let served = broker
+            .serve(
+                &rt,
+                &name,
+                Probe {
+                    db,
+                    report: Arc::clone(&report),
+                },
+            )
+            .unwrap();
+        let sender = broker.remote_handle::<RemoteDbMsg>(&name).unwrap();
+
+        // One write, one batch: the old ids go at its commit, the only one.
+        sender.tell(write_of("new-1")).unwrap();
+        sender.join().unwrap();
+        assert_eq!(report.lock().unwrap().last(), Some(&(1, 2)));
+        // The prune ran after the batch's write, in its transaction.
+        assert_eq!(
+            column(
+                &path,
+                "SELECT id || ':' || rows_of_t FROM prune_log ORDER BY id"
+            ),
+            ["old-1:1", "old-2:1"]
+        );
+
+        // Within the horizon, a write coming again is skipped; an id
+        // pruned is forgotten, and its write applied again.
+        for id in ["recent", "new-1", "old-1"] {
+            sender.tell(write_of(id)).unwrap();
+        }
+        sender.join().unwrap();
+        served.stop();
+        assert_eq!(
+            column(&path, "SELECT id FROM t ORDER BY id"),
+            ["new-1", "old-1"]
+        );
+        assert_eq!(
+            column(&path, "SELECT id FROM custody_applied ORDER BY id"),
+            ["new-1", "old-1", "recent"]
+        );
+        // Once a minute at most: the later batches pruned nothing more.
+        let report = report.lock().unwrap();
+        assert!(report.iter().all(|&(_, pruned)| pruned == 2), "{report:?}");
+        assert_eq!(column(&path, "SELECT id FROM prune_log").len(), 2);
+    });
+}
+
+#[test]
+fn an_applied_table_without_times_is_stamped_now_and_kept_a_whole_horizon() {
+    within("an applied table of an earlier version", || {
+        let file = DbFile::new(&unique_name("ops.upgrade"));
+        let conn = custody::resources::rusqlite::Connection::open(&file.0).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE custody_applied (id TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID;
+             INSERT INTO custody_applied VALUES ('a'), ('b');",
+        )
+        .unwrap();
+        drop(conn);
+        let before = unix_millis_ago(Duration::ZERO);
+        drop(RemoteDatabase::open(Database::builder(&file.0)).unwrap());
+        let stamped = column(
+            &file.0,
+            &format!(
+                "SELECT id || ':' || (applied_at >= {before}) FROM custody_applied ORDER BY id"
+            ),
+        );
+        assert_eq!(stamped, ["a:1", "b:1"]);
+        // Opening again changes nothing.
+        drop(RemoteDatabase::open(Database::builder(&file.0)).unwrap());
+        assert_eq!(
+            column(&file.0, "SELECT id FROM custody_applied ORDER BY id"),
+            ["a", "b"]
+        );
     });
 }
