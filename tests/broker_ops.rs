@@ -401,3 +401,45 @@ fn an_applied_table_without_times_is_stamped_now_and_kept_a_whole_horizon() {
         );
     });
 }
+
+/// Everything an error prints: its text, its Debug, and its causes'.
+fn printed(err: &BrokerError) -> String {
+    let mut text = format!("{err} {err:?}");
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(&format!(" {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(feature = "amqps")]
+#[test]
+fn an_amqps_url_to_a_plain_amqp_port_is_a_tls_error_without_the_password() {
+    within("amqps to a plain port", || {
+        // The broker's plain AMQP port: it answers a TLS hello with the
+        // AMQP protocol header, and closes.
+        let host = connect(builder()).host().to_owned();
+        let url = format!("amqps://guest:hunter2@{host}/%2f");
+        let err = Broker::builder(url.clone()).connect().unwrap_err();
+        assert!(
+            matches!(&err, BrokerError::Tls { host: h, .. } if *h == host),
+            "{err:?}"
+        );
+        assert!(!printed(&err).contains("hunter2"), "{}", printed(&err));
+        let builder = Broker::builder(format!("{url},{url}"));
+        assert!(!format!("{builder:?}").contains("hunter2"), "{builder:?}");
+        let err = builder.connect().unwrap_err();
+        let BrokerError::NoNodeReachable { attempts } = &err else {
+            panic!("expected NoNodeReachable, got {err:?}");
+        };
+        assert!(
+            attempts
+                .iter()
+                .all(|a| matches!(a, BrokerError::Tls { .. })),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("TLS"), "{err}");
+        assert!(!printed(&err).contains("hunter2"), "{}", printed(&err));
+    });
+}

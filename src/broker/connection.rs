@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::uri::AMQPUri;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -183,8 +183,11 @@ impl BrokerBuilder {
     /// # Errors
     ///
     /// [`BrokerError::InvalidUrl`] if any of the URLs is invalid (before
-    /// trying any node). With one node, [`BrokerError::Unreachable`] (within
-    /// the connect timeout) or [`BrokerError::Refused`] (credentials, vhost);
+    /// trying any node; an `amqps://` URL without the feature `amqps` too).
+    /// With one node, [`BrokerError::Unreachable`] (within the connect
+    /// timeout), [`BrokerError::Refused`] (credentials, vhost) or, for an
+    /// `amqps://` URL, [`BrokerError::Tls`] (no TLS there, a certificate not
+    /// trusted);
     /// with several, [`BrokerError::NoNodeReachable`], holding each node's
     /// error in the order tried.
     pub fn connect(self) -> Result<Broker, BrokerError> {
@@ -218,6 +221,7 @@ impl BrokerBuilder {
     /// Connects to one node.
     fn connect_node(mut uri: AMQPUri, settings: Settings) -> Result<Broker, BrokerError> {
         let host = format!("{}:{}", uri.authority.host, uri.authority.port);
+        let tls = uri.scheme == AMQPScheme::AMQPS;
         if uri.query.heartbeat.is_none() {
             let seconds = settings.heartbeat.as_secs().clamp(1, u64::from(u16::MAX));
             uri.query.heartbeat = Some(u16::try_from(seconds).unwrap_or(u16::MAX));
@@ -246,6 +250,12 @@ impl BrokerBuilder {
                     source: Box::new(e),
                 });
             }
+            Some(Err(e)) if tls && is_tls_failure(&e) => {
+                return Err(BrokerError::Tls {
+                    host,
+                    source: Box::new(e),
+                });
+            }
             Some(Err(e)) => {
                 return Err(BrokerError::Unreachable {
                     host,
@@ -265,12 +275,37 @@ impl BrokerBuilder {
     }
 }
 
-/// Parses one broker URL; the error never holds its password.
+/// Parses one broker URL; the error never holds its password. An
+/// `amqps://` URL needs the feature `amqps`.
 fn parse_url(url: &str) -> Result<AMQPUri, BrokerError> {
-    url.parse()
+    let uri: AMQPUri = url
+        .parse()
         .map_err(|reason: String| BrokerError::InvalidUrl {
             reason: reason.replace(url, &mask_password(url)),
-        })
+        })?;
+    if uri.scheme == AMQPScheme::AMQPS && !cfg!(feature = "amqps") {
+        return Err(BrokerError::InvalidUrl {
+            reason: format!(
+                "{} is an amqps:// URL: TLS needs the crate feature `amqps`",
+                mask_password(url)
+            ),
+        });
+    }
+    Ok(uri)
+}
+
+/// Whether a failed `amqps://` connect failed in the TLS layer rather than
+/// in reaching the host: the TLS stack reports a handshake it cannot
+/// complete (a peer that does not speak TLS, a certificate it does not
+/// trust) as invalid data, or as the peer closing mid-handshake.
+fn is_tls_failure(error: &lapin::Error) -> bool {
+    match error.kind() {
+        lapin::ErrorKind::IOError(io) => matches!(
+            io.kind(),
+            io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
 }
 
 /// The URLs of a comma-separated list of nodes, trimmed, empty ones dropped
@@ -322,7 +357,9 @@ impl fmt::Debug for Broker {
 
 impl Broker {
     /// Settings for a connection to `url` (`amqp://user:password@host:port/vhost`,
-    /// with the vhost URL-encoded: `%2f` is `/`). A comma-separated list of
+    /// with the vhost URL-encoded: `%2f` is `/`; `amqps://` for TLS, with
+    /// the feature `amqps`, checking the broker's certificate against the
+    /// system's root certificates). A comma-separated list of
     /// URLs names several nodes of a cluster, tried in order (see
     /// [`BrokerBuilder::urls`]).
     pub fn builder(url: impl Into<String>) -> BrokerBuilder {
@@ -671,6 +708,10 @@ mod tests {
             mask_password("amqp://u:p@ss@host?x=@"),
             "amqp://u:***@host?x=@"
         );
+        assert_eq!(
+            mask_password("amqps://guest:s3cret@host:5671/%2f"),
+            "amqps://guest:***@host:5671/%2f"
+        );
     }
 
     #[test]
@@ -767,6 +808,20 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"), "{err}");
         let err = Broker::builder(" , ").connect().unwrap_err();
         assert!(matches!(err, BrokerError::InvalidUrl { .. }), "{err:?}");
+    }
+
+    #[cfg(not(feature = "amqps"))]
+    #[test]
+    fn an_amqps_url_without_the_feature_is_an_invalid_url_naming_it() {
+        let err = Broker::connect("amqps://user:hunter2@127.0.0.1:5671/%2f").unwrap_err();
+        let BrokerError::InvalidUrl { reason } = &err else {
+            panic!("expected InvalidUrl, got {err:?}");
+        };
+        assert!(reason.contains("`amqps`"), "{reason}");
+        let printed = format!("{err} {err:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        let builder = Broker::builder("amqps://user:hunter2@h:5671");
+        assert!(!format!("{builder:?}").contains("hunter2"));
     }
 
     #[test]

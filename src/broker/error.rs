@@ -34,6 +34,17 @@ pub enum BrokerError {
         #[source]
         source: Cause,
     },
+    /// The TLS handshake of an `amqps://` URL failed (feature `amqps`): the
+    /// port does not speak TLS (a plain AMQP port, 5672, rather than 5671),
+    /// or the broker's certificate is not trusted or does not name the host.
+    #[error("the TLS handshake with the AMQP broker at {host} failed")]
+    Tls {
+        /// `host:port` of the broker (never the credentials).
+        host: String,
+        /// The TLS stack's reason.
+        #[source]
+        source: Cause,
+    },
     /// None of the nodes of a cluster could be connected to: each node's
     /// error ([`Unreachable`](BrokerError::Unreachable) or
     /// [`Refused`](BrokerError::Refused), naming its `host:port`), in the
@@ -340,6 +351,7 @@ fn describe_attempts(attempts: &[BrokerError]) -> String {
         .map(|attempt| match attempt {
             BrokerError::Unreachable { host, source } => format!("{host} unreachable ({source})"),
             BrokerError::Refused { host, source } => format!("{host} refused ({source})"),
+            BrokerError::Tls { host, source } => format!("{host} TLS failed ({source})"),
             other => other.to_string(),
         })
         .collect();

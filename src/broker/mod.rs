@@ -171,6 +171,14 @@
 //! message back. An unreachable broker is [`BrokerError::Unreachable`] within
 //! the connect timeout (default 5 s), naming the host and never the password.
 //!
+//! **TLS.** `amqps://` URLs need the feature `amqps` (rustls with its `ring`
+//! provider, which compiles C and assembly with the system C compiler; the
+//! broker's certificate is checked against the system's root
+//! certificates). Without it an `amqps://` URL is
+//! [`BrokerError::InvalidUrl`], never a plain connection; a handshake that
+//! fails (a port without TLS, a certificate not trusted) is
+//! [`BrokerError::Tls`].
+//!
 //! **Why CBOR.** Messages cross the broker as CBOR (RFC 8949) through serde:
 //! compact, standard, and self-describing, so a message of the wrong type
 //! fails to decode (a missing field, an unknown variant, a string where a
