@@ -133,10 +133,13 @@ impl Node {
     }
 
     /// Settings for a broker that tries this node first, then the others.
+    /// Reconnecting off: the producers replace a lost connection themselves
+    /// (a new broker and a new handle), which these scenarios check; the
+    /// broker's own reconnecting is tests/broker_reconnect.rs.
     fn first(self) -> BrokerBuilder {
         let mut urls = vec![self.url()];
         urls.extend(self.others().into_iter().map(Node::url));
-        BrokerBuilder::urls(urls)
+        BrokerBuilder::urls(urls).reconnect(false)
     }
 
     /// SIGKILLs the node and waits until its process is gone; when the
