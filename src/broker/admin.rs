@@ -72,8 +72,8 @@ impl Broker {
         Ok(taken)
     }
 
-    /// Deletes the queues of the manager served as `name`: `custody.<name>`
-    /// and `custody.<name>.dead`, with every message in them. Owners still
+    /// Deletes the queues of the manager served as `name`: `custody.<name>`,
+    /// `custody.<name>.dead` and its owners' record `custody.<name>.charges`, with every message in them. Owners still
     /// serving it see their consumer cancelled and stop.
     ///
     /// # Errors
@@ -89,6 +89,7 @@ impl Broker {
         for queue in [
             connection::mailbox_queue(name),
             connection::dead_queue(name),
+            super::serve::charges_queue(name),
         ] {
             link.run(
                 || format!("deleting queue `{queue}`"),

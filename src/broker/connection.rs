@@ -144,10 +144,17 @@ impl BrokerBuilder {
         self
     }
 
-    /// How many times a message is redelivered after a failed delivery
-    /// before it is dead-lettered (default 5, so at most 6 deliveries). It is
-    /// an argument of the queue: every process declaring the queue must use
-    /// the same value, or the second declaration fails.
+    /// How many times a message may stop its owner (a panicking handler, or
+    /// an owner that died or lost its connection while handling it alone)
+    /// before the owner dead-letters it (default 5, so at most 6 handlings).
+    /// Redelivered messages are handled one at a time and charged through a
+    /// durable record of the queue's own, so messages returned only because
+    /// they were in the prefetch window of a crash are not charged. The
+    /// queue's broker-side `x-delivery-limit` is this plus
+    /// [`BROKER_LIMIT_MARGIN`], a backstop: it is an argument of the queue,
+    /// so every process declaring the queue must use the same value, or the
+    /// second declaration fails (a queue declared with another limit, as by
+    /// an earlier version, must be drained and deleted to change it).
     pub fn delivery_limit(mut self, n: u32) -> Self {
         self.settings.delivery_limit = n;
         self
@@ -490,7 +497,9 @@ impl Link {
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         args.insert(
             "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(i64::from(self.settings.delivery_limit)),
+            AMQPValue::LongLongInt(
+                i64::from(self.settings.delivery_limit) + i64::from(BROKER_LIMIT_MARGIN),
+            ),
         );
         args.insert("x-dead-letter-exchange".into(), long_string(""));
         args.insert("x-dead-letter-routing-key".into(), long_string(&dead));
@@ -501,6 +510,12 @@ impl Link {
         Ok(())
     }
 }
+
+/// How many more returns than [`BrokerBuilder::delivery_limit`] the broker
+/// allows before it dead-letters a message on its own: each crash or lost
+/// connection of an owner returns its whole prefetch window, and each return
+/// counts on the broker, so its limit is only a backstop.
+pub const BROKER_LIMIT_MARGIN: u32 = 1000;
 
 fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {

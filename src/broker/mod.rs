@@ -212,7 +212,9 @@ mod reply;
 mod serve;
 
 pub use admin::DeadMessage;
-pub use connection::{Broker, BrokerBuilder, DEFAULT_MAX_BODY, DEFAULT_URL, URL_VAR};
+pub use connection::{
+    BROKER_LIMIT_MARGIN, Broker, BrokerBuilder, DEFAULT_MAX_BODY, DEFAULT_URL, URL_VAR,
+};
 pub use error::{
     BrokerError, Cause, DeadLetter, RemoteAskError, RemoteJoinError, RemoteSendError, TellAllError,
 };

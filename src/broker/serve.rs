@@ -11,6 +11,10 @@
 //!        with x-custody-error, tell the    failed(tag):
 //!        asker and the producer, ack it      nack and requeue it, or on its last
 //!                                            delivery dead-letter it with the panic
+//! redelivered (returned by a crash, a kill, a lost channel, a panic or a
+//! hand-over): wait until everything handed over is settled, charge it in
+//! custody.<name>.charges (or, charged up to the limit, dead-letter it), hand
+//! it over alone, and wait until it is settled
 //! asked to stop, refused, or the manager exited:
 //!   hand over nothing more, stop the manager, wait until it has settled,
 //!   close the channel (what was sent ahead returns to the queue)
@@ -26,16 +30,17 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Consumer, PublisherConfirm};
 use serde::de::DeserializeOwned;
 
@@ -54,9 +59,15 @@ use crate::stats::OutsideStats;
 /// deliveries are handed to the manager; it handles and acknowledges those it
 /// was given (its `idle` hook runs after the last batch, then `stopped`);
 /// then the channel closes, and the deliveries the broker had sent ahead (at
-/// most the prefetch) go back to the queue, in order, for the next owner. On
-/// RabbitMQ 3.x each such return counts as a delivery towards the delivery
-/// limit. Only then does a standby become the active owner, so a graceful
+/// most the prefetch) go back to the queue, in order, for the next owner.
+/// On RabbitMQ 3.x each such return counts on the broker towards the queue's
+/// `x-delivery-limit`, which is therefore only a backstop, far above
+/// [`BrokerBuilder::delivery_limit`](super::BrokerBuilder::delivery_limit):
+/// a redelivered message is handed over alone, charged first in a durable
+/// record of the queue's own (`custody.<name>.charges`), so an owner that
+/// crashes, is killed or loses its connection while handling it charges
+/// that message only, and the owner dead-letters it (telling its producer
+/// and asker) once charged up to the limit. Only then does a standby become the active owner, so a graceful
 /// hand-over never has two owners handling one queue at once.
 ///
 /// A [`Runtime::shutdown`] ends the serving the same way: the manager refuses
@@ -140,6 +151,14 @@ pub(crate) struct Owner {
     queue: String,
     dead_queue: String,
     book: Mutex<Book>,
+    /// Notified when deliveries leave `book.open` (settled, failed or
+    /// forgotten): the consumer thread waits on it to hand a redelivered
+    /// message over alone.
+    emptied: Condvar,
+    /// `custody.<name>.charges`: the durable record of which redelivered
+    /// message was in hand, and how often, when an owner stopped.
+    charges_queue: String,
+    charges: Mutex<Charges>,
     /// Held through a whole flush of the pending done records, so that a
     /// batch is acknowledged only after its records are confirmed, even when
     /// the consumer thread is flushing a dead record at the same time.
@@ -155,6 +174,29 @@ pub(crate) struct Owner {
     /// the channel was lost, by the manager itself when it found it was
     /// superseded, or by an immediate stop); set once it is spawned.
     aborted: OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
+}
+
+/// How many times each message stopped an owner while it was handled alone
+/// (a redelivered message is): kept in memory by the active owner and
+/// written, before each such message is handed over, as the one message of
+/// the quorum queue `custody.<name>.charges` (`x-max-length` 1, so each
+/// write replaces the last). A crash, a kill or a lost connection while a
+/// message is in hand leaves that message's charge in the record for the
+/// next owner; the messages merely returned with the prefetch window are not
+/// in it. The broker's own `x-delivery-count` counts those returns too (and
+/// a forged one arrives on a first delivery), so it decides nothing here.
+#[derive(Default)]
+struct Charges {
+    /// Whether the record was read from the broker (at the first
+    /// redelivered delivery, once this owner is the active one).
+    loaded: bool,
+    /// By message id.
+    by_id: BTreeMap<String, u32>,
+}
+
+/// The queue holding the owners' durable record of charges.
+pub(crate) fn charges_queue(name: &str) -> String {
+    format!("{}.charges", connection::mailbox_queue(name))
 }
 
 /// The queue's counters, written by the consumer and manager threads.
@@ -190,6 +232,8 @@ struct Book {
 struct Open {
     tag: u64,
     origin: Option<Origin>,
+    /// The message id it is charged by, when redelivered (see [`Charges`]).
+    key: Option<String>,
     /// The body and properties, kept only on a message's last allowed delivery:
     /// if its handler panics again, it is dead-lettered with the panic message.
     last: Option<(Vec<u8>, BasicProperties)>,
@@ -222,6 +266,24 @@ where
     let channel = link.confirmed_channel()?;
     link.declare_mailbox(&channel, name)?;
     let queue = connection::mailbox_queue(name);
+    let charges_queue = charges_queue(name);
+    let mut charges_args = FieldTable::default();
+    charges_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    charges_args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    link.run(
+        || format!("declaring queue `{charges_queue}`"),
+        channel.queue_declare(
+            ShortString::from(charges_queue.as_str()),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            charges_args,
+        ),
+    )?;
     link.run(
         || format!("setting the prefetch for `{queue}`"),
         channel.basic_qos(link.settings.prefetch, BasicQosOptions::default()),
@@ -232,6 +294,9 @@ where
         queue: queue.clone(),
         dead_queue: connection::dead_queue(name),
         book: Mutex::new(Book::default()),
+        emptied: Condvar::new(),
+        charges_queue,
+        charges: Mutex::new(Charges::default()),
         flushing: Mutex::new(()),
         stop: StopSignal::default(),
         counts: Counts::default(),
@@ -502,8 +567,20 @@ fn feed<M: DeserializeOwned + Send + 'static>(
         if delivery.redelivered {
             Counts::add(&owner.counts.redelivered, 1);
         }
+        // A redelivered message is handed over alone, once everything before
+        // it is settled, and nothing after it until it is: an owner that
+        // stops meanwhile is charged to it, and to it only.
+        let alone = delivery.redelivered;
+        if alone && !owner.wait_emptied(handle) {
+            break; // stopping: it goes back to the queue with the channel
+        }
         match panic::catch_unwind(AssertUnwindSafe(|| take(handle, owner, &delivery))) {
-            Ok(Taken::Handed | Taken::Rejected) => {}
+            Ok(Taken::Handed) => {
+                if alone && !owner.wait_emptied(handle) {
+                    break;
+                }
+            }
+            Ok(Taken::Rejected) => {}
             Ok(Taken::Refused) => break,
             Err(payload) => {
                 // A bug of this module, not of the delivery: give it back to
@@ -552,11 +629,48 @@ fn take<M: DeserializeOwned + Send + 'static>(
         owner.reject(tag, delivery, origin, target.as_ref(), &invalid);
         return Taken::Rejected;
     }
+    // A redelivered message is charged in the durable record before it is
+    // handed over; one charged up to the limit already is not handed again.
+    let key = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned());
+    let last = if !delivery.redelivered {
+        // A first delivery is never the last: its `x-delivery-count`, if any,
+        // was put there by whoever published it.
+        false
+    } else if let Some(key) = &key {
+        let limit = settings.delivery_limit;
+        let charged = owner.charged(key);
+        if charged >= limit {
+            let reason = format!(
+                "the owner stopped {charged} times while handling it alone (limit {limit})"
+            );
+            tracing::warn!(queue = %owner.queue, tag, reason, "dead-lettered");
+            owner.uncharge(key);
+            owner.dead_letter(
+                tag,
+                &delivery.data,
+                &delivery.properties,
+                origin,
+                target.as_ref(),
+                &reason,
+            );
+            return Taken::Rejected;
+        }
+        owner.charge(key, charged + 1);
+        charged + 1 >= limit
+    } else {
+        // No id to charge it by: the broker's count is all there is.
+        delivery_count >= u64::from(settings.delivery_limit)
+    };
     // Opened before decoding, so that a reply answered (or dropped) during
     // the decode finds its request.
     owner.book().open.push_back(Open {
         tag,
         origin: origin.clone(),
+        key: key.filter(|_| delivery.redelivered),
         last: None,
         ask: target.clone().map(|target| Ask {
             target,
@@ -582,7 +696,7 @@ fn take<M: DeserializeOwned + Send + 'static>(
                     if let Some(ask) = &mut open.ask {
                         ask.bound = bound;
                     }
-                    if delivery_count >= u64::from(settings.delivery_limit) {
+                    if last {
                         open.last = Some((delivery.data.clone(), delivery.properties.clone()));
                     }
                 }
@@ -662,6 +776,95 @@ impl Owner {
     /// Drops the open entry of a delivery that is not the manager's.
     fn forget(&self, tag: u64) {
         self.book().open.retain(|o| o.tag != tag);
+        self.emptied.notify_all();
+    }
+
+    /// Waits until every delivery handed over is settled (or failed);
+    /// `false` if the serving is to end meanwhile.
+    fn wait_emptied<M: Send + 'static>(&self, handle: &Handle<M>) -> bool {
+        let mut book = self.book();
+        loop {
+            if self.stop.is_raised() || self.is_dropping() || handle.has_exited() {
+                return false;
+            }
+            if book.open.is_empty() {
+                return true;
+            }
+            book = self
+                .emptied
+                .wait_timeout(book, EXIT_POLL)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn charges(&self) -> MutexGuard<'_, Charges> {
+        self.charges.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many times message `key` stopped an owner while in hand, reading
+    /// the durable record first if this owner has not yet.
+    fn charged(&self, key: &str) -> u32 {
+        let mut charges = self.charges();
+        if !charges.loaded {
+            charges.by_id = self.read_charges();
+            charges.loaded = true;
+        }
+        charges.by_id.get(key).copied().unwrap_or(0)
+    }
+
+    /// Reads the record of charges the previous owners left (and leaves it
+    /// in its queue).
+    fn read_charges(&self) -> BTreeMap<String, u32> {
+        let got = self.link.run(
+            || format!("reading queue `{}`", self.charges_queue),
+            self.channel.basic_get(
+                ShortString::from(self.charges_queue.as_str()),
+                BasicGetOptions { no_ack: false },
+            ),
+        );
+        match got {
+            Ok(Some(message)) => {
+                let tag = message.delivery.delivery_tag;
+                let record = codec::decode::<BTreeMap<String, u32>>(&message.delivery.data);
+                self.nack(tag);
+                record.unwrap_or_else(|e| {
+                    tracing::warn!(queue = %self.queue, error = %e, "an undecodable record of charges: ignored");
+                    BTreeMap::new()
+                })
+            }
+            Ok(None) => BTreeMap::new(),
+            Err(e) => {
+                tracing::warn!(queue = %self.queue, error = %e, "the record of charges was not read");
+                BTreeMap::new()
+            }
+        }
+    }
+
+    /// Charges message `key` with `n` stops and writes the record (confirmed)
+    /// before it is handed over.
+    fn charge(&self, key: &str, n: u32) {
+        let body = {
+            let mut charges = self.charges();
+            charges.by_id.insert(key.to_owned(), n);
+            codec::encode(&charges.by_id)
+        };
+        let written = body.and_then(|body| {
+            let props = BasicProperties::default()
+                .with_content_type(ShortString::from(codec::CONTENT_TYPE))
+                .with_delivery_mode(2);
+            self.publish_confirmed(&self.charges_queue, &body, props)
+        });
+        if let Err(e) = written {
+            // Handed over uncharged: the broker's limit stays the backstop.
+            tracing::warn!(queue = %self.queue, error = %e, "the record of charges was not written");
+        }
+    }
+
+    /// Forgets the charges of a message settled or dead-lettered; the
+    /// record drops it at its next write.
+    fn uncharge(&self, key: &str) {
+        self.charges().by_id.remove(key);
     }
 
     /// The channel or connection is gone (or the consumer cancelled): the
@@ -1027,6 +1230,7 @@ impl SettleOutside for Settler {
             // Lost, or stopped at once after this batch's `idle`: settle
             // nothing; the deliveries go back to the queue.
             owner.book().open.retain(|o| o.tag > up_to);
+            owner.emptied.notify_all();
             tracing::debug!(queue = %owner.queue, up_to, "a batch of a dropped owner left unsettled");
             return;
         }
@@ -1055,6 +1259,9 @@ impl SettleOutside for Settler {
                     // A reply still held by the manager: sent when answered.
                     _ => {}
                 }
+                if let Some(key) = &open.key {
+                    owner.uncharge(key);
+                }
                 if let Some(origin) = open.origin {
                     book.pending
                         .entry(origin.producer)
@@ -1066,6 +1273,7 @@ impl SettleOutside for Settler {
             }
             book.unacked = Some(up_to);
         }
+        owner.emptied.notify_all();
         // After `idle` (answered means committed) and before the ack: an
         // owner that dies after the ack has answered; one that dies before
         // it leaves the request to be redelivered, and answered again.
@@ -1095,13 +1303,18 @@ impl SettleOutside for Settler {
             let at = book.open.iter().position(|o| o.tag == tag);
             at.and_then(|at| book.open.remove(at))
         };
+        owner.emptied.notify_all();
         match open {
             Some(Open {
                 origin,
+                key,
                 last: Some((data, props)),
                 ask,
                 ..
             }) => {
+                if let Some(key) = &key {
+                    owner.uncharge(key);
+                }
                 let reason = format!(
                     "the handler panicked on every delivery (limit {}): {panic}",
                     owner.link.settings.delivery_limit
