@@ -15,8 +15,10 @@ pub struct DeadMessage {
     /// The message id the sender gave it, if any.
     pub id: Option<String>,
     /// Why the owner dead-lettered it (`x-custody-error`): the decode error,
-    /// or the panic of its last delivery. `None` if the broker dead-lettered
-    /// it on its own (an owner crashed on every delivery).
+    /// the panic of its last delivery, or the owners it stopped. `None` if
+    /// the broker dead-lettered it on its own (returned to the queue more than
+    /// the delivery limit plus [`BROKER_LIMIT_MARGIN`](super::BROKER_LIMIT_MARGIN)
+    /// times).
     pub error: Option<String>,
     /// The broker's reason (`x-first-death-reason`, e.g. `delivery_limit`),
     /// when the broker dead-lettered it.
@@ -73,7 +75,8 @@ impl Broker {
     }
 
     /// Deletes the queues of the manager served as `name`: `custody.<name>`,
-    /// `custody.<name>.dead` and its owners' record `custody.<name>.charges`, with every message in them. Owners still
+    /// `custody.<name>.dead` and its owners' record of charges
+    /// `custody.<name>.charges`, with every message in them. Owners still
     /// serving it see their consumer cancelled and stop.
     ///
     /// # Errors
