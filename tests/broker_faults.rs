@@ -17,14 +17,17 @@
 
 #![cfg(feature = "amqp")]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use common::{Queues, builder, connect, unique_name, url};
 use custody::broker::{
     Broker, BrokerBuilder, DeadLetter, RemoteAskError, RemoteHandle, RemoteJoinError, RemoteReply,
 };
@@ -56,65 +59,6 @@ fn per_backend(scenario: impl Fn(Backend) + Send + Sync + Clone + 'static) {
     for backend in Backend::ALL {
         let scenario = scenario.clone();
         within(move || scenario(backend));
-    }
-}
-
-fn url() -> String {
-    std::env::var("CUSTODY_AMQP_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| custody::broker::DEFAULT_URL.to_owned())
-}
-
-fn builder() -> BrokerBuilder {
-    Broker::builder(url())
-}
-
-fn connect(b: BrokerBuilder) -> Broker {
-    b.connect().unwrap_or_else(|e| {
-        panic!("the broker tests need a reachable RabbitMQ broker (CUSTODY_AMQP_URL): {e}")
-    })
-}
-
-/// A manager name no other test run uses.
-fn unique_name(label: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "test.{label}.{}.{}.{nanos:x}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Deletes the queues of a manager name when dropped, pass or fail.
-struct Queues {
-    broker: Broker,
-    name: String,
-}
-
-impl Queues {
-    fn new(label: &str) -> Queues {
-        Queues {
-            broker: connect(builder()),
-            name: unique_name(label),
-        }
-    }
-
-    /// The queue the manager is served from.
-    fn queue(&self) -> String {
-        format!("custody.{}", self.name)
-    }
-}
-
-impl Drop for Queues {
-    fn drop(&mut self) {
-        if let Err(e) = self.broker.delete_queues(&self.name) {
-            eprintln!("could not delete the queues of {}: {e}", self.name);
-        }
     }
 }
 

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::uri::AMQPUri;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::error::BrokerError;
+use super::error::{BrokerError, QueueMismatch, parse_inequivalent_arg};
 use super::remote::RemoteHandle;
 use super::serve::{self, Served};
 use crate::manager::Manager;
@@ -153,8 +154,9 @@ impl BrokerBuilder {
     /// queue's broker-side `x-delivery-limit` is this plus
     /// [`BROKER_LIMIT_MARGIN`], a backstop: it is an argument of the queue,
     /// so every process declaring the queue must use the same value, or the
-    /// second declaration fails (a queue declared with another limit, as by
-    /// an earlier version, must be drained and deleted to change it).
+    /// second declaration fails with [`BrokerError::QueueMismatch`] (which
+    /// says how to change it; a queue declared by a version without the
+    /// margin must be migrated).
     pub fn delivery_limit(mut self, n: u32) -> Self {
         self.settings.delivery_limit = n;
         self
@@ -188,8 +190,11 @@ impl BrokerBuilder {
     /// # Errors
     ///
     /// [`BrokerError::InvalidUrl`] if any of the URLs is invalid (before
-    /// trying any node). With one node, [`BrokerError::Unreachable`] (within
-    /// the connect timeout) or [`BrokerError::Refused`] (credentials, vhost);
+    /// trying any node; an `amqps://` URL without the feature `amqps` too).
+    /// With one node, [`BrokerError::Unreachable`] (within the connect
+    /// timeout), [`BrokerError::Refused`] (credentials, vhost) or, for an
+    /// `amqps://` URL, [`BrokerError::Tls`] (no TLS there, a certificate not
+    /// trusted);
     /// with several, [`BrokerError::NoNodeReachable`], holding each node's
     /// error in the order tried.
     pub fn connect(self) -> Result<Broker, BrokerError> {
@@ -223,6 +228,7 @@ impl BrokerBuilder {
     /// Connects to one node.
     fn connect_node(mut uri: AMQPUri, settings: Settings) -> Result<Broker, BrokerError> {
         let host = format!("{}:{}", uri.authority.host, uri.authority.port);
+        let tls = uri.scheme == AMQPScheme::AMQPS;
         if uri.query.heartbeat.is_none() {
             let seconds = settings.heartbeat.as_secs().clamp(1, u64::from(u16::MAX));
             uri.query.heartbeat = Some(u16::try_from(seconds).unwrap_or(u16::MAX));
@@ -251,6 +257,12 @@ impl BrokerBuilder {
                     source: Box::new(e),
                 });
             }
+            Some(Err(e)) if tls && is_tls_failure(&e) => {
+                return Err(BrokerError::Tls {
+                    host,
+                    source: Box::new(e),
+                });
+            }
             Some(Err(e)) => {
                 return Err(BrokerError::Unreachable {
                     host,
@@ -270,12 +282,37 @@ impl BrokerBuilder {
     }
 }
 
-/// Parses one broker URL; the error never holds its password.
+/// Parses one broker URL; the error never holds its password. An
+/// `amqps://` URL needs the feature `amqps`.
 fn parse_url(url: &str) -> Result<AMQPUri, BrokerError> {
-    url.parse()
+    let uri: AMQPUri = url
+        .parse()
         .map_err(|reason: String| BrokerError::InvalidUrl {
             reason: reason.replace(url, &mask_password(url)),
-        })
+        })?;
+    if uri.scheme == AMQPScheme::AMQPS && !cfg!(feature = "amqps") {
+        return Err(BrokerError::InvalidUrl {
+            reason: format!(
+                "{} is an amqps:// URL: TLS needs the crate feature `amqps`",
+                mask_password(url)
+            ),
+        });
+    }
+    Ok(uri)
+}
+
+/// Whether a failed `amqps://` connect failed in the TLS layer rather than
+/// in reaching the host: the TLS stack reports a handshake it cannot
+/// complete (a peer that does not speak TLS, a certificate it does not
+/// trust) as invalid data, or as the peer closing mid-handshake.
+fn is_tls_failure(error: &lapin::Error) -> bool {
+    match error.kind() {
+        lapin::ErrorKind::IOError(io) => matches!(
+            io.kind(),
+            io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
 }
 
 /// The URLs of a comma-separated list of nodes, trimmed, empty ones dropped
@@ -327,7 +364,9 @@ impl fmt::Debug for Broker {
 
 impl Broker {
     /// Settings for a connection to `url` (`amqp://user:password@host:port/vhost`,
-    /// with the vhost URL-encoded: `%2f` is `/`). A comma-separated list of
+    /// with the vhost URL-encoded: `%2f` is `/`; `amqps://` for TLS, with
+    /// the feature `amqps`, checking the broker's certificate against the
+    /// system's root certificates). A comma-separated list of
     /// URLs names several nodes of a cluster, tried in order (see
     /// [`BrokerBuilder::urls`]).
     pub fn builder(url: impl Into<String>) -> BrokerBuilder {
@@ -374,7 +413,12 @@ impl Broker {
     /// # Errors
     ///
     /// [`BrokerError::InvalidName`], [`BrokerError::Spawn`] (for example a
-    /// name already running in `rt`), or a failed or timed-out declaration.
+    /// name already running in `rt`), [`BrokerError::QueueMismatch`] when
+    /// the queue exists with other arguments (another delivery limit, a
+    /// classic queue of that name: keep the queue's setting, or drain it,
+    /// delete it with [`delete_queues`](Broker::delete_queues) and serve
+    /// again; nothing was spawned and the connection stays usable), or a
+    /// failed or timed-out declaration.
     ///
     /// # Examples
     ///
@@ -417,7 +461,8 @@ impl Broker {
     ///
     /// # Errors
     ///
-    /// [`BrokerError::InvalidName`], or a failed or timed-out declaration.
+    /// [`BrokerError::InvalidName`], [`BrokerError::QueueMismatch`] (see
+    /// [`serve`](Broker::serve)), or a failed or timed-out declaration.
     ///
     /// # Examples
     ///
@@ -489,8 +534,13 @@ impl Link {
         dead_args.insert("x-queue-type".into(), long_string("quorum"));
         self.run(
             || format!("declaring queue `{dead}`"),
-            channel.queue_declare(ShortString::from(dead.as_str()), durable(), dead_args),
-        )?;
+            channel.queue_declare(
+                ShortString::from(dead.as_str()),
+                durable(),
+                dead_args.clone(),
+            ),
+        )
+        .map_err(|e| self.mismatch(e, &dead, &dead_args))?;
         let queue = mailbox_queue(name);
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), long_string("quorum"));
@@ -505,9 +555,52 @@ impl Link {
         args.insert("x-dead-letter-routing-key".into(), long_string(&dead));
         self.run(
             || format!("declaring queue `{queue}`"),
-            channel.queue_declare(ShortString::from(queue.as_str()), durable(), args),
-        )?;
+            channel.queue_declare(ShortString::from(queue.as_str()), durable(), args.clone()),
+        )
+        .map_err(|e| self.mismatch(e, &queue, &args))?;
         Ok(())
+    }
+
+    /// `error` as [`BrokerError::QueueMismatch`] if the broker refused the
+    /// declaration of `queue` with `args` because the queue exists with
+    /// other arguments (`PRECONDITION_FAILED`); unchanged otherwise.
+    fn mismatch(&self, error: BrokerError, queue: &str, args: &FieldTable) -> BrokerError {
+        let BrokerError::Operation { source, .. } = &error else {
+            return error;
+        };
+        let Some(lapin::ErrorKind::ProtocolError(amqp)) = source
+            .downcast_ref::<lapin::Error>()
+            .map(lapin::Error::kind)
+        else {
+            return error;
+        };
+        if *amqp.kind() != AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) {
+            return error;
+        }
+        let reply = amqp.get_message().as_str().to_owned();
+        let (argument, current, requested) = match parse_inequivalent_arg(&reply) {
+            Some((argument, received, current)) => {
+                // What this declaration asked for, from its own table when
+                // the argument is one of it (`durable` is an option: true).
+                let asked = match argument.as_str() {
+                    "durable" => Some("true".to_owned()),
+                    key => args
+                        .inner()
+                        .get(&ShortString::from(key))
+                        .map(describe_value),
+                };
+                (Some(argument), current, asked.or(received))
+            }
+            None => (None, None, None),
+        };
+        BrokerError::QueueMismatch(Box::new(QueueMismatch {
+            queue: queue.to_owned(),
+            host: self.host.clone(),
+            argument,
+            current,
+            requested,
+            reply,
+        }))
     }
 }
 
@@ -521,6 +614,18 @@ fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
+    }
+}
+
+/// A queue argument's value as RabbitMQ prints it.
+fn describe_value(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        other => format!("{other:?}"),
     }
 }
 
@@ -618,6 +723,10 @@ mod tests {
             mask_password("amqp://u:p@ss@host?x=@"),
             "amqp://u:***@host?x=@"
         );
+        assert_eq!(
+            mask_password("amqps://guest:s3cret@host:5671/%2f"),
+            "amqps://guest:***@host:5671/%2f"
+        );
     }
 
     #[test]
@@ -714,6 +823,20 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"), "{err}");
         let err = Broker::builder(" , ").connect().unwrap_err();
         assert!(matches!(err, BrokerError::InvalidUrl { .. }), "{err:?}");
+    }
+
+    #[cfg(not(feature = "amqps"))]
+    #[test]
+    fn an_amqps_url_without_the_feature_is_an_invalid_url_naming_it() {
+        let err = Broker::connect("amqps://user:hunter2@127.0.0.1:5671/%2f").unwrap_err();
+        let BrokerError::InvalidUrl { reason } = &err else {
+            panic!("expected InvalidUrl, got {err:?}");
+        };
+        assert!(reason.contains("`amqps`"), "{reason}");
+        let printed = format!("{err} {err:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        let builder = Broker::builder("amqps://user:hunter2@h:5671");
+        assert!(!format!("{builder:?}").contains("hunter2"));
     }
 
     #[test]

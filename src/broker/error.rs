@@ -34,6 +34,17 @@ pub enum BrokerError {
         #[source]
         source: Cause,
     },
+    /// The TLS handshake of an `amqps://` URL failed (feature `amqps`): the
+    /// port does not speak TLS (a plain AMQP port, 5672, rather than 5671),
+    /// or the broker's certificate is not trusted or does not name the host.
+    #[error("the TLS handshake with the AMQP broker at {host} failed")]
+    Tls {
+        /// `host:port` of the broker (never the credentials).
+        host: String,
+        /// The TLS stack's reason.
+        #[source]
+        source: Cause,
+    },
     /// None of the nodes of a cluster could be connected to: each node's
     /// error ([`Unreachable`](BrokerError::Unreachable) or
     /// [`Refused`](BrokerError::Refused), naming its `host:port`), in the
@@ -62,11 +73,16 @@ pub enum BrokerError {
         what: String,
         /// `host:port` of the broker.
         host: String,
-        /// The cause (for a queue declared with other arguments elsewhere,
-        /// the broker's PRECONDITION_FAILED text).
+        /// The cause (a queue declared with other arguments elsewhere is
+        /// [`QueueMismatch`](BrokerError::QueueMismatch) instead).
         #[source]
         source: Cause,
     },
+    /// A queue of the manager exists already with other arguments than this
+    /// declaration asks for: what differs, and how to change it, in the
+    /// [`QueueMismatch`].
+    #[error("{0}")]
+    QueueMismatch(Box<QueueMismatch>),
     /// The broker did not answer an operation in time.
     #[error("{what} on the AMQP broker at {host} got no answer within {waited:?}")]
     Timeout {
@@ -84,6 +100,89 @@ pub enum BrokerError {
     /// Spawning the served manager on the runtime failed.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+}
+
+/// A queue of the manager exists already with other arguments than this
+/// declaration asks for (the broker's `PRECONDITION_FAILED`): another
+/// [`delivery_limit`](super::BrokerBuilder::delivery_limit), another
+/// queue type (a classic queue of that name), other dead-letter
+/// settings. Queue arguments are fixed when a queue is first declared:
+/// every process declaring it must ask for the same ones. The broker
+/// closes the channel of the declaration; the connection stays usable.
+///
+/// **Changing a queue's arguments.** Either keep the old setting (build
+/// the [`Broker`](super::Broker) with the value in `current`; for
+/// `x-delivery-limit`, that value less
+/// [`BROKER_LIMIT_MARGIN`](super::BROKER_LIMIT_MARGIN), so a queue declared
+/// by a version without the margin must be migrated), or
+/// migrate: stop every owner and sender of the manager, let the queue
+/// drain (or move what is left, for example with
+/// [`take_dead_letters`](super::Broker::take_dead_letters) for the dead
+/// letters), delete both queues with
+/// [`delete_queues`](super::Broker::delete_queues) (their messages go
+/// with them), and serve again with the new setting, which declares
+/// them anew.
+///
+/// # Examples
+///
+/// ```no_run
+/// use custody::broker::{Broker, BrokerError};
+/// use custody::{Context, Manager, Runtime};
+///
+/// struct Total(u64);
+/// impl Manager for Total {
+///     type Msg = u64;
+///     fn handle(&mut self, n: u64, _ctx: &mut Context<'_, u64>) {
+///         self.0 += n;
+///     }
+/// }
+///
+/// let rt = Runtime::new();
+/// let broker = Broker::builder("amqp://guest:guest@127.0.0.1:5672/%2f")
+///     .delivery_limit(10)
+///     .connect()?;
+/// match broker.serve(&rt, "total", Total(0)) {
+///     Err(BrokerError::QueueMismatch(mismatch)) => {
+///         // For example `x-delivery-limit`, 1005: the queue keeps its old limit.
+///         eprintln!("{:?} is {:?} on the broker", mismatch.argument, mismatch.current);
+///     }
+///     other => drop(other?),
+/// }
+/// # Ok::<(), BrokerError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueMismatch {
+    /// The queue, `custody.<name>` or `custody.<name>.dead`.
+    pub queue: String,
+    /// `host:port` of the broker.
+    pub host: String,
+    /// The argument that differs, as the broker names it
+    /// (`x-delivery-limit`, `x-queue-type`, `x-dead-letter-routing-key`,
+    /// `durable`, ...); `None` if the broker's text could not be read,
+    /// which is then all there is, in `reply`.
+    pub argument: Option<String>,
+    /// The value the queue has, as the broker prints it; `None` when the
+    /// queue has no such argument (or when `argument` is `None`).
+    pub current: Option<String>,
+    /// The value this declaration asked for; `None` when it asked for
+    /// none (or when `argument` is `None`).
+    pub requested: Option<String>,
+    /// The broker's reply text, whole.
+    pub reply: String,
+}
+
+impl fmt::Display for QueueMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&describe_mismatch(
+            &self.queue,
+            &self.host,
+            self.argument.as_deref(),
+            self.current.as_deref(),
+            self.requested.as_deref(),
+            &self.reply,
+        ))
+    }
 }
 
 /// Why an owner refused a delivery before handing it to the manager. Every
@@ -187,6 +286,67 @@ pub(crate) enum FieldProblem {
     },
 }
 
+/// The text of a [`BrokerError::QueueMismatch`].
+fn describe_mismatch(
+    queue: &str,
+    host: &str,
+    argument: Option<&str>,
+    current: Option<&str>,
+    requested: Option<&str>,
+    reply: &str,
+) -> String {
+    match argument {
+        Some(argument) => format!(
+            "queue `{queue}` exists on the AMQP broker at {host} with `{argument}` {}, not {} as declared here: keep its setting, or drain and delete the queue to change it",
+            current.unwrap_or("unset"),
+            requested.unwrap_or("unset"),
+        ),
+        None => format!(
+            "queue `{queue}` exists on the AMQP broker at {host} with other arguments than declared here: {reply}"
+        ),
+    }
+}
+
+/// What RabbitMQ's `PRECONDITION_FAILED` text for a queue declared with
+/// other arguments says: the argument, the value received (asked for), the
+/// value the queue has (`None` for `none`). RabbitMQ writes
+/// `inequivalent arg 'ARG' for queue 'Q' in vhost 'V': received VALUE but
+/// current is VALUE`, each value either `none`, `'v'`, or `the value 'v' of
+/// type 't'`. `None` for any other text.
+pub(crate) fn parse_inequivalent_arg(
+    reply: &str,
+) -> Option<(String, Option<String>, Option<String>)> {
+    const ARG: &str = "inequivalent arg '";
+    const RECEIVED: &str = ": received ";
+    const CURRENT: &str = " but current is ";
+    let start = reply.find(ARG)? + ARG.len();
+    let rest = &reply[start..];
+    let argument = &rest[..rest.find('\'')?];
+    if argument.is_empty() {
+        return None;
+    }
+    let current_at = rest.rfind(CURRENT)?;
+    let received_at = rest[..current_at].rfind(RECEIVED)?;
+    let received = parse_value(&rest[received_at + RECEIVED.len()..current_at])?;
+    let current = parse_value(&rest[current_at + CURRENT.len()..])?;
+    Some((argument.to_owned(), received, current))
+}
+
+/// One value of RabbitMQ's text: `none` (`Some(None)`), `'v'` or
+/// `the value 'v' of type 't'`; `None` if it is neither.
+fn parse_value(text: &str) -> Option<Option<String>> {
+    let text = text.trim();
+    if text == "none" {
+        return Some(None);
+    }
+    if let Some(typed) = text.strip_prefix("the value '") {
+        let end = typed.rfind("' of type '")?;
+        return Some(Some(typed[..end].to_owned()));
+    }
+    let quoted = text.strip_prefix('\'')?.strip_suffix('\'')?;
+    Some(Some(quoted.to_owned()))
+}
+
 /// `host (cause); host (cause)` for the nodes a connect tried.
 fn describe_attempts(attempts: &[BrokerError]) -> String {
     let described: Vec<String> = attempts
@@ -194,6 +354,7 @@ fn describe_attempts(attempts: &[BrokerError]) -> String {
         .map(|attempt| match attempt {
             BrokerError::Unreachable { host, source } => format!("{host} unreachable ({source})"),
             BrokerError::Refused { host, source } => format!("{host} refused ({source})"),
+            BrokerError::Tls { host, source } => format!("{host} TLS failed ({source})"),
             other => other.to_string(),
         })
         .collect();
@@ -446,5 +607,66 @@ impl RemoteAskError {
     /// Whether the deadline passed (the request may still be handled).
     pub fn is_timeout(&self) -> bool {
         matches!(self, RemoteAskError::Timeout { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rabbitmq_inequivalent_arg_texts_are_read() {
+        assert_eq!(
+            parse_inequivalent_arg(
+                "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'custody.a' in vhost '/': received '7' but current is '3'"
+            ),
+            Some((
+                "x-delivery-limit".into(),
+                Some("7".into()),
+                Some("3".into())
+            ))
+        );
+        assert_eq!(
+            parse_inequivalent_arg(
+                "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q: received ' in vhost '/': received the value 'quorum' of type 'longstr' but current is none"
+            ),
+            Some(("x-queue-type".into(), Some("quorum".into()), None))
+        );
+        assert_eq!(
+            parse_inequivalent_arg(
+                "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q' in vhost '/': received 'false' but current is 'true'"
+            ),
+            Some(("durable".into(), Some("false".into()), Some("true".into())))
+        );
+        assert_eq!(
+            parse_inequivalent_arg("PRECONDITION_FAILED - something else"),
+            None
+        );
+        assert_eq!(
+            parse_inequivalent_arg("inequivalent arg 'x' for queue 'q': received garbage"),
+            None
+        );
+    }
+
+    #[test]
+    fn an_unreadable_mismatch_gives_the_whole_reply() {
+        let text = describe_mismatch(
+            "custody.a",
+            "h:1",
+            None,
+            None,
+            None,
+            "PRECONDITION_FAILED - odd",
+        );
+        assert!(text.contains("PRECONDITION_FAILED - odd"), "{text}");
+        let text = describe_mismatch(
+            "custody.a",
+            "h:1",
+            Some("x-delivery-limit"),
+            Some("3"),
+            Some("7"),
+            "r",
+        );
+        assert!(text.contains("`x-delivery-limit` 3, not 7"), "{text}");
     }
 }

@@ -171,6 +171,14 @@
 //! message back. An unreachable broker is [`BrokerError::Unreachable`] within
 //! the connect timeout (default 5 s), naming the host and never the password.
 //!
+//! **TLS.** `amqps://` URLs need the feature `amqps` (rustls with its `ring`
+//! provider, which compiles C and assembly with the system C compiler; the
+//! broker's certificate is checked against the system's root
+//! certificates). Without it an `amqps://` URL is
+//! [`BrokerError::InvalidUrl`], never a plain connection; a handshake that
+//! fails (a port without TLS, a certificate not trusted) is
+//! [`BrokerError::Tls`].
+//!
 //! **Why CBOR.** Messages cross the broker as CBOR (RFC 8949) through serde:
 //! compact, standard, and self-describing, so a message of the wrong type
 //! fails to decode (a missing field, an unknown variant, a string where a
@@ -189,6 +197,14 @@
 //! owners at once, and the order lost). The price is that on RabbitMQ 3.x
 //! each returned delivery counts towards the delivery limit. A
 //! [`Runtime`](crate::Runtime) shutdown ends the serving the same way.
+//!
+//! **Changing a queue's settings.** A queue's arguments (its type, the
+//! delivery limit, the dead-letter queue) are fixed when it is first
+//! declared; serving or sending with other ones is
+//! [`BrokerError::QueueMismatch`] (a [`QueueMismatch`]), naming the argument, the queue's value and
+//! the one asked for. To change one: stop the owners and senders, let the
+//! queue drain, delete its queues with [`Broker::delete_queues`], and serve
+//! again with the new setting (or keep the old one).
 //!
 //! **Costs.** One connection per process (it runs its own I/O thread), one
 //! channel per served manager and per `RemoteHandle`. Measured on a 2-core
@@ -216,7 +232,8 @@ pub use connection::{
     BROKER_LIMIT_MARGIN, Broker, BrokerBuilder, DEFAULT_MAX_BODY, DEFAULT_URL, URL_VAR,
 };
 pub use error::{
-    BrokerError, Cause, DeadLetter, RemoteAskError, RemoteJoinError, RemoteSendError, TellAllError,
+    BrokerError, Cause, DeadLetter, QueueMismatch, RemoteAskError, RemoteJoinError,
+    RemoteSendError, TellAllError,
 };
 pub use remote::RemoteHandle;
 pub use reply::RemoteReply;

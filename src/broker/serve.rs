@@ -24,7 +24,6 @@
 //!   RemoteDatabase, committed), answer and acknowledge nothing more
 //! ```
 
-use std::any::Any;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
@@ -50,6 +49,7 @@ use super::error::{BrokerError, InvalidDelivery};
 use super::reply::{self, AnswerSink, Binding, Target, WireAnswer};
 use crate::handle::{Handle, SettleOutside};
 use crate::manager::Manager;
+use crate::manager_thread::panic_message;
 use crate::runtime::Runtime;
 use crate::stats::OutsideStats;
 
@@ -714,17 +714,6 @@ fn take<M: DeserializeOwned + Send + 'static>(
     owner.forget(tag);
     owner.reject(tag, delivery, origin, target.as_ref(), &invalid);
     Taken::Rejected
-}
-
-/// The text of a panic payload.
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
-    }
 }
 
 /// A one-way flag a thread blocked on the broker can wait for.

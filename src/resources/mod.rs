@@ -46,7 +46,10 @@ pub use database::{
 };
 pub use printer::{PrintMsg, Printer, PrinterError, PrinterHandle, PrinterStats, SharedBuffer};
 #[cfg(all(feature = "amqp", feature = "sqlite"))]
-pub use remote_database::{RemoteDatabase, RemoteDbMsg, RemoteWrite, SqlValue};
+pub use remote_database::{
+    DEFAULT_APPLIED_HORIZON, DEFAULT_PRUNE_INTERVAL, RemoteDatabase, RemoteDbMsg, RemoteWrite,
+    SqlValue,
+};
 /// The SQLite bindings the [`Database`] manager is built on, re-exported so
 /// that closures can name `Connection`, `types::Value` and friends without a
 /// separate dependency.

@@ -26,12 +26,18 @@
 //! first write and checks its claim before each commit, so that a
 //! superseded owner commits nothing; a write that fails for a transient
 //! reason is held and run again. Both are described on [`RemoteDatabase`].
+//!
+//! Each id is stored with the time it was applied (`applied_at`, Unix
+//! milliseconds), and ids older than the applied horizon (7 days by
+//! default, [`RemoteDatabase::applied_horizon`]) are deleted inside a
+//! batch's transaction, just before its COMMIT, at most once a minute: the
+//! table stays bounded at no cost per write beyond an index entry.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, ToSql};
@@ -43,10 +49,26 @@ use super::database::{
 use crate::broker::{Ownership, RemoteReply};
 use crate::{Context, Manager};
 
-/// The table of applied ids, created when a [`RemoteDatabase`] opens.
-const CREATE_APPLIED: &str =
-    "CREATE TABLE IF NOT EXISTS custody_applied (id TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID";
-const RECORD_APPLIED: &str = "INSERT OR IGNORE INTO custody_applied (id) VALUES (?1)";
+/// The table of applied ids, created when a [`RemoteDatabase`] opens. A
+/// table made before ids had a time gets the column `applied_at` added (see
+/// [`RemoteDatabase::new`]).
+const CREATE_APPLIED: &str = "CREATE TABLE IF NOT EXISTS custody_applied \
+     (id TEXT PRIMARY KEY NOT NULL, applied_at INTEGER) WITHOUT ROWID";
+/// What pruning searches by.
+const CREATE_APPLIED_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS custody_applied_at ON custody_applied (applied_at)";
+const RECORD_APPLIED: &str =
+    "INSERT OR IGNORE INTO custody_applied (id, applied_at) VALUES (?1, ?2)";
+/// Deletes at most `?2` ids applied before `?1`.
+const PRUNE_APPLIED: &str = "DELETE FROM custody_applied WHERE id IN \
+     (SELECT id FROM custody_applied WHERE applied_at < ?1 LIMIT ?2)";
+/// The most ids one commit prunes; more wait for the next commit.
+const PRUNE_LIMIT: i64 = 10_000;
+
+/// The default [`RemoteDatabase::applied_horizon`]: 7 days.
+pub const DEFAULT_APPLIED_HORIZON: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// The default [`RemoteDatabase::prune_interval`]: a minute.
+pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// The owner epoch, one row, created when a [`RemoteDatabase`] opens.
 const CREATE_OWNER: &str = "CREATE TABLE IF NOT EXISTS custody_owner \
      (id INTEGER PRIMARY KEY CHECK (id = 0), epoch INTEGER NOT NULL)";
@@ -280,6 +302,15 @@ pub enum RemoteDbMsg {
 /// message is acknowledged; the senders must retry what they need, with the
 /// same ids.
 ///
+/// **Applied ids are kept for a horizon.** Each id is stored with the time
+/// it was applied, and ids older than
+/// [`applied_horizon`](RemoteDatabase::applied_horizon) (7 days by default)
+/// are deleted inside a batch's transaction, before its COMMIT, at most once
+/// per [`prune_interval`](RemoteDatabase::prune_interval): no transaction or
+/// fsync of its own. A write that comes back after its id was pruned is
+/// applied again, so the horizon must exceed how long a write can come back
+/// (a sender's retries, a message's wait in the queue).
+///
 /// # Examples
 ///
 /// ```no_run
@@ -307,6 +338,7 @@ pub struct RemoteDatabase {
     blocked: bool,
     next_seq: u64,
     fence: Fence,
+    prune: Prune,
     retries: u64,
 }
 
@@ -323,13 +355,21 @@ impl RemoteDatabase {
     }
 
     /// Serves an opened database remotely; creates the `custody_applied`
-    /// and `custody_owner` tables if they are missing.
+    /// and `custody_owner` tables if they are missing. A `custody_applied`
+    /// table without applied times (made by an earlier version) gets the
+    /// column `applied_at`, with its ids stamped as applied now: they are
+    /// kept for a whole [`applied_horizon`](RemoteDatabase::applied_horizon)
+    /// from here.
     ///
     /// # Errors
     ///
-    /// [`DatabaseError::Sqlite`] if a table cannot be created.
+    /// [`DatabaseError::Sqlite`] if a table cannot be created or updated.
     pub fn new(mut db: Database) -> Result<RemoteDatabase, DatabaseError> {
         db.setup(&format!("{CREATE_APPLIED}; {CREATE_OWNER}"))?;
+        if let Some(conn) = db.connection_between_batches() {
+            add_applied_times(conn)?;
+        }
+        db.setup(CREATE_APPLIED_INDEX)?;
         Ok(RemoteDatabase {
             db,
             outcomes: Outcomes::default(),
@@ -337,8 +377,56 @@ impl RemoteDatabase {
             blocked: false,
             next_seq: 0,
             fence: Fence::default(),
+            prune: Prune::default(),
             retries: 0,
         })
+    }
+
+    /// How long an applied id is kept (default
+    /// [`DEFAULT_APPLIED_HORIZON`], 7 days); older ones are deleted, and a
+    /// write arriving again with such an id is applied again.
+    ///
+    /// **Keep it longer than a write can come back.** A write comes back
+    /// when the broker redelivers it (after an owner crash, at once) or when
+    /// its sender sends it again with the same id, after a `tell` that was
+    /// not confirmed: the copy may then wait in the queue behind others, or
+    /// sit there while no owner runs. The horizon must exceed the longest a
+    /// sender goes on retrying plus the longest a message waits in the
+    /// queue. Time is this machine's clock: a clock set back keeps ids
+    /// longer, one set forward prunes them sooner.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use custody::resources::{Database, RemoteDatabase};
+    ///
+    /// let db = RemoteDatabase::open(Database::in_memory())?
+    ///     .applied_horizon(Duration::from_secs(30 * 24 * 60 * 60)); // 30 days
+    /// assert_eq!(db.pruned_ids(), 0);
+    /// # Ok::<(), custody::resources::DatabaseError>(())
+    /// ```
+    #[must_use]
+    pub fn applied_horizon(mut self, horizon: Duration) -> Self {
+        self.prune.horizon = horizon;
+        self
+    }
+
+    /// How often old applied ids are pruned at most (default
+    /// [`DEFAULT_PRUNE_INTERVAL`], a minute). Pruning rides on a batch's
+    /// commit (its own DELETE inside the batch's transaction, before the
+    /// COMMIT), so it adds no transaction and no fsync; an idle database
+    /// prunes nothing. One commit deletes at most 10 000 ids; when there are
+    /// more, the next commit goes on.
+    #[must_use]
+    pub fn prune_interval(mut self, interval: Duration) -> Self {
+        self.prune.interval = interval;
+        self
+    }
+
+    /// Applied ids deleted so far for being older than the horizon.
+    pub fn pruned_ids(&self) -> u64 {
+        self.prune.pruned
     }
 
     /// The owner epoch this database holds: its claim on the database,
@@ -401,6 +489,7 @@ impl std::fmt::Debug for RemoteDatabase {
             .field("epoch", &self.epoch())
             .field("superseded", &self.fence.superseded)
             .field("held", &self.retry.len())
+            .field("applied_horizon", &self.prune.horizon)
             .finish_non_exhaustive()
     }
 }
@@ -457,7 +546,9 @@ impl ToSql for Param<'_> {
 impl WriteOp for AppliedOnceOp {
     fn run(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         let write = &self.pending.write;
-        let recorded = conn.prepare_cached(RECORD_APPLIED)?.execute([&write.id])?;
+        let recorded = conn
+            .prepare_cached(RECORD_APPLIED)?
+            .execute(rusqlite::params![write.id, unix_millis(SystemTime::now())])?;
         if recorded == 0 {
             tracing::debug!(id = %write.id, "a write applied before: skipped");
             self.changed = 0;
@@ -548,6 +639,109 @@ impl CommitCheck for Fence {
     }
 }
 
+/// Adds `applied_at` to a `custody_applied` table made without it, and
+/// stamps the ids there as applied now.
+fn add_applied_times(conn: &Connection) -> rusqlite::Result<()> {
+    let has_time = conn
+        .prepare("SELECT 1 FROM pragma_table_info('custody_applied') WHERE name = 'applied_at'")?
+        .exists([])?;
+    if has_time {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let added = (|| {
+        conn.execute_batch("ALTER TABLE custody_applied ADD COLUMN applied_at INTEGER")?;
+        conn.execute(
+            "UPDATE custody_applied SET applied_at = ?1",
+            [unix_millis(SystemTime::now())],
+        )?;
+        conn.execute_batch("COMMIT")
+    })();
+    if added.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    added
+}
+
+/// Milliseconds since the Unix epoch (0 before it, saturating after 2^63).
+fn unix_millis(at: SystemTime) -> i64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Deletes applied ids older than the horizon, inside a batch's
+/// transaction, at most once per interval.
+struct Prune {
+    horizon: Duration,
+    interval: Duration,
+    /// When the last prune ran; `None` before the first.
+    last: Option<Instant>,
+    pruned: u64,
+}
+
+impl Default for Prune {
+    fn default() -> Prune {
+        Prune {
+            horizon: DEFAULT_APPLIED_HORIZON,
+            interval: DEFAULT_PRUNE_INTERVAL,
+            last: None,
+            pruned: 0,
+        }
+    }
+}
+
+impl Prune {
+    /// Prunes if it is time, in the open transaction of `conn`. A failure is
+    /// logged and does not stop the commit.
+    fn run(&mut self, conn: &Connection) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.interval)
+        {
+            return;
+        }
+        let cutoff = SystemTime::now()
+            .checked_sub(self.horizon)
+            .map_or(0, unix_millis);
+        match conn
+            .prepare_cached(PRUNE_APPLIED)
+            .and_then(|mut s| s.execute(rusqlite::params![cutoff, PRUNE_LIMIT]))
+        {
+            Ok(deleted) => {
+                self.pruned += deleted as u64;
+                if deleted > 0 {
+                    tracing::debug!(deleted, "pruned applied ids older than the horizon");
+                }
+                // A full round leaves more: the next commit goes on.
+                if i64::try_from(deleted).unwrap_or(i64::MAX) < PRUNE_LIMIT {
+                    self.last = Some(now);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "pruning old applied ids failed: tried again later");
+                self.last = Some(now);
+            }
+        }
+    }
+}
+
+/// What runs inside a batch's transaction before its COMMIT: the owner's
+/// fence, then the pruning of old applied ids (only for a batch that will
+/// commit).
+struct BeforeCommit<'a> {
+    fence: &'a mut Fence,
+    prune: &'a mut Prune,
+}
+
+impl CommitCheck for BeforeCommit<'_> {
+    fn before_commit(&mut self, conn: &Connection) -> Result<(), &'static str> {
+        self.fence.before_commit(conn)?;
+        self.prune.run(conn);
+        Ok(())
+    }
+}
+
 /// What a claim came to.
 enum Claim {
     Held,
@@ -568,7 +762,20 @@ impl RemoteDatabase {
             changed: 0,
             outcomes: Arc::clone(&self.outcomes),
         };
-        self.db.handle_write_checked(Box::new(op), &mut self.fence);
+        let mut check = BeforeCommit {
+            fence: &mut self.fence,
+            prune: &mut self.prune,
+        };
+        self.db.handle_write_checked(Box::new(op), &mut check);
+    }
+
+    /// Commits the open batch, with the fence and the pruning inside it.
+    fn settle_batch(&mut self) {
+        let mut check = BeforeCommit {
+            fence: &mut self.fence,
+            prune: &mut self.prune,
+        };
+        self.db.settle_checked(&mut check);
     }
 
     /// Takes what the `Database` settled: answers the done writes and those
@@ -691,7 +898,7 @@ impl RemoteDatabase {
     /// the owner is superseded or stopped at once, or a stop is asked for
     /// (which stops at once, leaving them to the queue).
     fn settle(&mut self, ctx: &Context<'_, RemoteDbMsg>) {
-        self.db.settle_checked(&mut self.fence);
+        self.settle_batch();
         self.absorb();
         let mut tries: u32 = 0;
         while !self.retry.is_empty() {
@@ -732,7 +939,7 @@ impl RemoteDatabase {
                 }
             }
             if !self.blocked {
-                self.db.settle_checked(&mut self.fence);
+                self.settle_batch();
                 self.absorb();
             }
         }

@@ -1,0 +1,72 @@
+//! What the broker test binaries share: the broker's address, a connection
+//! that fails the test (never skips it) when no broker answers, queue names
+//! no other run uses, and a guard that deletes a test's queues.
+
+// Each test binary uses its own subset of these.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use custody::broker::{Broker, BrokerBuilder};
+
+/// `CUSTODY_AMQP_URL`, or the machine's broker.
+pub fn url() -> String {
+    std::env::var("CUSTODY_AMQP_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| custody::broker::DEFAULT_URL.to_owned())
+}
+
+pub fn builder() -> BrokerBuilder {
+    Broker::builder(url())
+}
+
+/// Connects, or fails the test: the broker tests need a broker.
+pub fn connect(b: BrokerBuilder) -> Broker {
+    b.connect().unwrap_or_else(|e| {
+        panic!("the broker tests need a reachable RabbitMQ broker (CUSTODY_AMQP_URL): {e}")
+    })
+}
+
+/// A manager name no other test run uses.
+pub fn unique_name(label: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "test.{label}.{}.{}.{nanos:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Deletes the queues of a manager name when dropped, pass or fail.
+pub struct Queues {
+    pub broker: Broker,
+    pub name: String,
+}
+
+impl Queues {
+    pub fn new(label: &str) -> Queues {
+        Queues {
+            broker: connect(builder()),
+            name: unique_name(label),
+        }
+    }
+
+    /// The queue the manager is served from.
+    pub fn queue(&self) -> String {
+        format!("custody.{}", self.name)
+    }
+}
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        if let Err(e) = self.broker.delete_queues(&self.name) {
+            eprintln!("could not delete the queues of {}: {e}", self.name);
+        }
+    }
+}
