@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use custody::broker::{Broker, BrokerBuilder, RemoteAskError, RemoteJoinError, RemoteReply};
 use custody::{Backend, Context, Manager, Runtime};
+use futures_lite::StreamExt;
 use futures_lite::future::block_on;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -449,6 +450,108 @@ fn a_forged_delivery_count_does_not_dead_letter_a_message_early() {
                 .take_dead_letters(&queues.name, 10)
                 .unwrap()
                 .is_empty()
+        );
+        drop(queues);
+    });
+}
+
+#[test]
+fn messages_the_broker_dead_letters_on_its_own_are_reported_to_join_and_ask() {
+    use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+    per_backend(|backend| {
+        let queues = Queues::new("brokerdead");
+        // The smallest limit: the broker's own is then the margin alone.
+        let sender = connect(builder().delivery_limit(0));
+        let jobs = sender.remote_handle::<Job>(&queues.name).unwrap();
+        jobs.tell(Job::Work(1)).unwrap();
+        let told_id = format!("{}.0", jobs.producer_id());
+        let asker = jobs.clone();
+        let (tx, asked) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(asker.ask(Job::CrashAsk));
+        });
+        // No owner yet: a client of its own returns both messages to the
+        // queue until the broker dead-letters them.
+        let queue = format!("custody.{}", queues.name);
+        let returned = block_on(async {
+            let connection = Connection::connect(&url(), ConnectionProperties::default())
+                .await
+                .unwrap();
+            let channel = connection.create_channel().await.unwrap();
+            channel
+                .basic_qos(1, BasicQosOptions::default())
+                .await
+                .unwrap();
+            let mut consumer = channel
+                .basic_consume(
+                    ShortString::from(queue.as_str()),
+                    ShortString::from("returner"),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            let mut returned = 0u64;
+            loop {
+                let next = futures_lite::future::or(
+                    async { consumer.next().await.map(Result::unwrap) },
+                    async {
+                        async_io::Timer::after(Duration::from_secs(2)).await;
+                        None
+                    },
+                )
+                .await;
+                let Some(delivery) = next else { break };
+                channel
+                    .basic_nack(
+                        delivery.delivery_tag,
+                        BasicNackOptions {
+                            requeue: true,
+                            ..BasicNackOptions::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                returned += 1;
+            }
+            let _ = connection.close(200, ShortString::from("OK")).await;
+            returned
+        });
+        eprintln!("returned {returned} times before the broker dead-lettered both");
+        let rt = Runtime::builder()
+            .backend(Backend::ALL[backend])
+            .build()
+            .unwrap();
+        let owner = connect(builder().delivery_limit(0));
+        let victim = Victim {
+            slow: Duration::ZERO,
+            handled: Arc::default(),
+            panicked: HashSet::new(),
+        };
+        let served = owner.serve(&rt, &queues.name, victim).unwrap();
+        let answer = asked
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the ask did not end");
+        match answer {
+            Err(RemoteAskError::DeadLettered { reason, .. }) => {
+                assert!(reason.contains("by the broker"), "{reason}");
+            }
+            other => panic!("expected DeadLettered, got {other:?}"),
+        }
+        match jobs.join_timeout(Duration::from_secs(20)) {
+            Err(RemoteJoinError::DeadLettered { dead, .. }) => {
+                assert_eq!(dead.len(), 2, "{dead:?}");
+                assert!(dead.iter().any(|d| d.id == told_id), "{dead:?}");
+                assert!(dead.iter().all(|d| d.reason.contains("by the broker")));
+            }
+            other => panic!("expected both dead-lettered, got {other:?}"),
+        }
+        served.stop();
+        let dead = owner.take_dead_letters(&queues.name, 10).unwrap();
+        assert_eq!(dead.len(), 2, "{dead:?}");
+        assert!(
+            dead.iter()
+                .all(|d| d.broker_reason.as_deref() == Some("delivery_limit"))
         );
         drop(queues);
     });

@@ -75,8 +75,9 @@ impl Broker {
     }
 
     /// Deletes the queues of the manager served as `name`: `custody.<name>`,
-    /// `custody.<name>.dead` and its owners' record of charges
-    /// `custody.<name>.charges`, with every message in them. Owners still
+    /// `custody.<name>.dead`, `custody.<name>.limit` (the broker's dead
+    /// letters, before an owner moves them to `.dead`) and its owners'
+    /// record of charges `custody.<name>.charges`, with every message in them. Owners still
     /// serving it see their consumer cancelled and stop.
     ///
     /// # Errors
@@ -93,6 +94,7 @@ impl Broker {
             connection::mailbox_queue(name),
             connection::dead_queue(name),
             super::serve::charges_queue(name),
+            connection::limit_queue(name),
         ] {
             link.run(
                 || format!("deleting queue `{queue}`"),

@@ -541,6 +541,18 @@ impl Link {
             ),
         )
         .map_err(|e| self.mismatch(e, &dead, &dead_args))?;
+        // Where the broker dead-letters on its own (its backstop limit):
+        // the owners move each one to `dead`, telling its producer and asker.
+        let limit = limit_queue(name);
+        self.run(
+            || format!("declaring queue `{limit}`"),
+            channel.queue_declare(
+                ShortString::from(limit.as_str()),
+                durable(),
+                dead_args.clone(),
+            ),
+        )
+        .map_err(|e| self.mismatch(e, &limit, &dead_args))?;
         let queue = mailbox_queue(name);
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), long_string("quorum"));
@@ -552,7 +564,7 @@ impl Link {
             ),
         );
         args.insert("x-dead-letter-exchange".into(), long_string(""));
-        args.insert("x-dead-letter-routing-key".into(), long_string(&dead));
+        args.insert("x-dead-letter-routing-key".into(), long_string(&limit));
         self.run(
             || format!("declaring queue `{queue}`"),
             channel.queue_declare(ShortString::from(queue.as_str()), durable(), args.clone()),
@@ -658,6 +670,11 @@ pub(crate) fn mailbox_queue(name: &str) -> String {
 /// Where messages of `custody.<name>` that could not be handled end.
 pub(crate) fn dead_queue(name: &str) -> String {
     format!("custody.{name}.dead")
+}
+
+/// The queue the broker dead-letters the messages of manager `name` to.
+pub(crate) fn limit_queue(name: &str) -> String {
+    format!("custody.{name}.limit")
 }
 
 /// The queue a producer's done records arrive in.

@@ -170,6 +170,10 @@ pub(crate) struct Owner {
     /// Set when the channel or the connection was lost, or the broker
     /// cancelled the consumer: another owner may be active already.
     lost: AtomicBool,
+    /// The owner of the channel that moves the broker's own dead letters
+    /// (`custody.<name>.limit`) to the dead-letter queue, reporting each;
+    /// closed when the serving ends.
+    reporter: Mutex<Option<Arc<Owner>>>,
     /// Whether the manager was stopped at once (by the consumer thread when
     /// the channel was lost, by the manager itself when it found it was
     /// superseded, or by an immediate stop); set once it is spawned.
@@ -301,6 +305,7 @@ where
         stop: StopSignal::default(),
         counts: Counts::default(),
         lost: AtomicBool::new(false),
+        reporter: Mutex::new(None),
         aborted: OnceLock::new(),
     });
     let handle = match rt.manager(name).spawn(manager) {
@@ -318,6 +323,17 @@ where
     let settler: Box<dyn SettleOutside> = Box::new(Settler(Arc::clone(&owner)));
     if handle.shared.outside.set(settler).is_err() {
         unreachable!("a freshly spawned manager has no settler");
+    }
+    match report_broker_dead_letters(&owner, name) {
+        Ok(reporter) => {
+            *owner
+                .reporter
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(reporter)
+        }
+        Err(e) => {
+            tracing::warn!(%queue, error = %e, "the broker's dead letters are not reported by this owner")
+        }
     }
     let consumer_tag = format!("{queue}.{}.{}", std::process::id(), unique());
     let consumed = link.run(
@@ -363,6 +379,89 @@ where
         owner,
         thread: Some(thread),
     })
+}
+
+/// Consumes `custody.<name>.limit`, where the broker dead-letters on its own
+/// (a message returned more than its `x-delivery-limit`, a backstop far
+/// above the owners' limit), on a channel of its own: each message is
+/// copied to `custody.<name>.dead` with the reason, its asker answered
+/// `DeadLettered` and its producer's `join` told, then acknowledged (or, if
+/// the copy is not confirmed, requeued for the next try). Its thread ends
+/// when the channel is closed, with the serving.
+fn report_broker_dead_letters(owner: &Owner, name: &str) -> Result<Arc<Owner>, BrokerError> {
+    let link = &owner.link;
+    let channel = link.confirmed_channel()?;
+    let limit_queue = connection::limit_queue(name);
+    let reporter = Arc::new(Owner {
+        link: Arc::clone(link),
+        channel: channel.clone(),
+        queue: limit_queue.clone(),
+        dead_queue: owner.dead_queue.clone(),
+        book: Mutex::new(Book::default()),
+        emptied: Condvar::new(),
+        charges_queue: owner.charges_queue.clone(),
+        charges: Mutex::new(Charges::default()),
+        flushing: Mutex::new(()),
+        stop: StopSignal::default(),
+        counts: Counts::default(),
+        lost: AtomicBool::new(false),
+        reporter: Mutex::new(None),
+        aborted: OnceLock::new(),
+    });
+    let consumed = link.run(
+        || format!("consuming from `{limit_queue}`"),
+        channel.basic_consume(
+            ShortString::from(limit_queue.as_str()),
+            ShortString::from(format!("{limit_queue}.{}.{}", std::process::id(), unique())),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    );
+    let mut consumer = match consumed {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            reporter.close_channel();
+            return Err(e);
+        }
+    };
+    let limit =
+        u64::from(link.settings.delivery_limit) + u64::from(connection::BROKER_LIMIT_MARGIN);
+    let thread_reporter = Arc::clone(&reporter);
+    let spawned = std::thread::Builder::new()
+        .name(format!("custody-amqp-{name}-limit"))
+        .spawn(move || {
+            let reporter = thread_reporter;
+            while let Some(Some(Ok(delivery))) = block_until(None, consumer.next()) {
+                let checked = codec::check(&delivery.properties, delivery.data.len(), usize::MAX);
+                let reason = format!(
+                    "dead-lettered by the broker: returned to the queue more than its delivery limit ({limit}) times"
+                );
+                tracing::warn!(queue = %reporter.queue, id = ?checked.origin.as_ref().map(|o| &o.id), "the broker dead-lettered a message: reported");
+                let report = panic::catch_unwind(AssertUnwindSafe(|| {
+                    reporter.dead_letter(
+                        delivery.delivery_tag,
+                        &delivery.data,
+                        &delivery.properties,
+                        checked.origin,
+                        checked.target.as_ref(),
+                        &reason,
+                    );
+                }));
+                if report.is_err() {
+                    tracing::error!(queue = %reporter.queue, "reporting a dead letter panicked");
+                    reporter.nack(delivery.delivery_tag);
+                }
+            }
+        });
+    if let Err(source) = spawned {
+        reporter.close_channel();
+        return Err(crate::error::SpawnError::Thread {
+            name: name.to_owned(),
+            source,
+        }
+        .into());
+    }
+    Ok(reporter)
 }
 
 /// A number unique in this process.
@@ -899,7 +998,17 @@ impl Owner {
         }
     }
 
+    /// Closes the channel, and the channel of the reporter of the broker's
+    /// dead letters.
     pub(crate) fn close_channel(&self) {
+        let reporter = self
+            .reporter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(reporter) = reporter {
+            reporter.close_channel();
+        }
         let _ = block_until(
             self.link.confirm_deadline(),
             self.channel
