@@ -556,3 +556,117 @@ fn messages_the_broker_dead_letters_on_its_own_are_reported_to_join_and_ask() {
         drop(queues);
     });
 }
+
+/// A TCP proxy to the broker for one connection, which `cut` breaks.
+struct CutProxy {
+    url: String,
+    sockets: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CutProxy {
+    fn start() -> CutProxy {
+        use std::net::{TcpListener, TcpStream};
+        let url = url();
+        let scheme_end = url.find("://").expect("an amqp:// url") + 3;
+        let authority_start = url[scheme_end..]
+            .find('@')
+            .map_or(scheme_end, |at| scheme_end + at + 1);
+        let authority_end = url[authority_start..]
+            .find(['/', '?'])
+            .map_or(url.len(), |end| authority_start + end);
+        let mut upstream = url[authority_start..authority_end].to_owned();
+        if !upstream.contains(':') {
+            upstream.push_str(":5672");
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxied = format!(
+            "{}127.0.0.1:{port}{}",
+            &url[..authority_start],
+            &url[authority_end..]
+        );
+        let sockets = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&sockets);
+        std::thread::spawn(move || {
+            let Ok((client, _)) = listener.accept() else {
+                return;
+            };
+            let server = TcpStream::connect(&upstream).unwrap();
+            kept.lock()
+                .unwrap()
+                .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+            let (to_client, from_server) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut &from_server, &mut &to_client);
+            });
+            let _ = std::io::copy(&mut &client, &mut &server);
+        });
+        CutProxy {
+            url: proxied,
+            sockets,
+        }
+    }
+
+    /// Breaks the connection both ways, as a network failure would.
+    fn cut(&self) {
+        for socket in self.sockets.lock().unwrap().iter() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn connection_drops_with_a_full_prefetch_window_dead_letter_nothing() {
+    per_backend(|backend| {
+        let queues = Queues::new("drops");
+        let sender = connect(builder());
+        let jobs = sender.remote_handle::<Job>(&queues.name).unwrap();
+        const N: u64 = 600;
+        const DROPS: u32 = 7;
+        jobs.tell_all((0..N).map(Job::Work)).unwrap();
+        let runtime = || {
+            Runtime::builder()
+                .backend(Backend::ALL[backend])
+                .build()
+                .unwrap()
+        };
+        for _ in 0..DROPS {
+            let proxy = CutProxy::start();
+            let rt = runtime();
+            let owner = connect(Broker::builder(proxy.url.clone()).delivery_limit(LIMIT));
+            let handled = Arc::new(Mutex::new(Vec::new()));
+            let victim = Victim {
+                // Slow enough that the cut lands with the window full.
+                slow: Duration::from_millis(2),
+                handled: Arc::clone(&handled),
+                panicked: HashSet::new(),
+            };
+            let served = owner.serve(&rt, &queues.name, victim).unwrap();
+            while handled.lock().unwrap().len() < 20 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            proxy.cut();
+            while served.is_serving() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let rt = runtime();
+        let owner = connect(builder());
+        let victim = Victim {
+            slow: Duration::ZERO,
+            handled: Arc::default(),
+            panicked: HashSet::new(),
+        };
+        let served = owner.serve(&rt, &queues.name, victim).unwrap();
+        let joined = jobs.join_timeout(Duration::from_secs(30));
+        served.stop();
+        let dead = owner.take_dead_letters(&queues.name, 1000).unwrap();
+        assert!(
+            joined.is_ok() && dead.is_empty(),
+            "{joined:?}; {} dead-lettered",
+            dead.len()
+        );
+        drop(queues);
+    });
+}
