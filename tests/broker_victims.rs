@@ -9,6 +9,10 @@
 //! when its owner died may be dead-lettered, and its sender (`join`, `ask`)
 //! hears of it.
 //!
+//! The broker's own dead letters (a message returned past its backstop
+//! limit, here by a client of the test) are reported to `join` and `ask`
+//! like the owner's.
+//!
 //! The owners that crash or are killed are child processes: this binary run
 //! again with `--ignored --exact victim_owner_process`. Every scenario runs
 //! once per backend inside `within` (60 s), uses queue names of its own and
