@@ -6,11 +6,13 @@
 //! guest@127.0.0.1:5672); fails, never skips, when none is reachable. Each
 //! scenario runs once per backend, with queue names of its own.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime};
 
-use custody::broker::{BROKER_LIMIT_MARGIN, Broker, BrokerBuilder, BrokerError, QueueMismatch};
+use common::{Queues, builder, connect, unique_name, url};
+use custody::broker::{BROKER_LIMIT_MARGIN, Broker, BrokerError, QueueMismatch};
 use custody::resources::{Database, RemoteDatabase, RemoteDbMsg, RemoteWrite};
 use custody::{Backend, Context, Manager, Runtime};
 
@@ -39,62 +41,8 @@ fn per_backend(what: &'static str, scenario: impl Fn(Backend) + Send + Sync + Cl
     }
 }
 
-fn url() -> String {
-    std::env::var("CUSTODY_AMQP_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| custody::broker::DEFAULT_URL.to_owned())
-}
-
-fn builder() -> BrokerBuilder {
-    Broker::builder(url())
-}
-
-fn connect(b: BrokerBuilder) -> Broker {
-    b.connect().unwrap_or_else(|e| {
-        panic!("the broker tests need a reachable RabbitMQ broker (CUSTODY_AMQP_URL): {e}")
-    })
-}
-
 fn runtime(backend: Backend) -> Runtime {
     Runtime::builder().backend(backend).build().unwrap()
-}
-
-/// A manager name no other test run uses.
-fn unique_name(label: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "test.{label}.{}.{}.{nanos:x}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Deletes the queues of a manager name when dropped, pass or fail.
-struct Queues {
-    broker: Broker,
-    name: String,
-}
-
-impl Queues {
-    fn new(label: &str) -> Queues {
-        Queues {
-            broker: connect(builder()),
-            name: unique_name(label),
-        }
-    }
-}
-
-impl Drop for Queues {
-    fn drop(&mut self) {
-        if let Err(e) = self.broker.delete_queues(&self.name) {
-            eprintln!("could not delete the queues of {}: {e}", self.name);
-        }
-    }
 }
 
 /// Adds up what it is sent.
