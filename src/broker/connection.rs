@@ -164,11 +164,18 @@ impl BrokerBuilder {
         self
     }
 
-    /// How many times a message is redelivered after a failed delivery
-    /// before it is dead-lettered (default 5, so at most 6 deliveries). It is
-    /// an argument of the queue: every process declaring the queue must use
-    /// the same value, or the second declaration fails with
-    /// [`BrokerError::QueueMismatch`] (which says how to change it).
+    /// How many times a message may stop its owner (a panicking handler, or
+    /// an owner that died or lost its connection while handling it alone)
+    /// before the owner dead-letters it (default 5, so at most 6 handlings).
+    /// Redelivered messages are handled one at a time and charged through a
+    /// durable record of the queue's own, so messages returned only because
+    /// they were in the prefetch window of a crash are not charged. The
+    /// queue's broker-side `x-delivery-limit` is this plus
+    /// [`BROKER_LIMIT_MARGIN`], a backstop: it is an argument of the queue,
+    /// so every process declaring the queue must use the same value, or the
+    /// second declaration fails with [`BrokerError::QueueMismatch`] (which
+    /// says how to change it; a queue declared by a version without the
+    /// margin must be migrated).
     pub fn delivery_limit(mut self, n: u32) -> Self {
         self.settings.delivery_limit = n;
         self
@@ -904,16 +911,30 @@ impl Link {
             ),
         )
         .map_err(|e| self.mismatch(e, &dead, &dead_args))?;
+        // Where the broker dead-letters on its own (its backstop limit):
+        // the owners move each one to `dead`, telling its producer and asker.
+        let limit = limit_queue(name);
+        self.run(
+            || format!("declaring queue `{limit}`"),
+            channel.queue_declare(
+                ShortString::from(limit.as_str()),
+                durable(),
+                dead_args.clone(),
+            ),
+        )
+        .map_err(|e| self.mismatch(e, &limit, &dead_args))?;
         let queue = mailbox_queue(name);
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), long_string("quorum"));
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         args.insert(
             "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(i64::from(self.settings.delivery_limit)),
+            AMQPValue::LongLongInt(
+                i64::from(self.settings.delivery_limit) + i64::from(BROKER_LIMIT_MARGIN),
+            ),
         );
         args.insert("x-dead-letter-exchange".into(), long_string(""));
-        args.insert("x-dead-letter-routing-key".into(), long_string(&dead));
+        args.insert("x-dead-letter-routing-key".into(), long_string(&limit));
         self.run(
             || format!("declaring queue `{queue}`"),
             channel.queue_declare(ShortString::from(queue.as_str()), durable(), args.clone()),
@@ -1219,6 +1240,12 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// How many more returns than [`BrokerBuilder::delivery_limit`] the broker
+/// allows before it dead-letters a message on its own: each crash or lost
+/// connection of an owner returns its whole prefetch window, and each return
+/// counts on the broker, so its limit is only a backstop.
+pub const BROKER_LIMIT_MARGIN: u32 = 1000;
+
 fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {
         durable: true,
@@ -1267,6 +1294,11 @@ pub(crate) fn mailbox_queue(name: &str) -> String {
 /// Where messages of `custody.<name>` that could not be handled end.
 pub(crate) fn dead_queue(name: &str) -> String {
     format!("custody.{name}.dead")
+}
+
+/// The queue the broker dead-letters the messages of manager `name` to.
+pub(crate) fn limit_queue(name: &str) -> String {
+    format!("custody.{name}.limit")
 }
 
 /// The queue a producer's done records arrive in.

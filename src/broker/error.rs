@@ -129,7 +129,10 @@ pub enum BrokerError {
 /// closes the channel of the declaration; the connection stays usable.
 ///
 /// **Changing a queue's arguments.** Either keep the old setting (build
-/// the [`Broker`](super::Broker) with the value in `current`), or
+/// the [`Broker`](super::Broker) with the value in `current`; for
+/// `x-delivery-limit`, that value less
+/// [`BROKER_LIMIT_MARGIN`](super::BROKER_LIMIT_MARGIN), so a queue declared
+/// by a version without the margin must be migrated), or
 /// migrate: stop every owner and sender of the manager, let the queue
 /// drain (or move what is left, for example with
 /// [`take_dead_letters`](super::Broker::take_dead_letters) for the dead
@@ -158,7 +161,7 @@ pub enum BrokerError {
 ///     .connect()?;
 /// match broker.serve(&rt, "total", Total(0)) {
 ///     Err(BrokerError::QueueMismatch(mismatch)) => {
-///         // For example `x-delivery-limit`, 5: the queue keeps its old limit.
+///         // For example `x-delivery-limit`, 1005: the queue keeps its old limit.
 ///         eprintln!("{:?} is {:?} on the broker", mismatch.argument, mismatch.current);
 ///     }
 ///     other => drop(other?),

@@ -268,8 +268,8 @@ mod serve;
 
 pub use admin::DeadMessage;
 pub use connection::{
-    Broker, BrokerBuilder, BrokerState, DEFAULT_MAX_BODY, DEFAULT_RECONNECT_INITIAL,
-    DEFAULT_RECONNECT_MAX, DEFAULT_URL, URL_VAR,
+    BROKER_LIMIT_MARGIN, Broker, BrokerBuilder, BrokerState, DEFAULT_MAX_BODY,
+    DEFAULT_RECONNECT_INITIAL, DEFAULT_RECONNECT_MAX, DEFAULT_URL, URL_VAR,
 };
 pub use error::{
     BrokerError, Cause, DeadLetter, QueueMismatch, RemoteAskError, RemoteJoinError,

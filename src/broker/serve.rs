@@ -11,6 +11,10 @@
 //!        with x-custody-error, tell the    failed(tag):
 //!        asker and the producer, ack it      nack and requeue it, or on its last
 //!                                            delivery dead-letter it with the panic
+//! redelivered (returned by a crash, a kill, a lost channel, a panic or a
+//! hand-over): wait until everything handed over is settled, charge it in
+//! custody.<name>.charges (or, charged up to the limit, dead-letter it), hand
+//! it over alone, and wait until it is settled
 //! asked to stop, refused, or the manager exited:
 //!   hand over nothing more, stop the manager, wait until it has settled,
 //!   close the channel (what was sent ahead returns to the queue)
@@ -36,16 +40,17 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Consumer, PublisherConfirm};
 use serde::de::DeserializeOwned;
 
@@ -65,9 +70,15 @@ use crate::stats::OutsideStats;
 /// deliveries are handed to the manager; it handles and acknowledges those it
 /// was given (its `idle` hook runs after the last batch, then `stopped`);
 /// then the channel closes, and the deliveries the broker had sent ahead (at
-/// most the prefetch) go back to the queue, in order, for the next owner. On
-/// RabbitMQ 3.x each such return counts as a delivery towards the delivery
-/// limit. Only then does a standby become the active owner, so a graceful
+/// most the prefetch) go back to the queue, in order, for the next owner.
+/// On RabbitMQ 3.x each such return counts on the broker towards the queue's
+/// `x-delivery-limit`, which is therefore only a backstop, far above
+/// [`BrokerBuilder::delivery_limit`](super::BrokerBuilder::delivery_limit):
+/// a redelivered message is handed over alone, charged first in a durable
+/// record of the queue's own (`custody.<name>.charges`), so an owner that
+/// crashes, is killed or loses its connection while handling it charges
+/// that message only, and the owner dead-letters it (telling its producer
+/// and asker) once charged up to the limit. Only then does a standby become the active owner, so a graceful
 /// hand-over never has two owners handling one queue at once.
 ///
 /// A [`Runtime::shutdown`] ends the serving the same way: the manager refuses
@@ -169,6 +180,14 @@ pub(crate) struct Owner {
     queue: String,
     dead_queue: String,
     book: Mutex<Book>,
+    /// Notified when deliveries leave `book.open` (settled, failed or
+    /// forgotten): the consumer thread waits on it to hand a redelivered
+    /// message over alone.
+    emptied: Condvar,
+    /// `custody.<name>.charges`: the durable record of which redelivered
+    /// message was in hand, and how often, when an owner stopped.
+    charges_queue: String,
+    charges: Mutex<Charges>,
     /// Held through a whole flush of the pending done records, so that a
     /// batch is acknowledged only after its records are confirmed, even when
     /// the consumer thread is flushing a dead record at the same time.
@@ -177,10 +196,38 @@ pub(crate) struct Owner {
     stop: StopSignal,
     /// Delivered, redelivered, acked, dead-lettered.
     counts: Counts,
+    /// The owner of the channel that moves the broker's own dead letters
+    /// (`custody.<name>.limit`) to the dead-letter queue, reporting each;
+    /// closed when the serving ends. It subscribes again on its own after a
+    /// lost connection.
+    reporter: Mutex<Option<Arc<Owner>>>,
     /// Whether the manager was stopped at once (by the consumer thread when
     /// the channel was lost, by the manager itself when it found it was
     /// superseded, or by an immediate stop); set once it is spawned.
     aborted: OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
+}
+
+/// How many times each message stopped an owner while it was handled alone
+/// (a redelivered message is): kept in memory by the active owner and
+/// written, before each such message is handed over, as the one message of
+/// the quorum queue `custody.<name>.charges` (`x-max-length` 1, so each
+/// write replaces the last). A crash, a kill or a lost connection while a
+/// message is in hand leaves that message's charge in the record for the
+/// next owner; the messages merely returned with the prefetch window are not
+/// in it. The broker's own `x-delivery-count` counts those returns too (and
+/// a forged one arrives on a first delivery), so it decides nothing here.
+#[derive(Default)]
+struct Charges {
+    /// Whether the record was read from the broker (at the first
+    /// redelivered delivery, once this owner is the active one).
+    loaded: bool,
+    /// By message id.
+    by_id: BTreeMap<String, u32>,
+}
+
+/// The queue holding the owners' durable record of charges.
+pub(crate) fn charges_queue(name: &str) -> String {
+    format!("{}.charges", connection::mailbox_queue(name))
 }
 
 /// The queue's counters, written by the consumer and manager threads.
@@ -238,6 +285,8 @@ struct Open {
     wire: u64,
     session: u64,
     origin: Option<Origin>,
+    /// The message id it is charged by, when redelivered (see [`Charges`]).
+    key: Option<String>,
     /// The body and properties, kept only on a message's last allowed delivery:
     /// if its handler panics again, it is dead-lettered with the panic message.
     last: Option<(Vec<u8>, BasicProperties)>,
@@ -269,6 +318,24 @@ where
     let link = Arc::clone(&broker.link);
     let queue = connection::mailbox_queue(name);
     let channel = open_channel(&link, name, &queue, link.confirm_deadline())?;
+    let charges_queue = charges_queue(name);
+    let mut charges_args = FieldTable::default();
+    charges_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    charges_args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    link.run(
+        || format!("declaring queue `{charges_queue}`"),
+        channel.queue_declare(
+            ShortString::from(charges_queue.as_str()),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            charges_args,
+        ),
+    )?;
     let owner = Arc::new(Owner {
         link: Arc::clone(&link),
         session: Mutex::new(Session {
@@ -282,9 +349,13 @@ where
         queue: queue.clone(),
         dead_queue: connection::dead_queue(name),
         book: Mutex::new(Book::default()),
+        emptied: Condvar::new(),
+        charges_queue,
+        charges: Mutex::new(Charges::default()),
         flushing: Mutex::new(()),
         stop: StopSignal::default(),
         counts: Counts::default(),
+        reporter: Mutex::new(None),
         aborted: OnceLock::new(),
     });
     let handle = match rt.manager(name).spawn(manager) {
@@ -302,6 +373,17 @@ where
     let settler: Box<dyn SettleOutside> = Box::new(Settler(Arc::clone(&owner)));
     if handle.shared.outside.set(settler).is_err() {
         unreachable!("a freshly spawned manager has no settler");
+    }
+    match report_broker_dead_letters(&owner) {
+        Ok(reporter) => {
+            *owner
+                .reporter
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(reporter)
+        }
+        Err(e) => {
+            tracing::warn!(%queue, error = %e, "the broker's dead letters are not reported by this owner")
+        }
     }
     let consumer = match owner.consume_on(&channel) {
         Ok(consumer) => consumer,
@@ -354,6 +436,106 @@ fn open_channel(
         channel.basic_qos(link.settings.prefetch, BasicQosOptions::default()),
     )?;
     Ok(channel)
+}
+
+/// Consumes `custody.<name>.limit`, where the broker dead-letters on its own
+/// (a message returned more than its `x-delivery-limit`, a backstop far
+/// above the owners' limit), on a channel of its own: each message is
+/// copied to `custody.<name>.dead` with the reason, its asker answered
+/// `DeadLettered` and its producer's `join` told, then acknowledged (or, if
+/// the copy is not confirmed, requeued for the next try). A lost channel is
+/// replaced as the owner's is (reconnecting on): a new channel on the new
+/// connection, consuming again; the lost channel's tags are never
+/// acknowledged. Its thread ends when the channel is closed, with the
+/// serving, or is lost for good.
+fn report_broker_dead_letters(owner: &Owner) -> Result<Arc<Owner>, BrokerError> {
+    let link = &owner.link;
+    let limit_queue = connection::limit_queue(&owner.name);
+    let channel = open_channel(link, &owner.name, &limit_queue, link.confirm_deadline())?;
+    let reporter = Arc::new(Owner {
+        link: Arc::clone(link),
+        session: Mutex::new(Session {
+            channel: channel.clone(),
+            id: 1,
+            live: true,
+            delivered: false,
+        }),
+        serving: AtomicBool::new(true),
+        name: owner.name.clone(),
+        queue: limit_queue,
+        dead_queue: owner.dead_queue.clone(),
+        book: Mutex::new(Book::default()),
+        emptied: Condvar::new(),
+        charges_queue: owner.charges_queue.clone(),
+        charges: Mutex::new(Charges::default()),
+        flushing: Mutex::new(()),
+        stop: StopSignal::default(),
+        counts: Counts::default(),
+        reporter: Mutex::new(None),
+        aborted: OnceLock::new(),
+    });
+    let consumer = match reporter.consume_on(&channel) {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            reporter.close_channel();
+            return Err(e);
+        }
+    };
+    let limit =
+        u64::from(link.settings.delivery_limit) + u64::from(connection::BROKER_LIMIT_MARGIN);
+    let thread_reporter = Arc::clone(&reporter);
+    let spawned = std::thread::Builder::new()
+        .name(format!("custody-amqp-{}-limit", owner.name))
+        .spawn(move || report(consumer, &thread_reporter, limit));
+    if let Err(source) = spawned {
+        reporter.close_channel();
+        return Err(crate::error::SpawnError::Thread {
+            name: owner.name.clone(),
+            source,
+        }
+        .into());
+    }
+    Ok(reporter)
+}
+
+/// The reporter's thread: reports each of the broker's dead letters, and
+/// subscribes again after a lost channel, until its channel is closed (or
+/// the consumer cancelled, or the channel lost for good).
+fn report(mut consumer: Consumer, reporter: &Owner, limit: u64) {
+    let reason = format!(
+        "dead-lettered by the broker: returned to the queue more than its delivery limit ({limit}) times"
+    );
+    loop {
+        let session = reporter.session().id;
+        while let Some(Some(Ok(delivery))) = block_until(None, consumer.next()) {
+            let checked = codec::check(&delivery.properties, delivery.data.len(), usize::MAX);
+            tracing::warn!(queue = %reporter.queue, id = ?checked.origin.as_ref().map(|o| &o.id), "the broker dead-lettered a message: reported");
+            let report = panic::catch_unwind(AssertUnwindSafe(|| {
+                reporter.dead_letter(
+                    session,
+                    delivery.delivery_tag,
+                    &delivery.data,
+                    &delivery.properties,
+                    checked.origin,
+                    checked.target.as_ref(),
+                    &reason,
+                );
+            }));
+            if report.is_err() {
+                tracing::error!(queue = %reporter.queue, "reporting a dead letter panicked");
+                reporter.nack(session, delivery.delivery_tag);
+            }
+        }
+        // Closed with the serving, or cancelled (its queue deleted): done.
+        if reporter.stop.is_raised() || reporter.channel().status().connected() {
+            return;
+        }
+        match reporter.restart(&|| false) {
+            // The old consumer's channel is gone: dropping it sends nothing.
+            Some(next) => consumer = next,
+            None => return,
+        }
+    }
 }
 
 /// A number unique in this process.
@@ -460,7 +642,7 @@ fn consume<M: DeserializeOwned + Send + 'static>(
     // same manager goes on with the deliveries of the new one.
     let fed = panic::catch_unwind(AssertUnwindSafe(|| {
         while let Fed::Lost = feed(&mut consumer, &handle, &owner) {
-            match owner.restart(&handle) {
+            match owner.restart(&|| handle.has_exited()) {
                 // The old consumer's channel is gone: dropping it sends nothing.
                 Some(next) => consumer = next,
                 None => {
@@ -508,6 +690,16 @@ enum Fed {
     /// the consumer (its queue was deleted): serving ends.
     Done,
     /// The channel (or the whole connection) is lost.
+    Lost,
+}
+
+/// How waiting for everything handed over on a channel to be settled ended.
+enum Emptied {
+    /// Settled: nothing of the channel is in the manager's hands.
+    Yes,
+    /// Asked to stop, stopped at once, or the manager exited.
+    Stopping,
+    /// The channel is lost: what it delivered is never settled.
     Lost,
 }
 
@@ -601,8 +793,32 @@ fn feed<M: DeserializeOwned + Send + 'static>(
         if delivery.redelivered {
             Counts::add(&owner.counts.redelivered, 1);
         }
+        // A redelivered message is handed over alone, once everything before
+        // it (of this channel) is settled, and nothing after it until it is:
+        // an owner that stops meanwhile is charged to it, and to it only.
+        // Deliveries of a lost channel are not waited for: never settled,
+        // they are dropped.
+        let alone = delivery.redelivered;
+        if alone {
+            match owner.wait_emptied(handle, session) {
+                Emptied::Yes => {}
+                // Stopping: it goes back to the queue with the channel.
+                Emptied::Stopping => return Fed::Done,
+                // It goes back to the queue with the lost channel.
+                Emptied::Lost => return Fed::Lost,
+            }
+        }
         match panic::catch_unwind(AssertUnwindSafe(|| take(handle, owner, session, &delivery))) {
-            Ok(Taken::Handed | Taken::Rejected) => {}
+            Ok(Taken::Handed) => {
+                if alone {
+                    match owner.wait_emptied(handle, session) {
+                        Emptied::Yes => {}
+                        Emptied::Stopping => return Fed::Done,
+                        Emptied::Lost => return Fed::Lost,
+                    }
+                }
+            }
+            Ok(Taken::Rejected) => {}
             Ok(Taken::Refused) => return Fed::Done,
             Err(payload) => {
                 // A bug of this module, not of the delivery: give it back to
@@ -652,6 +868,43 @@ fn take<M: DeserializeOwned + Send + 'static>(
         owner.reject(session, wire, delivery, origin, target.as_ref(), &invalid);
         return Taken::Rejected;
     }
+    // A redelivered message is charged in the durable record before it is
+    // handed over; one charged up to the limit already is not handed again.
+    let key = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned());
+    let last = if !delivery.redelivered {
+        // A first delivery is never the last: its `x-delivery-count`, if any,
+        // was put there by whoever published it.
+        false
+    } else if let Some(key) = &key {
+        let limit = settings.delivery_limit;
+        let charged = owner.charged(key);
+        if charged >= limit {
+            let reason = format!(
+                "the owner stopped {charged} times while handling it alone (limit {limit})"
+            );
+            tracing::warn!(queue = %owner.queue, tag = wire, reason, "dead-lettered");
+            owner.uncharge(key);
+            owner.dead_letter(
+                session,
+                wire,
+                &delivery.data,
+                &delivery.properties,
+                origin,
+                target.as_ref(),
+                &reason,
+            );
+            return Taken::Rejected;
+        }
+        owner.charge(key, charged + 1);
+        charged + 1 >= limit
+    } else {
+        // No id to charge it by: the broker's count is all there is.
+        delivery_count >= u64::from(settings.delivery_limit)
+    };
     // Opened before decoding, so that a reply answered (or dropped) during
     // the decode finds its request.
     let tag = {
@@ -663,6 +916,7 @@ fn take<M: DeserializeOwned + Send + 'static>(
             wire,
             session,
             origin: origin.clone(),
+            key: key.filter(|_| delivery.redelivered),
             last: None,
             ask: target.clone().map(|target| Ask {
                 target,
@@ -690,7 +944,7 @@ fn take<M: DeserializeOwned + Send + 'static>(
                     if let Some(ask) = &mut open.ask {
                         ask.bound = bound;
                     }
-                    if delivery_count >= u64::from(settings.delivery_limit) {
+                    if last {
                         open.last = Some((delivery.data.clone(), delivery.properties.clone()));
                     }
                 }
@@ -777,6 +1031,107 @@ impl Owner {
         self.book()
             .open
             .retain(|o| (o.session, o.wire) != (session, wire));
+        self.emptied.notify_all();
+    }
+
+    /// Waits until every delivery handed over on channel `session` is
+    /// settled (or failed). Deliveries of a lost channel are never settled,
+    /// and not waited for: if `session` is lost meanwhile, `Lost`.
+    fn wait_emptied<M: Send + 'static>(&self, handle: &Handle<M>, session: u64) -> Emptied {
+        let mut book = self.book();
+        loop {
+            if self.stop.is_raised() || self.is_dropping() || handle.has_exited() {
+                return Emptied::Stopping;
+            }
+            let lost = {
+                let current = self.session();
+                !current.live || current.id != session || !current.channel.status().connected()
+            };
+            if lost {
+                return Emptied::Lost;
+            }
+            if !book.open.iter().any(|o| o.session == session) {
+                return Emptied::Yes;
+            }
+            book = self
+                .emptied
+                .wait_timeout(book, EXIT_POLL)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn charges(&self) -> MutexGuard<'_, Charges> {
+        self.charges.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many times message `key` stopped an owner while in hand, reading
+    /// the durable record first if this owner has not yet.
+    fn charged(&self, key: &str) -> u32 {
+        let mut charges = self.charges();
+        if !charges.loaded {
+            charges.by_id = self.read_charges();
+            charges.loaded = true;
+        }
+        charges.by_id.get(key).copied().unwrap_or(0)
+    }
+
+    /// Reads the record of charges the previous owners left (and leaves it
+    /// in its queue).
+    fn read_charges(&self) -> BTreeMap<String, u32> {
+        let (channel, session) = {
+            let current = self.session();
+            (current.channel.clone(), current.id)
+        };
+        let got = self.link.run(
+            || format!("reading queue `{}`", self.charges_queue),
+            channel.basic_get(
+                ShortString::from(self.charges_queue.as_str()),
+                BasicGetOptions { no_ack: false },
+            ),
+        );
+        match got {
+            Ok(Some(message)) => {
+                let tag = message.delivery.delivery_tag;
+                let record = codec::decode::<BTreeMap<String, u32>>(&message.delivery.data);
+                self.nack(session, tag);
+                record.unwrap_or_else(|e| {
+                    tracing::warn!(queue = %self.queue, error = %e, "an undecodable record of charges: ignored");
+                    BTreeMap::new()
+                })
+            }
+            Ok(None) => BTreeMap::new(),
+            Err(e) => {
+                tracing::warn!(queue = %self.queue, error = %e, "the record of charges was not read");
+                BTreeMap::new()
+            }
+        }
+    }
+
+    /// Charges message `key` with `n` stops and writes the record (confirmed)
+    /// before it is handed over.
+    fn charge(&self, key: &str, n: u32) {
+        let body = {
+            let mut charges = self.charges();
+            charges.by_id.insert(key.to_owned(), n);
+            codec::encode(&charges.by_id)
+        };
+        let written = body.and_then(|body| {
+            let props = BasicProperties::default()
+                .with_content_type(ShortString::from(codec::CONTENT_TYPE))
+                .with_delivery_mode(2);
+            self.publish_confirmed(&self.charges_queue, &body, props)
+        });
+        if let Err(e) = written {
+            // Handed over uncharged: the broker's limit stays the backstop.
+            tracing::warn!(queue = %self.queue, error = %e, "the record of charges was not written");
+        }
+    }
+
+    /// Forgets the charges of a message settled or dead-lettered; the
+    /// record drops it at its next write.
+    fn uncharge(&self, key: &str) {
+        self.charges().by_id.remove(key);
     }
 
     /// The channel or connection is gone (or the consumer cancelled): the
@@ -832,7 +1187,19 @@ impl Owner {
         }
     }
 
+    /// Closes the channel, and the channel of the reporter of the broker's
+    /// dead letters.
     pub(crate) fn close_channel(&self) {
+        let reporter = self
+            .reporter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(reporter) = reporter {
+            // Its thread ends, even while it waits for a connection.
+            reporter.stop.raise();
+            reporter.close_channel();
+        }
         let _ = block_until(
             self.link.confirm_deadline(),
             self.channel()
@@ -859,10 +1226,12 @@ impl Owner {
     /// declares the queue again and consumes from it, as a standby if
     /// another owner is active now (single active consumer decides). The
     /// deliveries of the lost channel are never acknowledged: the broker
-    /// has returned them to the queue, to be delivered again. `None` when
-    /// asked to stop, when the manager has exited, or when the connection
-    /// is closed or lost for good.
-    fn restart<M: Send + 'static>(&self, handle: &Handle<M>) -> Option<Consumer> {
+    /// has returned them to the queue, to be delivered again; their open
+    /// entries are dropped, and the record of charges is read again (another
+    /// owner may have been active meanwhile). `None` when asked to stop,
+    /// when `gone` (the manager has exited), or when the connection is
+    /// closed or lost for good.
+    fn restart(&self, gone: &dyn Fn() -> bool) -> Option<Consumer> {
         let lost_at = Instant::now();
         self.session().live = false;
         if !self.link.settings.reconnect || self.link.is_final() {
@@ -877,7 +1246,7 @@ impl Owner {
         );
         let mut pause = RESTART_POLL;
         loop {
-            if self.stop.is_raised() || handle.has_exited() {
+            if self.stop.is_raised() || gone() {
                 return None;
             }
             if self.link.is_final() {
@@ -898,7 +1267,11 @@ impl Owner {
             {
                 let mut book = self.book();
                 book.first_current = book.next_tag + 1;
+                // All came on lost channels: never settled now.
+                book.open.clear();
             }
+            self.emptied.notify_all();
+            self.charges().loaded = false;
             let id = {
                 let mut session = self.session();
                 session.id += 1;
@@ -1275,6 +1648,7 @@ impl SettleOutside for Settler {
             // Lost, or stopped at once after this batch's `idle`: settle
             // nothing; the deliveries go back to the queue.
             owner.book().open.retain(|o| o.tag > up_to);
+            owner.emptied.notify_all();
             tracing::debug!(queue = %owner.queue, up_to, "a batch of a dropped owner left unsettled");
             return;
         }
@@ -1322,6 +1696,9 @@ impl SettleOutside for Settler {
                     // A reply still held by the manager: sent when answered.
                     _ => {}
                 }
+                if let Some(key) = &open.key {
+                    owner.uncharge(key);
+                }
                 if let Some(origin) = open.origin {
                     book.pending
                         .entry(origin.producer)
@@ -1338,6 +1715,7 @@ impl SettleOutside for Settler {
                 book.unacked = Some((session, wire));
             }
         }
+        owner.emptied.notify_all();
         // After `idle` (answered means committed) and before the ack: an
         // owner that dies after the ack has answered; one that dies before
         // it leaves the request to be redelivered, and answered again.
@@ -1367,6 +1745,7 @@ impl SettleOutside for Settler {
             let at = book.open.iter().position(|o| o.tag == tag);
             at.and_then(|at| book.open.remove(at))
         };
+        owner.emptied.notify_all();
         let Some(open) = open else {
             return;
         };
@@ -1379,10 +1758,14 @@ impl SettleOutside for Settler {
                 session,
                 wire,
                 origin,
+                key,
                 last: Some((data, props)),
                 ask,
                 ..
             } => {
+                if let Some(key) = &key {
+                    owner.uncharge(key);
+                }
                 let reason = format!(
                     "the handler panicked on every delivery (limit {}): {panic}",
                     owner.link.settings.delivery_limit
