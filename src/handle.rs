@@ -251,8 +251,12 @@ impl<M: Send + 'static> Handle<M> {
     ///
     /// # Errors
     ///
-    /// [`SendError`] with the message inside if the manager is stopping or
-    /// stopped.
+    /// [`SendError::Stopped`] with the message inside if the manager is
+    /// stopping or stopped. [`SendError::Deadlock`], also with the message
+    /// inside, if this is called from a manager, the bounded mailbox is full,
+    /// and waiting for room would never end because the receiving manager is
+    /// (through a chain of asks, joins or blocked tells) waiting on the
+    /// sender.
     ///
     /// # Examples
     ///
@@ -317,8 +321,9 @@ impl<M: Send + 'static> Handle<M> {
     /// # Errors
     ///
     /// [`SendTimeoutError::Timeout`] if the mailbox stayed full,
-    /// [`SendTimeoutError::Stopped`] if the manager is stopping or stopped; the
-    /// message comes back in both.
+    /// [`SendTimeoutError::Stopped`] if the manager is stopping or stopped,
+    /// [`SendTimeoutError::Deadlock`] as [`tell`](Handle::tell); the message
+    /// comes back in each.
     pub fn tell_timeout(&self, msg: M, timeout: Duration) -> Result<(), SendTimeoutError<M>> {
         self.post(msg, Wait::Until(deadline_after(timeout)))
             .map_err(|r| match r {
@@ -443,7 +448,9 @@ impl<M: Send + 'static> Handle<M> {
     /// # Errors
     ///
     /// [`JoinError::Stopped`] if the manager stopped at once and discarded
-    /// messages it had accepted.
+    /// messages it had accepted. [`JoinError::Deadlock`] at once if a manager
+    /// joins itself (its message in hand is unfinished until it returns), or
+    /// joins a manager that is waiting on it.
     ///
     /// # Examples
     ///

@@ -932,25 +932,9 @@ struct Proxy {
 
 impl Proxy {
     fn start(cut: Cut) -> Proxy {
-        let url = url();
-        let scheme_end = url.find("://").expect("an amqp:// url") + 3;
-        let authority_start = url[scheme_end..]
-            .find('@')
-            .map_or(scheme_end, |at| scheme_end + at + 1);
-        let authority_end = url[authority_start..]
-            .find(['/', '?'])
-            .map_or(url.len(), |end| authority_start + end);
-        let mut upstream = url[authority_start..authority_end].to_owned();
-        if !upstream.contains(':') {
-            upstream.push_str(":5672");
-        }
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let proxied = format!(
-            "{}127.0.0.1:{port}{}",
-            &url[..authority_start],
-            &url[authority_end..]
-        );
+        let (upstream, proxied) = common::through_proxy(&url(), port);
         let done = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&done);
         std::thread::spawn(move || {

@@ -20,15 +20,17 @@
 
 #![cfg(feature = "amqp")]
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use custody::broker::{Broker, BrokerBuilder, RemoteAskError, RemoteJoinError, RemoteReply};
+use common::{Queues, builder, connect, url};
+use custody::broker::{Broker, RemoteAskError, RemoteJoinError, RemoteReply};
 use custody::{Backend, Context, Manager, Runtime};
 use futures_lite::StreamExt;
 use futures_lite::future::block_on;
@@ -58,60 +60,6 @@ fn per_backend(scenario: impl Fn(usize) + Send + Sync + Clone + 'static) {
     for backend in 0..Backend::ALL.len() {
         let scenario = scenario.clone();
         within(move || scenario(backend));
-    }
-}
-
-fn url() -> String {
-    std::env::var("CUSTODY_AMQP_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| custody::broker::DEFAULT_URL.to_owned())
-}
-
-fn builder() -> BrokerBuilder {
-    Broker::builder(url()).delivery_limit(LIMIT)
-}
-
-fn connect(b: BrokerBuilder) -> Broker {
-    b.connect().unwrap_or_else(|e| {
-        panic!("the broker tests need a reachable RabbitMQ broker (CUSTODY_AMQP_URL): {e}")
-    })
-}
-
-/// A manager name no other test run uses.
-fn unique_name(label: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "test.{label}.{}.{}.{nanos:x}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Deletes the queues of a manager name when dropped, pass or fail.
-struct Queues {
-    broker: Broker,
-    name: String,
-}
-
-impl Queues {
-    fn new(label: &str) -> Queues {
-        Queues {
-            broker: connect(builder()),
-            name: unique_name(label),
-        }
-    }
-}
-
-impl Drop for Queues {
-    fn drop(&mut self) {
-        if let Err(e) = self.broker.delete_queues(&self.name) {
-            eprintln!("could not delete the queues of {}: {e}", self.name);
-        }
     }
 }
 
@@ -570,25 +518,9 @@ struct CutProxy {
 impl CutProxy {
     fn start() -> CutProxy {
         use std::net::{TcpListener, TcpStream};
-        let url = url();
-        let scheme_end = url.find("://").expect("an amqp:// url") + 3;
-        let authority_start = url[scheme_end..]
-            .find('@')
-            .map_or(scheme_end, |at| scheme_end + at + 1);
-        let authority_end = url[authority_start..]
-            .find(['/', '?'])
-            .map_or(url.len(), |end| authority_start + end);
-        let mut upstream = url[authority_start..authority_end].to_owned();
-        if !upstream.contains(':') {
-            upstream.push_str(":5672");
-        }
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let proxied = format!(
-            "{}127.0.0.1:{port}{}",
-            &url[..authority_start],
-            &url[authority_end..]
-        );
+        let (upstream, proxied) = common::through_proxy(&url(), port);
         let sockets = Arc::new(Mutex::new(Vec::new()));
         let kept = Arc::clone(&sockets);
         std::thread::spawn(move || {

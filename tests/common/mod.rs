@@ -43,6 +43,28 @@ pub fn unique_name(label: &str) -> String {
     )
 }
 
+/// For a proxy of a test's own listening on `port`: the broker's `host:port`
+/// to forward to, and `url` with its authority replaced by the proxy's.
+pub fn through_proxy(url: &str, port: u16) -> (String, String) {
+    let scheme_end = url.find("://").expect("an amqp:// url") + 3;
+    let authority_start = url[scheme_end..]
+        .find('@')
+        .map_or(scheme_end, |at| scheme_end + at + 1);
+    let authority_end = url[authority_start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |end| authority_start + end);
+    let mut upstream = url[authority_start..authority_end].to_owned();
+    if !upstream.contains(':') {
+        upstream.push_str(":5672");
+    }
+    let proxied = format!(
+        "{}127.0.0.1:{port}{}",
+        &url[..authority_start],
+        &url[authority_end..]
+    );
+    (upstream, proxied)
+}
+
 /// Deletes the queues of a manager name when dropped, pass or fail.
 pub struct Queues {
     pub broker: Broker,
