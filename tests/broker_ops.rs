@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime};
 
 use common::{Queues, builder, connect, unique_name, url};
-use custody::broker::{BROKER_LIMIT_MARGIN, Broker, BrokerError, QueueMismatch};
+use custody::broker::{BROKER_LIMIT_MARGIN, BrokerError, QueueMismatch};
 use custody::resources::{Database, RemoteDatabase, RemoteDbMsg, RemoteWrite};
 use custody::{Backend, Context, Manager, Runtime};
 
@@ -353,6 +353,7 @@ fn an_applied_table_without_times_is_stamped_now_and_kept_a_whole_horizon() {
 }
 
 /// Everything an error prints: its text, its Debug, and its causes'.
+#[cfg(feature = "amqps")]
 fn printed(err: &BrokerError) -> String {
     let mut text = format!("{err} {err:?}");
     let mut source = std::error::Error::source(err);
@@ -371,13 +372,15 @@ fn an_amqps_url_to_a_plain_amqp_port_is_a_tls_error_without_the_password() {
         // AMQP protocol header, and closes.
         let host = connect(builder()).host().to_owned();
         let url = format!("amqps://guest:hunter2@{host}/%2f");
-        let err = Broker::builder(url.clone()).connect().unwrap_err();
+        let err = custody::broker::Broker::builder(url.clone())
+            .connect()
+            .unwrap_err();
         assert!(
             matches!(&err, BrokerError::Tls { host: h, .. } if *h == host),
             "{err:?}"
         );
         assert!(!printed(&err).contains("hunter2"), "{}", printed(&err));
-        let builder = Broker::builder(format!("{url},{url}"));
+        let builder = custody::broker::Broker::builder(format!("{url},{url}"));
         assert!(!format!("{builder:?}").contains("hunter2"), "{builder:?}");
         let err = builder.connect().unwrap_err();
         let BrokerError::NoNodeReachable { attempts } = &err else {
