@@ -133,13 +133,10 @@ impl Node {
     }
 
     /// Settings for a broker that tries this node first, then the others.
-    /// Reconnecting off: the producers replace a lost connection themselves
-    /// (a new broker and a new handle), which these scenarios check; the
-    /// broker's own reconnecting is tests/broker_reconnect.rs.
     fn first(self) -> BrokerBuilder {
         let mut urls = vec![self.url()];
         urls.extend(self.others().into_iter().map(Node::url));
-        BrokerBuilder::urls(urls).reconnect(false)
+        BrokerBuilder::urls(urls)
     }
 
     /// SIGKILLs the node and waits until its process is gone; when the
@@ -363,9 +360,7 @@ impl Size {
                 after: 1_000,
                 chunk: 10,
                 pause: Duration::from_millis(10),
-                // After a takeover the standby takes the redelivered window
-                // one message at a time (each charged durably), on a loaded
-                // 2-core host: minutes, not seconds, are the honest bound.
+                // A node's death and restart under a loaded 2-core host.
                 limit: Duration::from_secs(180),
             }
         }
