@@ -14,12 +14,14 @@
 
 #![cfg(all(feature = "amqp", feature = "sqlite"))]
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use custody::broker::{Broker, BrokerBuilder, BrokerError, RemoteHandle};
 use custody::resources::{Database, RemoteDatabase, RemoteDbMsg, RemoteWrite, SqlValue};
@@ -184,16 +186,7 @@ fn leader(name: &str) -> Node {
 
 /// A manager name no other test run uses.
 fn unique_name(label: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "test.cluster.{label}.{}.{}.{nanos:x}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    common::unique_name(&format!("cluster.{label}"))
 }
 
 /// Deletes the queues of a manager name when dropped, through any node.

@@ -52,29 +52,14 @@ fn size(smoke: u64) -> u64 {
     if full() { smoke * 10 } else { smoke }
 }
 
-/// Runs `f` on a thread of its own and fails the test if it takes longer
-/// than the scenario bound (60 s, 180 s at full size).
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let limit = Duration::from_secs(if full() { 180 } else { 60 });
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(v)) => v,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("{what}: the scenario did not finish within {limit:?}"),
-    }
+/// The bound on one scenario.
+fn limit() -> Duration {
+    Duration::from_secs(if full() { 180 } else { 60 })
 }
 
 /// Runs the scenario once per backend, each inside `within`.
 fn per_backend(what: &'static str, scenario: impl Fn(Backend) + Send + Sync + Clone + 'static) {
-    for backend in Backend::ALL {
-        let scenario = scenario.clone();
-        within(&format!("{what} ({})", backend.name()), move || {
-            scenario(backend)
-        });
-    }
+    common::per_backend_within(limit(), what, scenario);
 }
 
 /// A SQLite file, removed with its companions when dropped, pass or fail.

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use common::{Queues, builder, connect, unique_name, url};
@@ -16,29 +16,20 @@ use custody::broker::{BrokerError, QueueMismatch};
 use custody::resources::{Database, RemoteDatabase, RemoteDbMsg, RemoteWrite};
 use custody::{Backend, Context, Manager, Runtime};
 
+/// The bound on one scenario.
+fn limit() -> Duration {
+    Duration::from_secs(60)
+}
+
 /// Runs `f` on a thread of its own and fails the test if it takes longer
-/// than 60 s.
+/// than [`limit`].
 fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let limit = Duration::from_secs(60);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(v)) => v,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("{what}: the scenario did not finish within {limit:?}"),
-    }
+    common::within_limit(limit(), what, f)
 }
 
 /// Runs the scenario once per backend, each inside `within`.
 fn per_backend(what: &'static str, scenario: impl Fn(Backend) + Send + Sync + Clone + 'static) {
-    for backend in Backend::ALL {
-        let scenario = scenario.clone();
-        within(&format!("{what} ({})", backend.name()), move || {
-            scenario(backend)
-        });
-    }
+    common::per_backend_within(limit(), what, scenario);
 }
 
 fn runtime(backend: Backend) -> Runtime {

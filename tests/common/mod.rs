@@ -6,9 +6,43 @@
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
 
+use custody::Backend;
 use custody::broker::{Broker, BrokerBuilder};
+
+/// Runs `f` on a thread of its own and fails the test, naming `what`, if it
+/// takes longer than `limit` (a hang becomes a failure).
+pub fn within_limit<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(v)) => v,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("{what}: the scenario did not finish within {limit:?}"),
+    }
+}
+
+/// Runs the scenario once per backend, each bounded by `limit`.
+pub fn per_backend_within(
+    limit: Duration,
+    what: &'static str,
+    scenario: impl Fn(Backend) + Send + Sync + Clone + 'static,
+) {
+    for backend in Backend::ALL {
+        let scenario = scenario.clone();
+        within_limit(limit, &format!("{what} ({})", backend.name()), move || {
+            scenario(backend)
+        });
+    }
+}
 
 /// `CUSTODY_AMQP_URL`, or the machine's broker.
 pub fn url() -> String {
