@@ -414,7 +414,15 @@ fn fencing_owner_process() {
         .build()
         .unwrap();
     // A short heartbeat: the broker drops this owner soon after a SIGSTOP.
-    let broker = connect(builder().heartbeat(Duration::from_secs(2)).prefetch(256));
+    // Reconnecting off: an owner that learns its connection is gone then
+    // stops at once (reconnecting, it would keep its manager to serve again:
+    // tests/broker_reconnect.rs).
+    let broker = connect(
+        builder()
+            .heartbeat(Duration::from_secs(2))
+            .prefetch(256)
+            .reconnect(false),
+    );
     let path = std::path::Path::new(path);
     let owner = ChildOwner {
         // Stalled, it holds a transaction of writes not yet committed.
@@ -769,7 +777,13 @@ fn an_owner_cut_off_stops_at_once_and_drops_what_it_had_not_settled() {
             .max_batch(16)
             .build()
             .unwrap();
-        let owner = connect(Broker::builder(proxy.url.clone()).prefetch(256));
+        // Reconnecting off: an owner that learns its connection is gone
+        // then stops at once (reconnecting, it would keep its manager).
+        let owner = connect(
+            Broker::builder(proxy.url.clone())
+                .prefetch(256)
+                .reconnect(false),
+        );
         // Slow throughout: its mailbox stays full.
         let (a, a_report) = Observed::new(owner_db(&file.0, "A"));
         let served_a = owner
@@ -995,7 +1009,10 @@ fn a_zombie_that_cannot_be_fenced_acts_only_on_what_it_held_until_its_heartbeat_
         let owner = connect(
             Broker::builder(proxy.url.clone())
                 .heartbeat(heartbeat)
-                .prefetch(256),
+                .prefetch(256)
+                // Reconnecting off: it stops at once when its heartbeat
+                // fails (reconnecting, it would keep its manager).
+                .reconnect(false),
         );
         let by_a = Arc::new(Mutex::new(Vec::new()));
         let served_a = owner

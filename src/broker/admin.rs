@@ -15,8 +15,10 @@ pub struct DeadMessage {
     /// The message id the sender gave it, if any.
     pub id: Option<String>,
     /// Why the owner dead-lettered it (`x-custody-error`): the decode error,
-    /// or the panic of its last delivery. `None` if the broker dead-lettered
-    /// it on its own (an owner crashed on every delivery).
+    /// the panic of its last delivery, or the owners it stopped. `None` if
+    /// the broker dead-lettered it on its own (returned to the queue more than
+    /// the delivery limit plus [`BROKER_LIMIT_MARGIN`](super::BROKER_LIMIT_MARGIN)
+    /// times).
     pub error: Option<String>,
     /// The broker's reason (`x-first-death-reason`, e.g. `delivery_limit`),
     /// when the broker dead-lettered it.
@@ -40,10 +42,7 @@ impl Broker {
     ) -> Result<Vec<DeadMessage>, BrokerError> {
         connection::check_name(name)?;
         let link = &*self.link;
-        let channel = link.run(
-            || "opening a channel".to_owned(),
-            link.connection.create_channel(),
-        )?;
+        let channel = link.open_channel(link.confirm_deadline())?;
         let queue = connection::dead_queue(name);
         let mut taken = Vec::new();
         while taken.len() < max {
@@ -72,8 +71,10 @@ impl Broker {
         Ok(taken)
     }
 
-    /// Deletes the queues of the manager served as `name`: `custody.<name>`
-    /// and `custody.<name>.dead`, with every message in them. Owners still
+    /// Deletes the queues of the manager served as `name`: `custody.<name>`,
+    /// `custody.<name>.dead`, `custody.<name>.limit` (the broker's dead
+    /// letters, before an owner moves them to `.dead`) and its owners'
+    /// record of charges `custody.<name>.charges`, with every message in them. Owners still
     /// serving it see their consumer cancelled and stop.
     ///
     /// # Errors
@@ -82,13 +83,12 @@ impl Broker {
     pub fn delete_queues(&self, name: &str) -> Result<(), BrokerError> {
         connection::check_name(name)?;
         let link = &*self.link;
-        let channel = link.run(
-            || "opening a channel".to_owned(),
-            link.connection.create_channel(),
-        )?;
+        let channel = link.open_channel(link.confirm_deadline())?;
         for queue in [
             connection::mailbox_queue(name),
             connection::dead_queue(name),
+            super::serve::charges_queue(name),
+            connection::limit_queue(name),
         ] {
             link.run(
                 || format!("deleting queue `{queue}`"),

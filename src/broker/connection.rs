@@ -4,8 +4,12 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_lite::{Stream, StreamExt};
 
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -18,6 +22,7 @@ use serde::de::DeserializeOwned;
 use super::error::{BrokerError, QueueMismatch, parse_inequivalent_arg};
 use super::remote::RemoteHandle;
 use super::serve::{self, Served};
+use crate::error::SpawnError;
 use crate::manager::Manager;
 use crate::runtime::Runtime;
 
@@ -37,6 +42,11 @@ pub(crate) const DONE_QUEUE_PREFIX: &str = "custody.done.";
 
 /// The default for [`BrokerBuilder::max_body`]: 16 MiB.
 pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// The default first pause of [`BrokerBuilder::reconnect_backoff`]: 100 ms.
+pub const DEFAULT_RECONNECT_INITIAL: Duration = Duration::from_millis(100);
+/// The default longest pause of [`BrokerBuilder::reconnect_backoff`]: 10 s.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(10);
 
 /// Settings for a [`Broker`]; made by [`Broker::builder`] (one node, or a
 /// comma-separated list of nodes) or [`BrokerBuilder::urls`] (the nodes of a
@@ -68,6 +78,12 @@ pub(crate) struct Settings {
     pub(crate) prefetch: u16,
     pub(crate) delivery_limit: u32,
     pub(crate) max_body: usize,
+    /// Whether a lost connection is replaced.
+    pub(crate) reconnect: bool,
+    /// The pause after the first round of reconnect attempts that failed.
+    pub(crate) reconnect_initial: Duration,
+    /// The longest pause between two rounds of reconnect attempts.
+    pub(crate) reconnect_max: Duration,
 }
 
 impl Default for Settings {
@@ -79,6 +95,9 @@ impl Default for Settings {
             prefetch: 256,
             delivery_limit: 5,
             max_body: DEFAULT_MAX_BODY,
+            reconnect: true,
+            reconnect_initial: DEFAULT_RECONNECT_INITIAL,
+            reconnect_max: DEFAULT_RECONNECT_MAX,
         }
     }
 }
@@ -145,11 +164,18 @@ impl BrokerBuilder {
         self
     }
 
-    /// How many times a message is redelivered after a failed delivery
-    /// before it is dead-lettered (default 5, so at most 6 deliveries). It is
-    /// an argument of the queue: every process declaring the queue must use
-    /// the same value, or the second declaration fails with
-    /// [`BrokerError::QueueMismatch`] (which says how to change it).
+    /// How many times a message may stop its owner (a panicking handler, or
+    /// an owner that died or lost its connection while handling it alone)
+    /// before the owner dead-letters it (default 5, so at most 6 handlings).
+    /// Redelivered messages are handled one at a time and charged through a
+    /// durable record of the queue's own, so messages returned only because
+    /// they were in the prefetch window of a crash are not charged. The
+    /// queue's broker-side `x-delivery-limit` is this plus
+    /// [`BROKER_LIMIT_MARGIN`], a backstop: it is an argument of the queue,
+    /// so every process declaring the queue must use the same value, or the
+    /// second declaration fails with [`BrokerError::QueueMismatch`] (which
+    /// says how to change it; a queue declared by a version without the
+    /// margin must be migrated).
     pub fn delivery_limit(mut self, n: u32) -> Self {
         self.settings.delivery_limit = n;
         self
@@ -176,6 +202,44 @@ impl BrokerBuilder {
         self
     }
 
+    /// Whether a connection lost after `connect` is replaced (default
+    /// `true`). With `false`, a lost connection stays lost, as
+    /// [`BrokerState::Lost`]: served managers stop serving (a standby takes
+    /// over) and every [`RemoteHandle`] call fails; the application builds a
+    /// new `Broker` to go on.
+    pub fn reconnect(mut self, on: bool) -> Self {
+        self.settings.reconnect = on;
+        self
+    }
+
+    /// The pauses between rounds of reconnect attempts (defaults
+    /// [`DEFAULT_RECONNECT_INITIAL`], 100 ms, and [`DEFAULT_RECONNECT_MAX`],
+    /// 10 s). A round tries every node once, starting after the node that
+    /// was lost, each within the connect timeout; the first round starts at
+    /// once, and after each round that failed the pause doubles, from
+    /// `initial` up to `max`, and is drawn at random between half of it and
+    /// all of it (so that the clients of a restarted broker do not all come
+    /// back at the same instant). `initial` is at least 1 ms; `max` at least
+    /// `initial`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use custody::broker::Broker;
+    ///
+    /// let broker = Broker::builder("amqp://guest:guest@127.0.0.1:5672/%2f")
+    ///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(2))
+    ///     .connect()?;
+    /// # Ok::<(), custody::broker::BrokerError>(())
+    /// ```
+    pub fn reconnect_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        let initial = initial.max(Duration::from_millis(1));
+        self.settings.reconnect_initial = initial;
+        self.settings.reconnect_max = max.max(initial);
+        self
+    }
+
     /// Connects: to the first of its nodes that answers, trying them in
     /// order, each within the connect timeout (so with every node down, it
     /// fails after the connect timeout times the number of nodes at most).
@@ -191,21 +255,25 @@ impl BrokerBuilder {
     /// with several, [`BrokerError::NoNodeReachable`], holding each node's
     /// error in the order tried.
     pub fn connect(self) -> Result<Broker, BrokerError> {
-        let mut uris = Vec::with_capacity(self.urls.len());
+        let mut nodes = Vec::with_capacity(self.urls.len());
         for url in &self.urls {
-            uris.push(parse_url(url)?);
+            nodes.push(Node::new(parse_url(url)?, &self.settings));
         }
-        if uris.is_empty() {
+        if nodes.is_empty() {
             return Err(BrokerError::InvalidUrl {
                 reason: "no broker URL given".to_owned(),
             });
         }
-        // Reconnecting after a lost connection would start here again, from
-        // the same URLs and settings, and put a new connection in the `Link`.
-        let mut attempts = Vec::with_capacity(uris.len());
-        for uri in uris {
-            match BrokerBuilder::connect_node(uri, self.settings.clone()) {
-                Ok(broker) => return Ok(broker),
+        let mut attempts = Vec::with_capacity(nodes.len());
+        for (at, node) in nodes.iter().enumerate() {
+            match node.connect(&self.settings) {
+                Ok(connection) => {
+                    tracing::debug!(host = %node.host, "connected to the AMQP broker");
+                    let link = Link::start(nodes, at, connection, self.settings)?;
+                    return Ok(Broker {
+                        link: Arc::new(link),
+                    });
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "no connection to this AMQP broker node");
                     attempts.push(e);
@@ -217,9 +285,21 @@ impl BrokerBuilder {
         }
         Err(BrokerError::NoNodeReachable { attempts })
     }
+}
 
-    /// Connects to one node.
-    fn connect_node(mut uri: AMQPUri, settings: Settings) -> Result<Broker, BrokerError> {
+/// One node to connect to: its URL, parsed (it holds the password: never
+/// printed), and its `host:port`.
+struct Node {
+    uri: AMQPUri,
+    host: String,
+    /// An `amqps://` node.
+    tls: bool,
+}
+
+impl Node {
+    /// The node of `uri`, with the heartbeat and connect timeout of
+    /// `settings` unless the URL sets its own.
+    fn new(mut uri: AMQPUri, settings: &Settings) -> Node {
         let host = format!("{}:{}", uri.authority.host, uri.authority.port);
         let tls = uri.scheme == AMQPScheme::AMQPS;
         if uri.query.heartbeat.is_none() {
@@ -230,48 +310,38 @@ impl BrokerBuilder {
             let millis = settings.connect_timeout.as_millis().max(1);
             uri.query.connection_timeout = Some(u64::try_from(millis).unwrap_or(u64::MAX));
         }
+        Node { uri, host, tls }
+    }
+
+    /// Connects to this node within the connect timeout.
+    fn connect(&self, settings: &Settings) -> Result<Connection, BrokerError> {
+        let host = self.host.clone();
         let properties = ConnectionProperties::default().with_connection_name(LongString::from(
             format!("custody pid {}", std::process::id()),
         ));
-        let connecting = Connection::connect_uri(uri, properties);
-        let connection = match block_until(deadline(settings.connect_timeout), connecting) {
-            None => {
-                return Err(BrokerError::Unreachable {
-                    host,
-                    source: Box::new(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no connection within {:?}", settings.connect_timeout),
-                    )),
-                });
-            }
-            Some(Err(e)) if e.is_amqp_error() => {
-                return Err(BrokerError::Refused {
-                    host,
-                    source: Box::new(e),
-                });
-            }
-            Some(Err(e)) if tls && is_tls_failure(&e) => {
-                return Err(BrokerError::Tls {
-                    host,
-                    source: Box::new(e),
-                });
-            }
-            Some(Err(e)) => {
-                return Err(BrokerError::Unreachable {
-                    host,
-                    source: Box::new(e),
-                });
-            }
-            Some(Ok(connection)) => connection,
-        };
-        tracing::debug!(%host, "connected to the AMQP broker");
-        Ok(Broker {
-            link: Arc::new(Link {
-                connection,
+        let connecting = Connection::connect_uri(self.uri.clone(), properties);
+        match block_until(deadline(settings.connect_timeout), connecting) {
+            None => Err(BrokerError::Unreachable {
                 host,
-                settings,
+                source: Box::new(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no connection within {:?}", settings.connect_timeout),
+                )),
             }),
-        })
+            Some(Err(e)) if e.is_amqp_error() => Err(BrokerError::Refused {
+                host,
+                source: Box::new(e),
+            }),
+            Some(Err(e)) if self.tls && is_tls_failure(&e) => Err(BrokerError::Tls {
+                host,
+                source: Box::new(e),
+            }),
+            Some(Err(e)) => Err(BrokerError::Unreachable {
+                host,
+                source: Box::new(e),
+            }),
+            Some(Ok(connection)) => Ok(connection),
+        }
     }
 }
 
@@ -323,8 +393,17 @@ fn split_urls(urls: &str) -> Vec<String> {
 /// served elsewhere ([`remote_handle`](Broker::remote_handle)).
 ///
 /// Cheap to clone; the connection closes when the last clone, and the last
-/// [`Served`] and [`RemoteHandle`] made from it, are dropped. The connection
-/// runs its own I/O thread: make one per process and share it.
+/// [`Served`] and [`RemoteHandle`] made from it, are dropped, or when
+/// [`close`](Broker::close) is called. The connection runs its own I/O
+/// thread: make one per process and share it.
+///
+/// A connection lost after `connect` is replaced (unless
+/// [`BrokerBuilder::reconnect`] turned that off): the broker keeps its nodes
+/// and settings and tries the nodes again, in rounds with a growing pause
+/// between them ([`BrokerBuilder::reconnect_backoff`]). Meanwhile
+/// [`state`](Broker::state) says where it is, served managers wait and then
+/// subscribe again, and each [`RemoteHandle`] call waits for the new
+/// connection until its own deadline.
 ///
 /// # Examples
 ///
@@ -340,17 +419,110 @@ pub struct Broker {
     pub(crate) link: Arc<Link>,
 }
 
-/// The connection and its settings, shared by everything made from it.
+/// Where a [`Broker`]'s connection is:
+///
+/// ```text
+///              connect
+///                 |
+///                 v
+///   +-------> Connected ------------ close -------------+
+///   |             |                                     |
+///   |    the connection is lost (socket error,          |
+///   |    missed heartbeat, broker closed it)            |
+///   |             v                                     v
+///   |           Lost --> reconnect off: stays Lost    Closed
+///   |             |                                     ^
+///   |       first attempt                               |
+///   |             v                                     |
+///   +------ Reconnecting ----------- close -------------+
+///  a node    rounds over every node, a pause between
+///  answered  rounds: doubling, capped, with jitter
+/// ```
+///
+/// `Closed` and a `Lost` with reconnecting off are final: every call on
+/// something made from the broker then fails with a typed error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BrokerState {
+    /// A connection is open.
+    Connected,
+    /// The connection was lost; reconnecting has not started yet (or is
+    /// turned off, and then this is final).
+    Lost,
+    /// Trying the nodes again.
+    Reconnecting,
+    /// Closed by the application ([`Broker::close`]); final.
+    Closed,
+}
+
+impl fmt::Display for BrokerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BrokerState::Connected => "connected",
+            BrokerState::Lost => "lost",
+            BrokerState::Reconnecting => "reconnecting",
+            BrokerState::Closed => "closed",
+        })
+    }
+}
+
+/// The connection and its settings, shared by everything made from it; a
+/// supervisor thread (`custody-amqp-link`) watches the connection and
+/// replaces it when it is lost.
 pub(crate) struct Link {
-    pub(crate) connection: Connection,
-    pub(crate) host: String,
+    core: Arc<Core>,
     pub(crate) settings: Settings,
 }
+
+/// What the link and its supervisor thread share.
+struct Core {
+    nodes: Vec<Node>,
+    settings: Settings,
+    live: Mutex<Live>,
+    /// Notified at each change of `live`.
+    changed: Condvar,
+    /// Connections made after the first.
+    reconnects: AtomicU64,
+    /// The jitter's random state (splitmix64).
+    jitter: AtomicU64,
+}
+
+/// The current connection, if any.
+struct Live {
+    state: BrokerState,
+    /// Set only while `Connected`.
+    connection: Option<Arc<Connection>>,
+    /// The node connected to (or last connected to).
+    node: usize,
+    /// Counts the connections made: a user that saw generation `g` fail
+    /// waits for another one.
+    generation: u64,
+    /// Why the connection was lost, or why the last attempt failed.
+    reason: Option<String>,
+}
+
+/// Why no connection could be had.
+pub(crate) enum Down {
+    /// Closed by the application.
+    Closed,
+    /// Lost, and reconnecting is off.
+    Lost(String),
+    /// Not reconnected before the deadline.
+    NotYet(String),
+}
+
+/// How often the supervisor looks at the connection's state besides
+/// listening to its events.
+const WATCH_POLL: Duration = Duration::from_millis(250);
+
+/// The connection's events (lapin's), listened to by the supervisor.
+type Events = Pin<Box<dyn Stream<Item = lapin::Event> + Send>>;
 
 impl fmt::Debug for Broker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Broker")
-            .field("host", &self.link.host)
+            .field("host", &self.link.host())
+            .field("state", &self.link.state())
             .finish_non_exhaustive()
     }
 }
@@ -388,9 +560,42 @@ impl Broker {
         Broker::builder(url_from_env()).connect()
     }
 
-    /// `host:port` of the broker.
-    pub fn host(&self) -> &str {
-        &self.link.host
+    /// `host:port` of the node connected to (or, while reconnecting, of
+    /// the last one).
+    pub fn host(&self) -> String {
+        self.link.host()
+    }
+
+    /// Where the connection is: connected, lost, reconnecting or closed
+    /// (see [`BrokerState`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use custody::broker::{Broker, BrokerState};
+    ///
+    /// let broker = Broker::from_env()?;
+    /// assert_eq!(broker.state(), BrokerState::Connected);
+    /// broker.close();
+    /// assert_eq!(broker.state(), BrokerState::Closed);
+    /// # Ok::<(), custody::broker::BrokerError>(())
+    /// ```
+    pub fn state(&self) -> BrokerState {
+        self.link.state()
+    }
+
+    /// How many times a lost connection was replaced.
+    pub fn reconnects(&self) -> u64 {
+        self.link.core.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Closes the connection for good ([`BrokerState::Closed`]), for every
+    /// clone and everything made from it: served managers stop serving as
+    /// after a lost connection (their unacknowledged deliveries go back to
+    /// the queue), and every [`RemoteHandle`] call fails. Waits at most the
+    /// confirm timeout for the broker to acknowledge the close.
+    pub fn close(&self) {
+        self.link.close(true);
     }
 
     /// Serves `manager` from the durable queue `custody.<name>`: spawns it on
@@ -476,9 +681,160 @@ impl Broker {
 }
 
 impl Link {
+    /// Starts watching `connection`, made to `nodes[at]`.
+    fn start(
+        nodes: Vec<Node>,
+        at: usize,
+        connection: Connection,
+        settings: Settings,
+    ) -> Result<Link, BrokerError> {
+        let events: Events = Box::pin(connection.events_listener());
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()).rotate_left(32);
+        let core = Arc::new(Core {
+            nodes,
+            settings: settings.clone(),
+            live: Mutex::new(Live {
+                state: BrokerState::Connected,
+                connection: Some(Arc::new(connection)),
+                node: at,
+                generation: 1,
+                reason: None,
+            }),
+            changed: Condvar::new(),
+            reconnects: AtomicU64::new(0),
+            jitter: AtomicU64::new(seed),
+        });
+        let watched = Arc::clone(&core);
+        let name = "custody-amqp-link".to_owned();
+        let spawned = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || supervise(&watched, events));
+        if let Err(source) = spawned {
+            core.close(false);
+            return Err(SpawnError::Thread { name, source }.into());
+        }
+        Ok(Link { core, settings })
+    }
+
+    /// `host:port` of the node connected to, or last connected to.
+    pub(crate) fn host(&self) -> String {
+        let live = self.core.live();
+        self.core.nodes[live.node].host.clone()
+    }
+
+    pub(crate) fn state(&self) -> BrokerState {
+        self.core.live().state
+    }
+
+    /// Whether the connection is closed or lost for good.
+    pub(crate) fn is_final(&self) -> bool {
+        let live = self.core.live();
+        live.state == BrokerState::Closed
+            || (live.state == BrokerState::Lost && !self.settings.reconnect)
+    }
+
+    /// Whether a connection is open (as far as the client knows).
+    pub(crate) fn is_connected(&self) -> bool {
+        let live = self.core.live();
+        live.state == BrokerState::Connected
+            && live
+                .connection
+                .as_ref()
+                .is_some_and(|c| c.status().connected())
+    }
+
+    pub(crate) fn close(&self, graceful: bool) {
+        self.core.close(graceful);
+    }
+
     /// A deadline `confirm_timeout` from now.
     pub(crate) fn confirm_deadline(&self) -> Option<Instant> {
         deadline(self.settings.confirm_timeout)
+    }
+
+    /// Waits until a connection is open, or `deadline` passes (`None`: no
+    /// deadline), or the connection is closed or lost for good.
+    pub(crate) fn wait_connected(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<(Arc<Connection>, u64), Down> {
+        let core = &*self.core;
+        let mut live = core.live();
+        loop {
+            match live.state {
+                BrokerState::Connected => {
+                    if let Some(connection) = &live.connection {
+                        return Ok((Arc::clone(connection), live.generation));
+                    }
+                }
+                BrokerState::Closed => return Err(Down::Closed),
+                BrokerState::Lost if !self.settings.reconnect => {
+                    return Err(Down::Lost(live.reason.clone().unwrap_or_default()));
+                }
+                BrokerState::Lost | BrokerState::Reconnecting => {}
+            }
+            live = match wait_slice(deadline) {
+                Some(slice) => {
+                    core.changed
+                        .wait_timeout(live, slice)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => {
+                    let reason = live
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| "the connection is lost".to_owned());
+                    return Err(Down::NotYet(reason));
+                }
+            };
+        }
+    }
+
+    /// Waits until the connection of `generation` is no longer the current
+    /// one: after a failure that says it is gone, before the supervisor has
+    /// noticed. `Disconnected` if `deadline` passes first.
+    pub(crate) fn wait_replaced(
+        &self,
+        generation: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), BrokerError> {
+        let core = &*self.core;
+        let mut live = core.live();
+        while live.state == BrokerState::Connected && live.generation == generation {
+            let Some(slice) = wait_slice(deadline) else {
+                drop(live);
+                return Err(
+                    self.down_error(Down::NotYet("the connection is no longer open".to_owned()))
+                );
+            };
+            live = core
+                .changed
+                .wait_timeout(live, slice)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        Ok(())
+    }
+
+    /// The typed error for a connection that could not be had.
+    pub(crate) fn down_error(&self, down: Down) -> BrokerError {
+        match down {
+            Down::Closed => BrokerError::Closed,
+            Down::Lost(reason) => BrokerError::Disconnected {
+                host: self.host(),
+                reason,
+                reconnecting: false,
+            },
+            Down::NotYet(reason) => BrokerError::Disconnected {
+                host: self.host(),
+                reason,
+                reconnecting: true,
+            },
+        }
     }
 
     /// Runs one broker operation with the confirm timeout as its deadline.
@@ -495,23 +851,44 @@ impl Link {
             Some(Ok(v)) => Ok(v),
             Some(Err(e)) => Err(BrokerError::Operation {
                 what: what(),
-                host: self.host.clone(),
+                host: self.host(),
                 source: Box::new(e),
             }),
             None => Err(BrokerError::Timeout {
                 what: what(),
-                host: self.host.clone(),
+                host: self.host(),
                 waited: self.settings.confirm_timeout,
             }),
         }
     }
 
-    /// A new channel with publisher confirms on.
-    pub(crate) fn confirmed_channel(&self) -> Result<Channel, BrokerError> {
-        let channel = self.run(
-            || "opening a channel".to_owned(),
-            self.connection.create_channel(),
-        )?;
+    /// A new channel, waiting until `deadline` for a connection if there is
+    /// none.
+    pub(crate) fn open_channel(&self, deadline: Option<Instant>) -> Result<Channel, BrokerError> {
+        loop {
+            let (connection, generation) = self
+                .wait_connected(deadline)
+                .map_err(|down| self.down_error(down))?;
+            match self.run(
+                || "opening a channel".to_owned(),
+                connection.create_channel(),
+            ) {
+                Ok(channel) => return Ok(channel),
+                Err(_) if !connection.status().connected() => {
+                    self.wait_replaced(generation, deadline)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A new channel with publisher confirms on, waiting for a connection
+    /// until `deadline`.
+    pub(crate) fn confirmed_channel_until(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Channel, BrokerError> {
+        let channel = self.open_channel(deadline)?;
         self.run(
             || "turning on publisher confirms".to_owned(),
             channel.confirm_select(ConfirmSelectOptions::default()),
@@ -534,16 +911,30 @@ impl Link {
             ),
         )
         .map_err(|e| self.mismatch(e, &dead, &dead_args))?;
+        // Where the broker dead-letters on its own (its backstop limit):
+        // the owners move each one to `dead`, telling its producer and asker.
+        let limit = limit_queue(name);
+        self.run(
+            || format!("declaring queue `{limit}`"),
+            channel.queue_declare(
+                ShortString::from(limit.as_str()),
+                durable(),
+                dead_args.clone(),
+            ),
+        )
+        .map_err(|e| self.mismatch(e, &limit, &dead_args))?;
         let queue = mailbox_queue(name);
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), long_string("quorum"));
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         args.insert(
             "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(i64::from(self.settings.delivery_limit)),
+            AMQPValue::LongLongInt(
+                i64::from(self.settings.delivery_limit) + i64::from(BROKER_LIMIT_MARGIN),
+            ),
         );
         args.insert("x-dead-letter-exchange".into(), long_string(""));
-        args.insert("x-dead-letter-routing-key".into(), long_string(&dead));
+        args.insert("x-dead-letter-routing-key".into(), long_string(&limit));
         self.run(
             || format!("declaring queue `{queue}`"),
             channel.queue_declare(ShortString::from(queue.as_str()), durable(), args.clone()),
@@ -586,7 +977,7 @@ impl Link {
         };
         BrokerError::QueueMismatch(Box::new(QueueMismatch {
             queue: queue.to_owned(),
-            host: self.host.clone(),
+            host: self.host(),
             argument,
             current,
             requested,
@@ -594,6 +985,266 @@ impl Link {
         }))
     }
 }
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The last user is gone: the supervisor ends, and the connection
+        // closes as lapin closes a dropped one.
+        self.core.close(false);
+    }
+}
+
+impl Core {
+    fn live(&self) -> MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn host(&self, live: &Live) -> String {
+        self.nodes[live.node].host.clone()
+    }
+
+    /// Closed for good; with `graceful`, waits (the confirm timeout at most)
+    /// for the broker to acknowledge the close.
+    fn close(&self, graceful: bool) {
+        let connection = {
+            let mut live = self.live();
+            if live.state == BrokerState::Closed {
+                return;
+            }
+            live.state = BrokerState::Closed;
+            live.reason = Some("closed by the application".to_owned());
+            live.connection.take()
+        };
+        self.changed.notify_all();
+        tracing::debug!("the AMQP broker connection is closed");
+        if let (true, Some(connection)) = (graceful, connection) {
+            let _ = block_until(
+                deadline(self.settings.confirm_timeout),
+                connection.close(200, ShortString::from("custody: closed")),
+            );
+        }
+    }
+
+    /// Listens to the connection until it is lost (`Some(why)`) or closed
+    /// (`None`).
+    fn watch(&self, events: &mut Events) -> Option<String> {
+        let mut listening = true;
+        loop {
+            let mut reason = None;
+            if listening {
+                match block_until(deadline(WATCH_POLL), events.next()) {
+                    Some(Some(lapin::Event::Error(e))) => reason = Some(e.to_string()),
+                    // No more events: look at the state now and then.
+                    Some(None) => listening = false,
+                    Some(Some(_)) | None => {}
+                }
+            } else {
+                std::thread::sleep(WATCH_POLL);
+            }
+            let live = self.live();
+            if live.state == BrokerState::Closed {
+                return None;
+            }
+            let open = live
+                .connection
+                .as_ref()
+                .is_some_and(|c| c.status().connected());
+            if !open {
+                return Some(
+                    reason.unwrap_or_else(|| "the connection is no longer open".to_owned()),
+                );
+            }
+            // An error on a connection still open was a channel's.
+        }
+    }
+
+    /// The connection is lost: `Lost`, and whether to reconnect.
+    fn lose(&self, reason: String) -> Option<usize> {
+        let (connection, host, node) = {
+            let mut live = self.live();
+            if live.state == BrokerState::Closed {
+                return None;
+            }
+            live.state = BrokerState::Lost;
+            live.reason = Some(reason.clone());
+            (live.connection.take(), self.host(&live), live.node)
+        };
+        self.changed.notify_all();
+        tracing::warn!(
+            %host,
+            %reason,
+            reconnect = self.settings.reconnect,
+            "lost the connection to the AMQP broker"
+        );
+        drop(connection);
+        self.settings.reconnect.then_some(node)
+    }
+
+    /// Tries the nodes in rounds, starting after node `lost`, until one
+    /// answers (`Some`, its events) or the link is closed (`None`).
+    fn reconnect(&self, lost: usize) -> Option<Events> {
+        {
+            let mut live = self.live();
+            if live.state == BrokerState::Closed {
+                return None;
+            }
+            live.state = BrokerState::Reconnecting;
+        }
+        self.changed.notify_all();
+        let started = Instant::now();
+        let mut pause = self.settings.reconnect_initial;
+        let n = self.nodes.len();
+        let mut round = 0u64;
+        loop {
+            round += 1;
+            for k in 1..=n {
+                let at = (lost + k) % n;
+                if self.live().state == BrokerState::Closed {
+                    return None;
+                }
+                let node = &self.nodes[at];
+                match node.connect(&self.settings) {
+                    Ok(connection) => {
+                        let events: Events = Box::pin(connection.events_listener());
+                        let mut live = self.live();
+                        if live.state == BrokerState::Closed {
+                            // Dropped: lapin closes it.
+                            return None;
+                        }
+                        live.state = BrokerState::Connected;
+                        live.connection = Some(Arc::new(connection));
+                        live.node = at;
+                        live.generation += 1;
+                        live.reason = None;
+                        drop(live);
+                        self.reconnects.fetch_add(1, Ordering::Relaxed);
+                        self.changed.notify_all();
+                        tracing::info!(
+                            host = %node.host,
+                            after = ?started.elapsed(),
+                            rounds = round,
+                            "reconnected to the AMQP broker"
+                        );
+                        return Some(events);
+                    }
+                    Err(e) => {
+                        let reason = error_chain(&e);
+                        tracing::debug!(round, error = %reason, "reconnecting: this node did not answer");
+                        self.live().reason = Some(reason);
+                    }
+                }
+            }
+            if self.sleep(jittered(pause, random_unit(&self.jitter))) {
+                return None;
+            }
+            pause = next_pause(pause, self.settings.reconnect_max);
+        }
+    }
+
+    /// Sleeps `pause` unless the link is closed first (`true`).
+    fn sleep(&self, pause: Duration) -> bool {
+        let until = Instant::now().checked_add(pause);
+        let mut live = self.live();
+        loop {
+            if live.state == BrokerState::Closed {
+                return true;
+            }
+            let Some(slice) = wait_slice(until) else {
+                return false;
+            };
+            live = self
+                .changed
+                .wait_timeout(live, slice)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// The pause after a round of attempts that failed: between half of
+/// `pause` and all of it, as `unit` (in [0, 1)) says.
+fn jittered(pause: Duration, unit: f64) -> Duration {
+    let half = pause / 2;
+    half + half.mul_f64(unit)
+}
+
+/// The pause after the next round: doubled, up to `max`.
+fn next_pause(pause: Duration, max: Duration) -> Duration {
+    pause.saturating_mul(2).min(max)
+}
+
+/// A number in [0, 1) from splitmix64 over `state`.
+fn random_unit(state: &AtomicU64) -> f64 {
+    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut z = state
+        .fetch_add(GAMMA, Ordering::Relaxed)
+        .wrapping_add(GAMMA);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    // The top 53 bits, as a fraction.
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The supervisor thread: watches the connection, and replaces it when it
+/// is lost, until the link is closed (or the connection lost with
+/// reconnecting off). Should its own code panic, the link is closed, so
+/// that nothing waits for a connection that would never come.
+fn supervise(core: &Core, events: Events) {
+    let watched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        watch_and_replace(core, events)
+    }));
+    if watched.is_err() {
+        tracing::error!("the AMQP connection supervisor panicked: the broker connection is closed");
+        core.close(false);
+    }
+}
+
+fn watch_and_replace(core: &Core, mut events: Events) {
+    loop {
+        let Some(reason) = core.watch(&mut events) else {
+            return;
+        };
+        let Some(lost) = core.lose(reason) else {
+            return;
+        };
+        match core.reconnect(lost) {
+            Some(next) => events = next,
+            None => return,
+        }
+    }
+}
+
+/// How long to wait next before looking again: until `deadline`, in slices
+/// of at most a second; `None` once it has passed.
+fn wait_slice(deadline: Option<Instant>) -> Option<Duration> {
+    const SLICE: Duration = Duration::from_secs(1);
+    match deadline {
+        None => Some(SLICE),
+        Some(at) => {
+            let left = at.saturating_duration_since(Instant::now());
+            (!left.is_zero()).then(|| left.min(SLICE))
+        }
+    }
+}
+
+/// An error and its sources, on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// How many more returns than [`BrokerBuilder::delivery_limit`] the broker
+/// allows before it dead-letters a message on its own: each crash or lost
+/// connection of an owner returns its whole prefetch window, and each return
+/// counts on the broker, so its limit is only a backstop.
+pub const BROKER_LIMIT_MARGIN: u32 = 1000;
 
 fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {
@@ -645,6 +1296,11 @@ pub(crate) fn dead_queue(name: &str) -> String {
     format!("custody.{name}.dead")
 }
 
+/// The queue the broker dead-letters the messages of manager `name` to.
+pub(crate) fn limit_queue(name: &str) -> String {
+    format!("custody.{name}.limit")
+}
+
 /// The queue a producer's done records arrive in.
 pub(crate) fn done_queue(producer: &str) -> String {
     format!("{DONE_QUEUE_PREFIX}{producer}")
@@ -694,6 +1350,39 @@ pub(crate) fn mask_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnect_pauses_double_up_to_the_cap_with_jitter_between_half_and_all() {
+        let ms = Duration::from_millis;
+        let mut pause = ms(100);
+        let mut pauses = Vec::new();
+        for _ in 0..7 {
+            pauses.push(pause);
+            pause = next_pause(pause, ms(1000));
+        }
+        assert_eq!(
+            pauses,
+            [100, 200, 400, 800, 1000, 1000, 1000].map(ms).to_vec()
+        );
+        assert_eq!(next_pause(Duration::MAX, Duration::MAX), Duration::MAX);
+        assert_eq!(jittered(ms(100), 0.0), ms(50));
+        assert_eq!(jittered(ms(100), 0.5), ms(75));
+        let near_one = jittered(ms(100), 0.999_999);
+        assert!(near_one < ms(100) && near_one > ms(99), "{near_one:?}");
+        let state = AtomicU64::new(7);
+        let draws: Vec<f64> = (0..1000).map(|_| random_unit(&state)).collect();
+        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
+        let low = draws.iter().filter(|&&u| u < 0.5).count();
+        assert!(
+            (400..600).contains(&low),
+            "{low} of 1000 draws below one half"
+        );
+        let builder = Broker::builder("amqp://h").reconnect_backoff(Duration::ZERO, Duration::ZERO);
+        assert_eq!(builder.settings.reconnect_initial, ms(1));
+        assert_eq!(builder.settings.reconnect_max, ms(1));
+        let builder = Broker::builder("amqp://h").reconnect_backoff(ms(500), ms(100));
+        assert_eq!(builder.settings.reconnect_max, ms(500));
+    }
 
     #[test]
     fn passwords_are_masked() {

@@ -100,6 +100,24 @@ pub enum BrokerError {
     /// Spawning the served manager on the runtime failed.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    /// The connection is lost: with `reconnecting`, it was not replaced
+    /// before the deadline of the call (it may be later); without, the
+    /// broker was built with reconnecting off and the loss is final.
+    #[error(
+        "the connection to the AMQP broker at {host} is lost{}: {reason}",
+        if *reconnecting { " (still reconnecting)" } else { " for good" }
+    )]
+    Disconnected {
+        /// `host:port` of the node last connected to.
+        host: String,
+        /// Why: the loss, or the last reconnect attempt's failure.
+        reason: String,
+        /// Whether the broker is still trying to reconnect.
+        reconnecting: bool,
+    },
+    /// The application closed the broker ([`Broker::close`](super::Broker::close)).
+    #[error("the AMQP broker connection was closed")]
+    Closed,
 }
 
 /// A queue of the manager exists already with other arguments than this
@@ -111,7 +129,10 @@ pub enum BrokerError {
 /// closes the channel of the declaration; the connection stays usable.
 ///
 /// **Changing a queue's arguments.** Either keep the old setting (build
-/// the [`Broker`](super::Broker) with the value in `current`), or
+/// the [`Broker`](super::Broker) with the value in `current`; for
+/// `x-delivery-limit`, that value less
+/// [`BROKER_LIMIT_MARGIN`](super::BROKER_LIMIT_MARGIN), so a queue declared
+/// by a version without the margin must be migrated), or
 /// migrate: stop every owner and sender of the manager, let the queue
 /// drain (or move what is left, for example with
 /// [`take_dead_letters`](super::Broker::take_dead_letters) for the dead
@@ -140,7 +161,7 @@ pub enum BrokerError {
 ///     .connect()?;
 /// match broker.serve(&rt, "total", Total(0)) {
 ///     Err(BrokerError::QueueMismatch(mismatch)) => {
-///         // For example `x-delivery-limit`, 5: the queue keeps its old limit.
+///         // For example `x-delivery-limit`, 1005: the queue keeps its old limit.
 ///         eprintln!("{:?} is {:?} on the broker", mismatch.argument, mismatch.current);
 ///     }
 ///     other => drop(other?),
@@ -361,8 +382,9 @@ fn describe_attempts(attempts: &[BrokerError]) -> String {
 /// A [`RemoteHandle::tell`](super::RemoteHandle::tell) that was not confirmed;
 /// the message comes back inside.
 ///
-/// Only `Timeout` is ambiguous: the broker may still have taken the message,
-/// which is then handled (and its done record ignored by `join`).
+/// `Timeout` and `Disconnected` are ambiguous: the broker may still have
+/// taken the message, which is then handled (and its done record ignored by
+/// `join`). `Unreachable` is not: nothing was sent.
 #[derive(Error)]
 #[non_exhaustive]
 pub enum RemoteSendError<M> {
@@ -393,7 +415,10 @@ pub enum RemoteSendError<M> {
         /// The queue it was sent to.
         queue: String,
     },
-    /// The channel or connection to the broker is gone.
+    /// The connection was lost after the message was published and before
+    /// its confirm, and no new connection came before the deadline (or
+    /// reconnecting is off, or the broker was closed). The broker may have
+    /// taken it.
     #[error("lost the connection to the broker while sending to `{queue}`: {reason}")]
     Disconnected {
         /// The message.
@@ -401,6 +426,19 @@ pub enum RemoteSendError<M> {
         /// The queue it was sent to.
         queue: String,
         /// What the client said.
+        reason: String,
+    },
+    /// There was no connection to the broker, and none came before the
+    /// deadline (or reconnecting is off, or the broker was closed): the
+    /// message was not sent.
+    #[error("not sent to `{queue}`: the broker is unreachable: {reason}")]
+    Unreachable {
+        /// The message.
+        msg: M,
+        /// The queue it was for.
+        queue: String,
+        /// Why: the connection's loss, or the last reconnect attempt's
+        /// failure.
         reason: String,
     },
     /// The message could not be encoded as CBOR.
@@ -423,6 +461,7 @@ impl<M> RemoteSendError<M> {
             | RemoteSendError::Nacked { msg, .. }
             | RemoteSendError::Unroutable { msg, .. }
             | RemoteSendError::Disconnected { msg, .. }
+            | RemoteSendError::Unreachable { msg, .. }
             | RemoteSendError::Encode { msg, .. } => msg,
         }
     }
@@ -451,6 +490,11 @@ impl<M> fmt::Debug for RemoteSendError<M> {
                 .finish_non_exhaustive(),
             RemoteSendError::Disconnected { queue, reason, .. } => f
                 .debug_struct("Disconnected")
+                .field("queue", queue)
+                .field("reason", reason)
+                .finish_non_exhaustive(),
+            RemoteSendError::Unreachable { queue, reason, .. } => f
+                .debug_struct("Unreachable")
                 .field("queue", queue)
                 .field("reason", reason)
                 .finish_non_exhaustive(),
@@ -530,8 +574,10 @@ pub enum RemoteJoinError {
         /// The dead-lettered messages.
         dead: Vec<DeadLetter>,
     },
-    /// The channel or connection to the broker is gone, so no more done
-    /// records can arrive.
+    /// The connection to the broker is gone for good (the broker was closed,
+    /// or the connection lost with reconnecting off), or the done queue was
+    /// deleted, so no more done records can arrive. A connection lost and
+    /// replaced is not this: `join` waits across it.
     #[error("lost the connection to the broker while joining `{queue}`: {reason}")]
     Disconnected {
         /// The queue.
@@ -590,12 +636,27 @@ pub enum RemoteAskError {
         /// What the decoder said.
         reason: String,
     },
-    /// The channel or connection to the broker is gone.
+    /// The connection was lost after the request was published: the
+    /// request may still be handled, but its answer, sent to the old
+    /// connection's direct reply-to, cannot come back. It is not sent again
+    /// (that would handle it twice); the handle itself goes on over the new
+    /// connection.
     #[error("asking `{queue}`: lost the connection to the broker: {reason}")]
     Disconnected {
         /// The queue asked.
         queue: String,
         /// What the client said.
+        reason: String,
+    },
+    /// There was no connection to the broker, and none came before the
+    /// deadline (the confirm timeout for `ask`), or reconnecting is off, or
+    /// the broker was closed: the request was not sent.
+    #[error("asking `{queue}`: the request was not sent: the broker is unreachable: {reason}")]
+    Unreachable {
+        /// The queue asked.
+        queue: String,
+        /// Why: the connection's loss, or the last reconnect attempt's
+        /// failure.
         reason: String,
     },
 }

@@ -13,15 +13,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use lapin::message::DeliveryResult;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Confirmation, PublisherConfirm};
+use lapin::{Acker, Channel, Confirmation};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::codec::{self, DoneRecord};
-use super::connection::{self, Broker, Link, block_until};
+use super::connection::{self, Broker, Link, block_until, error_chain};
 use super::error::{
     BrokerError, DeadLetter, RemoteAskError, RemoteJoinError, RemoteSendError, TellAllError,
 };
@@ -41,6 +42,20 @@ const DONE_QUEUE_EXPIRES_MS: i64 = 60 * 60 * 1000;
 /// `custody.done.<producer-id>` where the owner sends done records (after the
 /// batch's `idle` hook ran, before it acknowledges the batch). Clones share
 /// the producer id; the done queue is deleted when the last clone is dropped.
+///
+/// **Across a lost connection.** While the [`Broker`] reconnects, each call
+/// waits for the new connection until its own deadline (`tell`: the confirm
+/// timeout; `tell_timeout`, `ask_timeout`, `join_timeout`: theirs), then
+/// opens a new channel and goes on; a call without a deadline (`join`,
+/// the wait for an `ask`'s answer, a timeout of `Duration::MAX`) does not
+/// wait for one and fails at once with a typed error. A message whose
+/// publish was cut before its confirm is published again on the new
+/// channel, with the same id: it may then be handled twice, as a
+/// redelivered message is. Done records sent meanwhile wait in the durable
+/// done queue, so a `join` after the reconnect (or a `join_timeout` across
+/// it) still ends truthfully. An `ask` whose request went out on the lost
+/// connection ends with [`RemoteAskError::Disconnected`]: its answer was to
+/// come back on that connection.
 ///
 /// # Examples
 ///
@@ -85,49 +100,82 @@ impl<M> fmt::Debug for RemoteHandle<M> {
 /// What the clones of one handle share.
 struct Remote {
     link: Arc<Link>,
-    channel: Channel,
     name: String,
     queue: String,
     producer: String,
     done_queue: String,
     next_id: AtomicU64,
     joins: Arc<Joins>,
-    /// Asks waiting for their answer, by correlation id; the reply consumer
-    /// is started by the first ask.
+    /// Asks waiting for their answer, by correlation id.
     asks: Arc<Asks>,
+    /// The channel publishes go on, with the done-queue consumer on it;
+    /// replaced once lost, by whichever call needs it next.
+    session: Mutex<Option<Arc<Session>>>,
+    /// Counts the sessions opened.
+    sessions: AtomicU64,
+}
+
+/// One channel of a handle.
+struct Session {
+    id: u64,
+    channel: Channel,
+    /// Whether the consumer of `amq.rabbitmq.reply-to` runs on it (started
+    /// by its first ask).
+    answering: Mutex<bool>,
+}
+
+impl Session {
+    fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+}
+
+/// What an ask waits for.
+enum Answer {
+    /// The answer's body.
+    Body(Vec<u8>),
+    /// The channel the answer was to come on is gone.
+    Lost(String),
 }
 
 /// The asks of one handle waiting for answers.
 #[derive(Default)]
 struct Asks {
-    waiting: Mutex<HashMap<String, mpsc::SyncSender<Vec<u8>>>>,
-    /// Whether the consumer of `amq.rabbitmq.reply-to` runs on the channel.
-    consuming: Mutex<bool>,
+    /// By correlation id: the session the request went out on, and where
+    /// its answer goes.
+    waiting: Mutex<HashMap<String, (u64, mpsc::SyncSender<Answer>)>>,
 }
 
 impl Asks {
-    fn waiting(&self) -> MutexGuard<'_, HashMap<String, mpsc::SyncSender<Vec<u8>>>> {
+    fn waiting(&self) -> MutexGuard<'_, HashMap<String, (u64, mpsc::SyncSender<Answer>)>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn on_delivery(&self, delivery: DeliveryResult) {
+    fn on_delivery(&self, session: u64, delivery: DeliveryResult) {
         match delivery {
             Ok(Some(delivery)) => {
                 let Some(id) = delivery.properties.correlation_id().as_ref() else {
                     return;
                 };
                 // An ask that gave up is no longer waiting: its answer is dropped.
-                if let Some(tx) = self.waiting().remove(id.as_str()) {
-                    let _ = tx.try_send(delivery.data);
+                if let Some((_, tx)) = self.waiting().remove(id.as_str()) {
+                    let _ = tx.try_send(Answer::Body(delivery.data));
                 }
             }
-            // The channel is gone: every waiting ask ends as disconnected.
+            // The channel is gone: every ask waiting on it ends.
             Ok(None) | Err(_) => {
-                self.waiting().clear();
-                *self
-                    .consuming
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = false;
+                let reason = match delivery {
+                    Err(e) => error_chain(&e),
+                    _ => "the reply consumer was cancelled".to_owned(),
+                };
+                self.waiting().retain(|_, (on, tx)| {
+                    if *on == session {
+                        let _ = tx.try_send(Answer::Lost(reason.clone()));
+                        false
+                    } else {
+                        true
+                    }
+                });
             }
         }
     }
@@ -148,6 +196,8 @@ struct JoinState {
     dead: Vec<DeadLetter>,
     /// Why no more done records can arrive.
     lost: Option<String>,
+    /// The session whose done-queue consumer runs, if one does.
+    consuming: Option<u64>,
 }
 
 impl Joins {
@@ -161,14 +211,29 @@ impl Joins {
         }
     }
 
-    fn on_delivery(&self, delivery: DeliveryResult) {
+    /// Takes one delivery of the done-queue consumer of `session`; the acker
+    /// of a record taken, to acknowledge it with (after it was recorded: a
+    /// record lost with a connection is delivered again).
+    fn on_delivery(&self, session: u64, delivery: DeliveryResult) -> Option<Acker> {
         match delivery {
-            Ok(Some(delivery)) => match codec::decode::<DoneRecord>(&delivery.data) {
-                Ok(record) => self.record(record),
-                Err(e) => tracing::warn!(error = %e, "ignoring an undecodable done record"),
-            },
-            Ok(None) => self.lose("the done queue consumer was cancelled".to_owned()),
-            Err(e) => self.lose(e.to_string()),
+            Ok(Some(delivery)) => {
+                match codec::decode::<DoneRecord>(&delivery.data) {
+                    Ok(record) => self.record(record),
+                    Err(e) => tracing::warn!(error = %e, "ignoring an undecodable done record"),
+                }
+                Some(delivery.acker)
+            }
+            // The channel is lost (or the consumer cancelled): the next join
+            // opens a new one, which consumes again.
+            Ok(None) | Err(_) => {
+                let mut state = self.state();
+                if state.consuming == Some(session) {
+                    state.consuming = None;
+                }
+                drop(state);
+                self.changed.notify_all();
+                None
+            }
         }
     }
 
@@ -185,21 +250,77 @@ impl Joins {
         drop(state);
         self.changed.notify_all();
     }
-
-    fn lose(&self, reason: String) {
-        self.state().lost.get_or_insert(reason);
-        self.changed.notify_all();
-    }
 }
 
-impl<M: Serialize> RemoteHandle<M> {
-    pub(crate) fn new(broker: &Broker, name: &str) -> Result<RemoteHandle<M>, BrokerError> {
-        connection::check_name(name)?;
-        let link = Arc::clone(&broker.link);
-        let channel = link.confirmed_channel()?;
-        link.declare_mailbox(&channel, name)?;
-        let producer = producer_id();
-        let done_queue = connection::done_queue(&producer);
+impl Remote {
+    /// The current session, if its channel is open.
+    fn current(&self) -> Option<Arc<Session>> {
+        self.session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|s| s.is_open())
+            .cloned()
+    }
+
+    /// Whether the current session's channel is known to be lost; `false`
+    /// while another call is opening a new one (not waited for).
+    fn is_lost(&self) -> bool {
+        match self.session.try_lock() {
+            Ok(slot) => !slot.as_ref().is_some_and(|s| s.is_open()),
+            Err(std::sync::TryLockError::Poisoned(slot)) => {
+                !slot.into_inner().as_ref().is_some_and(|s| s.is_open())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        }
+    }
+
+    /// The current session, or a new one once its channel is lost: waits
+    /// for a connection until `deadline` (`None`: not at all).
+    fn session(&self, deadline: Option<Instant>) -> Result<Arc<Session>, BrokerError> {
+        // No deadline: no waiting for a connection.
+        let deadline = deadline.or_else(|| Some(Instant::now()));
+        loop {
+            if let Some(session) = self.current() {
+                return Ok(session);
+            }
+            // Outside the lock: another call with a later deadline may be
+            // waiting too.
+            let (_, generation) = self
+                .link
+                .wait_connected(deadline)
+                .map_err(|down| self.link.down_error(down))?;
+            let mut slot = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(session) = slot.as_ref().filter(|s| s.is_open()) {
+                return Ok(Arc::clone(session));
+            }
+            // Without waiting for a connection under the lock: a call
+            // without a deadline must not wait behind it.
+            match self.open_session(Some(Instant::now())) {
+                Ok(session) => {
+                    if slot.is_some() {
+                        tracing::info!(queue = %self.queue, producer = %self.producer, "a new channel after the old one was lost");
+                    }
+                    *slot = Some(Arc::clone(&session));
+                    return Ok(session);
+                }
+                // The connection went again: wait for the next one.
+                Err(_) if !self.link.is_connected() && !self.link.is_final() => {
+                    drop(slot);
+                    self.link.wait_replaced(generation, deadline)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A channel with confirms on, the manager's queue and the done queue
+    /// declared (again), and the done queue consumed.
+    fn open_session(&self, deadline: Option<Instant>) -> Result<Arc<Session>, BrokerError> {
+        let link = &*self.link;
+        let channel = link.confirmed_channel_until(deadline)?;
+        link.declare_mailbox(&channel, &self.name)?;
+        let done_queue = &self.done_queue;
         let mut args = FieldTable::default();
         args.insert(
             "x-expires".into(),
@@ -216,37 +337,63 @@ impl<M: Serialize> RemoteHandle<M> {
                 args,
             ),
         )?;
-        let joins = Arc::new(Joins::default());
+        let id = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+        // Acknowledged (not no-ack): a record in flight when a connection
+        // is lost goes back to the queue instead of being lost with it.
+        // Not exclusive: a consumer of a lost connection the broker has not
+        // noticed yet would refuse the new one.
         let consumer = link.run(
             || format!("consuming from `{done_queue}`"),
             channel.basic_consume(
                 ShortString::from(done_queue.as_str()),
-                ShortString::from(format!("{done_queue}.join")),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
+                ShortString::from(format!("{done_queue}.join.{id}")),
+                BasicConsumeOptions::default(),
                 FieldTable::default(),
             ),
         )?;
-        let fed = Arc::clone(&joins);
+        self.joins.state().consuming = Some(id);
+        let fed = Arc::clone(&self.joins);
         consumer.set_delegate(move |delivery: DeliveryResult| {
-            fed.on_delivery(delivery);
-            std::future::ready(())
+            let acker = fed.on_delivery(id, delivery);
+            async move {
+                if let Some(acker) = acker {
+                    let _ = acker.ack(BasicAckOptions::default()).await;
+                }
+            }
         });
+        Ok(Arc::new(Session {
+            id,
+            channel,
+            answering: Mutex::new(false),
+        }))
+    }
+}
+
+impl<M: Serialize> RemoteHandle<M> {
+    pub(crate) fn new(broker: &Broker, name: &str) -> Result<RemoteHandle<M>, BrokerError> {
+        connection::check_name(name)?;
+        let link = Arc::clone(&broker.link);
+        let producer = producer_id();
+        let done_queue = connection::done_queue(&producer);
+        let remote = Remote {
+            name: name.to_owned(),
+            queue: connection::mailbox_queue(name),
+            producer,
+            done_queue,
+            next_id: AtomicU64::new(0),
+            joins: Arc::new(Joins::default()),
+            asks: Arc::new(Asks::default()),
+            session: Mutex::new(None),
+            sessions: AtomicU64::new(0),
+            link,
+        };
+        let session = remote.open_session(remote.link.confirm_deadline())?;
+        *remote
+            .session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(session);
         Ok(RemoteHandle {
-            remote: Arc::new(Remote {
-                link,
-                channel,
-                name: name.to_owned(),
-                queue: connection::mailbox_queue(name),
-                producer,
-                done_queue,
-                next_id: AtomicU64::new(0),
-                joins,
-                asks: Arc::new(Asks::default()),
-            }),
+            remote: Arc::new(remote),
             _msg: PhantomData,
         })
     }
@@ -254,18 +401,20 @@ impl<M: Serialize> RemoteHandle<M> {
     /// Publishes `msg` as a persistent message and waits (at most the
     /// broker's confirm timeout) for the broker to confirm it: `Ok` means it
     /// is in the queue, on disk, and will be handled by the owner (now, or
-    /// when one starts).
+    /// when one starts). During a reconnect it waits for the new
+    /// connection within the same confirm timeout.
     ///
     /// # Errors
     ///
     /// [`RemoteSendError`] with the message inside: `Timeout`, `Nacked`,
-    /// `Unroutable` (the queue was deleted), `Disconnected`, `Encode`.
+    /// `Unroutable` (the queue was deleted), `Disconnected`, `Unreachable`
+    /// (no connection came in time: not sent), `Encode`.
     pub fn tell(&self, msg: M) -> Result<(), RemoteSendError<M>> {
         self.tell_timeout(msg, self.remote.link.settings.confirm_timeout)
     }
 
-    /// Like [`tell`](RemoteHandle::tell), waiting at most `timeout` for the
-    /// confirm.
+    /// Like [`tell`](RemoteHandle::tell), waiting at most `timeout` for a
+    /// connection and the confirm together.
     ///
     /// # Errors
     ///
@@ -273,10 +422,22 @@ impl<M: Serialize> RemoteHandle<M> {
     /// take the message; `join` does not wait for it.
     pub fn tell_timeout(&self, msg: M, timeout: Duration) -> Result<(), RemoteSendError<M>> {
         let (msg, id, body) = self.prepare(msg)?;
-        let outcome = block_until(connection::deadline(timeout), async {
-            self.publish(&id, &body).await?.await
-        });
-        self.conclude(msg, &id, outcome, timeout)
+        let deadline = connection::deadline(timeout);
+        let flight = self.launch(msg, id, Arc::new(body), deadline, None)?;
+        let mut confirmed = 0;
+        let mut refused = Vec::new();
+        self.land(
+            vec![flight],
+            &|| deadline,
+            timeout,
+            &mut confirmed,
+            &mut refused,
+            &mut None,
+        );
+        match refused.pop() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Sends every message with many publishes in flight at once (up to
@@ -284,6 +445,12 @@ impl<M: Serialize> RemoteHandle<M> {
     /// after another, which waits for each confirm (about an fsync on the
     /// broker) before the next publish. The messages reach the queue in
     /// iteration order. Each confirm wait ends at the confirm timeout.
+    /// Across a lost connection, the messages not yet confirmed are
+    /// published again on the new one, before any later message (each wait
+    /// for it ends at the confirm timeout too); one that the broker had
+    /// taken before the loss is then in the queue twice, the first time in
+    /// order. If no connection comes in time, the rest are refused as
+    /// `Unreachable` without waiting again.
     ///
     /// # Errors
     ///
@@ -306,18 +473,20 @@ impl<M: Serialize> RemoteHandle<M> {
         I: IntoIterator<Item = M>,
     {
         const WINDOW: usize = 1024;
+        let timeout = self.remote.link.settings.confirm_timeout;
+        let next_deadline = || connection::deadline(timeout);
         let mut refused = Vec::new();
         let mut confirmed = 0;
         let mut in_flight = Vec::with_capacity(WINDOW);
-        // Once a publish itself failed, the channel is gone: the rest are
-        // refused without trying each in turn.
+        // Once no connection came in time, the rest are refused without
+        // waiting for one again.
         let mut broken: Option<String> = None;
         for msg in msgs {
             if let Some(reason) = &broken {
-                refused.push(RemoteSendError::Disconnected {
+                refused.push(RemoteSendError::Unreachable {
                     msg,
                     queue: self.remote.queue.clone(),
-                    reason: format!("not sent after an earlier publish failed: {reason}"),
+                    reason: reason.clone(),
                 });
                 continue;
             }
@@ -328,18 +497,65 @@ impl<M: Serialize> RemoteHandle<M> {
                     continue;
                 }
             };
-            match self.start(&id, body) {
-                Started::Sending(sending) => in_flight.push((msg, id, sending)),
-                Started::Failed(e) => {
-                    broken = Some(e.to_string());
-                    refused.extend(self.conclude(msg, &id, Some(Err(e)), Duration::ZERO).err());
+            let mut prepared = (msg, id, Arc::new(body));
+            loop {
+                let (msg, id, body) = prepared;
+                // Only on the channel of the messages in flight: once it is
+                // lost, they go again first, so that the order holds.
+                let after = in_flight.last().map(|f: &Flight<M>| Arc::clone(&f.session));
+                match self.launch_once(msg, id, body, next_deadline(), None, after.as_deref()) {
+                    Launch::Flying(flight) => in_flight.push(flight),
+                    Launch::Again(msg, id, body, _) => {
+                        let flights = std::mem::take(&mut in_flight);
+                        self.land(
+                            flights,
+                            &next_deadline,
+                            timeout,
+                            &mut confirmed,
+                            &mut refused,
+                            &mut broken,
+                        );
+                        if let Some(reason) = &broken {
+                            self.remote.joins.forget(&id);
+                            refused.push(RemoteSendError::Unreachable {
+                                msg,
+                                queue: self.remote.queue.clone(),
+                                reason: reason.clone(),
+                            });
+                            break;
+                        }
+                        prepared = (msg, id, body);
+                        continue;
+                    }
+                    Launch::Refused(e) => {
+                        if matches!(e, RemoteSendError::Unreachable { .. }) {
+                            broken = Some(unsent_reason(&e));
+                        }
+                        refused.push(e);
+                    }
                 }
+                break;
             }
             if in_flight.len() >= WINDOW {
-                self.await_confirms(&mut in_flight, &mut confirmed, &mut refused);
+                let flights = std::mem::take(&mut in_flight);
+                self.land(
+                    flights,
+                    &next_deadline,
+                    timeout,
+                    &mut confirmed,
+                    &mut refused,
+                    &mut broken,
+                );
             }
         }
-        self.await_confirms(&mut in_flight, &mut confirmed, &mut refused);
+        self.land(
+            in_flight,
+            &next_deadline,
+            timeout,
+            &mut confirmed,
+            &mut refused,
+            &mut broken,
+        );
         if refused.is_empty() {
             Ok(())
         } else {
@@ -358,12 +574,17 @@ impl<M: Serialize> RemoteHandle<M> {
     /// answers again: the first answer is returned, a later one dropped. The
     /// request counts for `join` like a told message.
     ///
+    /// During a reconnect, the request waits for the new connection until
+    /// the confirm timeout. The answer comes back on the connection the
+    /// request went out on: if that one is lost first, the ask ends with
+    /// `Disconnected` (the request may still be handled), never a hang.
+    ///
     /// # Errors
     ///
     /// [`RemoteAskError`]: `NotSent` (with the reason the publish failed),
-    /// `NoReply`, `DeadLettered` (undecodable, or a handler that panicked
-    /// on every delivery), `Decode` (an answer of another type),
-    /// `Disconnected`.
+    /// `Unreachable` (no connection came in time: not sent), `NoReply`,
+    /// `DeadLettered` (undecodable, or a handler that panicked on every
+    /// delivery), `Decode` (an answer of another type), `Disconnected`.
     pub fn ask<R, F>(&self, make: F) -> Result<R, RemoteAskError>
     where
         R: DeserializeOwned,
@@ -374,8 +595,8 @@ impl<M: Serialize> RemoteHandle<M> {
 
     /// Like [`ask`](RemoteHandle::ask), ending with
     /// [`RemoteAskError::Timeout`] when no answer arrived within `timeout`
-    /// (the publish confirm included). The request may still be handled; its
-    /// late answer is dropped.
+    /// (waiting for a connection and the publish confirm included). The
+    /// request may still be handled; its late answer is dropped.
     ///
     /// # Errors
     ///
@@ -400,25 +621,31 @@ impl<M: Serialize> RemoteHandle<M> {
     {
         let remote = &*self.remote;
         let queue = || remote.queue.clone();
-        self.consume_answers()?;
+        let send_deadline = match (deadline, remote.link.confirm_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let msg = make(RemoteReply::placeholder());
         let (msg, id, body) = self.prepare(msg).map_err(|e| RemoteAskError::NotSent {
             queue: queue(),
             reason: e.to_string(),
         })?;
+        let session = match self.answering_session(send_deadline) {
+            Ok(session) => session,
+            Err(e) => {
+                remote.joins.forget(&id);
+                return Err(e);
+            }
+        };
         let (tx, rx) = mpsc::sync_channel(1);
-        remote.asks.waiting().insert(id.clone(), tx);
+        remote.asks.waiting().insert(id.clone(), (session.id, tx));
         // Removes the waiting entry however this ends: a late answer is dropped.
         let _waiting = Forget(&remote.asks, &id);
         let props = codec::message_properties(&id, &remote.producer)
             .with_reply_to(ShortString::from(DIRECT_REPLY_TO))
             .with_correlation_id(ShortString::from(id.as_str()));
-        let confirm_deadline = match (deadline, remote.link.confirm_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let outcome = block_until(confirm_deadline, async {
-            remote
+        let outcome = block_until(send_deadline, async {
+            session
                 .channel
                 .basic_publish(
                     ShortString::from(""),
@@ -437,34 +664,57 @@ impl<M: Serialize> RemoteHandle<M> {
                     queue: queue(),
                     waited,
                 },
+                RemoteSendError::Disconnected { reason, .. } => RemoteAskError::Disconnected {
+                    queue: queue(),
+                    reason: format!("the request may have gone out: {reason}"),
+                },
                 e => RemoteAskError::NotSent {
                     queue: queue(),
                     reason: e.to_string(),
                 },
             });
         }
-        let received = match deadline {
-            None => rx.recv().map_err(|_| None),
-            Some(at) => rx
-                .recv_timeout(at.saturating_duration_since(Instant::now()))
-                .map_err(|e| match e {
-                    mpsc::RecvTimeoutError::Timeout => Some(()),
-                    mpsc::RecvTimeoutError::Disconnected => None,
-                }),
-        };
-        let body = match received {
-            Ok(body) => body,
-            Err(Some(())) => {
-                return Err(RemoteAskError::Timeout {
-                    queue: queue(),
-                    waited,
-                });
-            }
-            Err(None) => {
-                return Err(RemoteAskError::Disconnected {
-                    queue: queue(),
-                    reason: "the reply consumer ended".to_owned(),
-                });
+        let body = loop {
+            // In slices: the answer's channel is looked at between them, in
+            // case its loss went unreported.
+            let slice = match deadline {
+                None => ANSWER_SLICE,
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(RemoteAskError::Timeout {
+                            queue: queue(),
+                            waited,
+                        });
+                    }
+                    left.min(ANSWER_SLICE)
+                }
+            };
+            match rx.recv_timeout(slice) {
+                Ok(Answer::Body(body)) => break body,
+                Ok(Answer::Lost(reason)) => {
+                    return Err(RemoteAskError::Disconnected {
+                        queue: queue(),
+                        reason: format!("the answer was to come on the lost channel: {reason}"),
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if session.is_open() => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // One last look: an answer that beat the loss.
+                    if let Ok(Answer::Body(body)) = rx.try_recv() {
+                        break body;
+                    }
+                    return Err(RemoteAskError::Disconnected {
+                        queue: queue(),
+                        reason: "the answer was to come on a channel since lost".to_owned(),
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(RemoteAskError::Disconnected {
+                        queue: queue(),
+                        reason: "the reply consumer ended".to_owned(),
+                    });
+                }
             }
         };
         match codec::decode::<WireAnswer<R>>(&body) {
@@ -481,78 +731,235 @@ impl<M: Serialize> RemoteHandle<M> {
         }
     }
 
-    /// Starts consuming `amq.rabbitmq.reply-to` on this handle's channel
-    /// (once): the broker requires it before a request naming it is published.
-    fn consume_answers(&self) -> Result<(), RemoteAskError> {
+    /// A session consuming `amq.rabbitmq.reply-to` (started once per
+    /// channel): the broker requires it before a request naming it is
+    /// published.
+    fn answering_session(&self, deadline: Option<Instant>) -> Result<Arc<Session>, RemoteAskError> {
         let remote = &*self.remote;
-        let mut consuming = remote
-            .asks
-            .consuming
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if *consuming {
-            return Ok(());
-        }
-        let consumer = remote
-            .link
-            .run(
+        loop {
+            let session = remote
+                .session(deadline)
+                .map_err(|e| RemoteAskError::Unreachable {
+                    queue: remote.queue.clone(),
+                    reason: error_chain(&e),
+                })?;
+            let mut answering = session
+                .answering
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if *answering {
+                drop(answering);
+                return Ok(session);
+            }
+            let consumed = remote.link.run(
                 || format!("consuming `{DIRECT_REPLY_TO}`"),
-                remote.channel.basic_consume(
+                session.channel.basic_consume(
                     ShortString::from(DIRECT_REPLY_TO),
-                    ShortString::from(format!("{}.answers", remote.done_queue)),
+                    ShortString::from(format!("{}.answers.{}", remote.done_queue, session.id)),
                     BasicConsumeOptions {
                         no_ack: true,
                         ..BasicConsumeOptions::default()
                     },
                     FieldTable::default(),
                 ),
-            )
-            .map_err(|e| RemoteAskError::Disconnected {
-                queue: remote.queue.clone(),
-                reason: error_chain(&e),
-            })?;
-        let asks = Arc::clone(&remote.asks);
-        consumer.set_delegate(move |delivery: DeliveryResult| {
-            asks.on_delivery(delivery);
-            std::future::ready(())
-        });
-        *consuming = true;
-        Ok(())
-    }
-
-    /// Waits for every confirm in flight, with one confirm timeout for all.
-    fn await_confirms(
-        &self,
-        in_flight: &mut Vec<(M, String, Sending<'_>)>,
-        confirmed: &mut usize,
-        refused: &mut Vec<RemoteSendError<M>>,
-    ) {
-        let timeout = self.remote.link.settings.confirm_timeout;
-        let deadline = connection::deadline(timeout);
-        for (msg, id, sending) in in_flight.drain(..) {
-            match self.conclude(msg, &id, block_until(deadline, sending), timeout) {
-                Ok(()) => *confirmed += 1,
-                Err(e) => refused.push(e),
+            );
+            match consumed {
+                Ok(consumer) => {
+                    let asks = Arc::clone(&remote.asks);
+                    let id = session.id;
+                    consumer.set_delegate(move |delivery: DeliveryResult| {
+                        asks.on_delivery(id, delivery);
+                        std::future::ready(())
+                    });
+                    *answering = true;
+                    drop(answering);
+                    return Ok(session);
+                }
+                // Lost meanwhile: a new channel, if one comes in time.
+                Err(_)
+                    if (!session.is_open() || !remote.link.is_connected())
+                        && !remote.link.is_final() => {}
+                Err(e) => {
+                    return Err(RemoteAskError::Disconnected {
+                        queue: remote.queue.clone(),
+                        reason: error_chain(&e),
+                    });
+                }
             }
         }
     }
 
-    /// Starts publishing: the first poll hands the frames to the connection's
-    /// I/O thread at once, in call order, without waiting for them to be
-    /// written; the returned future then waits for the write and the confirm.
-    fn start(&self, id: &str, body: Vec<u8>) -> Started<'_> {
+    /// Starts publishing a prepared message on the current channel, waiting
+    /// for a connection until `deadline`; `cut` says why an earlier publish
+    /// of it was cut short, if one was.
+    fn launch(
+        &self,
+        mut msg: M,
+        mut id: String,
+        mut body: Arc<Vec<u8>>,
+        deadline: Option<Instant>,
+        mut cut: Option<String>,
+    ) -> Result<Flight<M>, RemoteSendError<M>> {
+        loop {
+            match self.launch_once(msg, id, body, deadline, cut, None) {
+                Launch::Flying(flight) => return Ok(flight),
+                Launch::Refused(e) => return Err(e),
+                Launch::Again(m, i, b, c) => (msg, id, body, cut) = (m, i, b, c),
+            }
+        }
+    }
+
+    /// One try of [`launch`](Self::launch); with `after`, only on that
+    /// session (the one of the messages in flight before this one).
+    fn launch_once(
+        &self,
+        msg: M,
+        id: String,
+        body: Arc<Vec<u8>>,
+        deadline: Option<Instant>,
+        cut: Option<String>,
+        after: Option<&Session>,
+    ) -> Launch<M> {
+        let session = match self.remote.session(deadline) {
+            Ok(session) => session,
+            Err(e) => return Launch::Refused(self.unsent(msg, &id, cut, &e)),
+        };
+        if after.is_some_and(|after| after.id != session.id) {
+            return Launch::Again(msg, id, body, cut);
+        }
+        match self.start(&session, &id, Arc::clone(&body)) {
+            Started::Sending(sending) => Launch::Flying(Flight {
+                msg,
+                id,
+                body,
+                session,
+                sending,
+            }),
+            // Refused before anything went out: the channel is gone.
+            Started::Failed(e) if self.lost_with(&session, &e) => Launch::Again(msg, id, body, cut),
+            Started::Failed(e) => {
+                self.remote.joins.forget(&id);
+                Launch::Refused(RemoteSendError::Disconnected {
+                    msg,
+                    queue: self.remote.queue.clone(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Waits for the confirms of `flights`; publishes those whose channel
+    /// was lost first again on a new one, in their order, each round with a
+    /// deadline from `next_deadline`. Sets `broken` to why no new channel
+    /// came, if none did (and refuses them at once if it was set).
+    fn land(
+        &self,
+        mut flights: Vec<Flight<M>>,
+        next_deadline: &dyn Fn() -> Option<Instant>,
+        waited: Duration,
+        confirmed: &mut usize,
+        refused: &mut Vec<RemoteSendError<M>>,
+        broken: &mut Option<String>,
+    ) {
+        while !flights.is_empty() {
+            let deadline = next_deadline();
+            let mut cut = Vec::new();
+            for flight in flights.drain(..) {
+                let Flight {
+                    msg,
+                    id,
+                    body,
+                    session,
+                    sending,
+                } = flight;
+                match block_until(deadline, sending) {
+                    Some(Err(e)) if self.lost_with(&session, &e) => {
+                        cut.push((msg, id, body, e.to_string()));
+                    }
+                    outcome => match self.conclude(msg, &id, outcome, waited) {
+                        Ok(()) => *confirmed += 1,
+                        Err(e) => refused.push(e),
+                    },
+                }
+            }
+            if cut.is_empty() {
+                break;
+            }
+            let deadline = next_deadline();
+            for (msg, id, body, why) in cut {
+                if let Some(reason) = broken {
+                    self.remote.joins.forget(&id);
+                    refused.push(RemoteSendError::Disconnected {
+                        msg,
+                        queue: self.remote.queue.clone(),
+                        reason: format!("{why}; not sent again: {reason}"),
+                    });
+                    continue;
+                }
+                tracing::debug!(id, "a publish cut by a lost connection: sending it again");
+                match self.launch(msg, id, body, deadline, Some(why)) {
+                    Ok(flight) => flights.push(flight),
+                    Err(e) => {
+                        *broken = Some(unsent_reason(&e));
+                        refused.push(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a publish on `session` failed with `e` because the channel or
+    /// the connection is gone, and a new one may come: the pending writes
+    /// fail with the connection's error before the channel's state says so.
+    fn lost_with(&self, session: &Session, e: &lapin::Error) -> bool {
+        let link = &*self.remote.link;
+        !link.is_final()
+            && (!session.is_open()
+                || !link.is_connected()
+                || matches!(
+                    e.kind(),
+                    lapin::ErrorKind::IOError(_)
+                        | lapin::ErrorKind::InvalidChannelState(..)
+                        | lapin::ErrorKind::InvalidConnectionState(_)
+                ))
+    }
+
+    /// The error for a message that could not be (sent) again: `cut` if an
+    /// earlier publish of it may have reached the broker.
+    fn unsent(
+        &self,
+        msg: M,
+        id: &str,
+        cut: Option<String>,
+        why: &BrokerError,
+    ) -> RemoteSendError<M> {
+        self.remote.joins.forget(id);
+        let queue = self.remote.queue.clone();
+        match cut {
+            Some(cut) => RemoteSendError::Disconnected {
+                msg,
+                queue,
+                reason: format!("{cut}; not sent again: {}", error_chain(why)),
+            },
+            None => RemoteSendError::Unreachable {
+                msg,
+                queue,
+                reason: error_chain(why),
+            },
+        }
+    }
+
+    /// Starts publishing on `session`: the first poll hands the frames to
+    /// the connection's I/O thread at once, in call order, without waiting
+    /// for them to be written; the returned future then waits for the write
+    /// and the confirm.
+    fn start(&self, session: &Session, id: &str, body: Arc<Vec<u8>>) -> Started {
         let props = codec::message_properties(id, &self.remote.producer);
-        let remote = &*self.remote;
-        let mut sending: Sending<'_> = Box::pin(async move {
-            remote
-                .channel
-                .basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(remote.queue.as_str()),
-                    mandatory(),
-                    &body,
-                    props,
-                )
+        let channel = session.channel.clone();
+        let queue = ShortString::from(self.remote.queue.as_str());
+        let mut sending: Sending = Box::pin(async move {
+            channel
+                .basic_publish(ShortString::from(""), queue, mandatory(), &body, props)
                 .await?
                 .await
         });
@@ -589,22 +996,6 @@ impl<M: Serialize> RemoteHandle<M> {
         );
         remote.joins.state().outstanding.insert(id.clone());
         Ok((msg, id, body))
-    }
-
-    /// Publishes one prepared message (persistent, mandatory).
-    fn publish<'a>(
-        &'a self,
-        id: &str,
-        body: &'a [u8],
-    ) -> impl Future<Output = lapin::Result<PublisherConfirm>> + 'a {
-        let remote = &*self.remote;
-        remote.channel.basic_publish(
-            ShortString::from(""),
-            ShortString::from(remote.queue.as_str()),
-            mandatory(),
-            body,
-            codec::message_properties(id, &remote.producer),
-        )
     }
 
     /// Turns the broker's answer to one publish into the result of the send;
@@ -649,22 +1040,29 @@ impl<M> RemoteHandle<M> {
     /// Blocks until the owner has reported every message this handle (or a
     /// clone) got confirmed as handled: its batch was handled, its `idle`
     /// hook ran, and it is about to be acknowledged. Waits for an owner to
-    /// start if none runs.
+    /// start if none runs. Having no deadline, it does not wait for a lost
+    /// connection to be replaced: use
+    /// [`join_timeout`](RemoteHandle::join_timeout) to wait across a
+    /// reconnect.
     ///
     /// # Errors
     ///
     /// [`RemoteJoinError::DeadLettered`] if some of them were dead-lettered
     /// instead (undecodable, or a handler that panicked on every delivery);
-    /// [`RemoteJoinError::Disconnected`] if the connection was lost.
+    /// [`RemoteJoinError::Disconnected`] if the connection is lost (the
+    /// done records sent meanwhile wait in the done queue: a later `join`
+    /// gets them).
     pub fn join(&self) -> Result<(), RemoteJoinError> {
         self.join_until(None)
     }
 
-    /// Like [`join`](RemoteHandle::join), giving up after `timeout`.
+    /// Like [`join`](RemoteHandle::join), giving up after `timeout`; waits
+    /// across a reconnect within it.
     ///
     /// # Errors
     ///
-    /// As [`join`](RemoteHandle::join), plus [`RemoteJoinError::Timeout`].
+    /// As [`join`](RemoteHandle::join), plus [`RemoteJoinError::Timeout`];
+    /// `Disconnected` only once the connection is closed or lost for good.
     pub fn join_timeout(&self, timeout: Duration) -> Result<(), RemoteJoinError> {
         self.join_until(connection::deadline(timeout))
     }
@@ -672,44 +1070,93 @@ impl<M> RemoteHandle<M> {
     fn join_until(&self, deadline: Option<Instant>) -> Result<(), RemoteJoinError> {
         let remote = &*self.remote;
         let joins = &*remote.joins;
-        let mut state = joins.state();
         loop {
-            if state.outstanding.is_empty() {
-                if state.dead.is_empty() {
-                    return Ok(());
-                }
-                return Err(RemoteJoinError::DeadLettered {
-                    queue: remote.queue.clone(),
-                    dead: std::mem::take(&mut state.dead),
-                });
-            }
-            if let Some(reason) = &state.lost {
-                return Err(RemoteJoinError::Disconnected {
-                    queue: remote.queue.clone(),
-                    reason: reason.clone(),
-                    outstanding: state.outstanding.len(),
-                });
-            }
-            state = match deadline {
-                None => joins
-                    .changed
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Some(at) => {
-                    let now = Instant::now();
-                    if now >= at {
-                        return Err(RemoteJoinError::Timeout {
+            {
+                let mut state = joins.state();
+                loop {
+                    if state.outstanding.is_empty() {
+                        if state.dead.is_empty() {
+                            return Ok(());
+                        }
+                        return Err(RemoteJoinError::DeadLettered {
                             queue: remote.queue.clone(),
+                            dead: std::mem::take(&mut state.dead),
+                        });
+                    }
+                    if let Some(reason) = &state.lost {
+                        return Err(RemoteJoinError::Disconnected {
+                            queue: remote.queue.clone(),
+                            reason: reason.clone(),
                             outstanding: state.outstanding.len(),
                         });
                     }
-                    joins
+                    if state.consuming.is_none() {
+                        // No done-queue consumer: a new channel below.
+                        break;
+                    }
+                    let slice = match deadline {
+                        None => ANSWER_SLICE,
+                        Some(at) => {
+                            let left = at.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                return Err(RemoteJoinError::Timeout {
+                                    queue: remote.queue.clone(),
+                                    outstanding: state.outstanding.len(),
+                                });
+                            }
+                            left.min(ANSWER_SLICE)
+                        }
+                    };
+                    state = joins
                         .changed
-                        .wait_timeout(state, at - now)
+                        .wait_timeout(state, slice)
                         .unwrap_or_else(PoisonError::into_inner)
-                        .0
+                        .0;
+                    let seen = state.consuming;
+                    if seen.is_some() {
+                        // Not under the join state's lock: a new session
+                        // takes the session lock, then this one.
+                        drop(state);
+                        let gone = remote.is_lost();
+                        state = joins.state();
+                        if gone && state.consuming == seen {
+                            // Its channel is lost, the loss not reported yet.
+                            state.consuming = None;
+                        }
+                    }
                 }
-            };
+            }
+            // The records sent meanwhile wait in the durable done queue; a
+            // new channel consumes it again.
+            let reopened = remote.session(deadline);
+            let mut state = joins.state();
+            match reopened {
+                Ok(session) => {
+                    if state.consuming.is_none() && session.is_open() {
+                        // An open channel whose done-queue consumer the
+                        // broker cancelled: the done queue is gone.
+                        state.lost =
+                            Some("the done queue consumer was cancelled by the broker".to_owned());
+                        drop(state);
+                        joins.changed.notify_all();
+                    }
+                }
+                Err(BrokerError::Disconnected {
+                    reconnecting: true, ..
+                }) if deadline.is_some() => {
+                    return Err(RemoteJoinError::Timeout {
+                        queue: remote.queue.clone(),
+                        outstanding: state.outstanding.len(),
+                    });
+                }
+                Err(e) => {
+                    return Err(RemoteJoinError::Disconnected {
+                        queue: remote.queue.clone(),
+                        reason: error_chain(&e),
+                        outstanding: state.outstanding.len(),
+                    });
+                }
+            }
         }
     }
 
@@ -741,9 +1188,15 @@ impl<M> RemoteHandle<M> {
 
 impl Drop for Remote {
     fn drop(&mut self) {
+        // Without an open channel the done queue is left to expire (in an
+        // hour), rather than waiting for a connection here.
+        let Some(session) = self.current() else {
+            tracing::debug!(queue = %self.done_queue, "no connection: the done queue expires in an hour");
+            return;
+        };
         let deleted = self.link.run(
             || format!("deleting queue `{}`", self.done_queue),
-            self.channel.queue_delete(
+            session.channel.queue_delete(
                 ShortString::from(self.done_queue.as_str()),
                 QueueDeleteOptions::default(),
             ),
@@ -753,7 +1206,8 @@ impl Drop for Remote {
         }
         let _ = block_until(
             self.link.confirm_deadline(),
-            self.channel
+            session
+                .channel
                 .close(200, ShortString::from("custody: handle dropped")),
         );
     }
@@ -761,6 +1215,10 @@ impl Drop for Remote {
 
 /// The queue name of RabbitMQ's direct reply-to.
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// How long a wait for an answer or a done record goes before it looks
+/// whether its channel is still there.
+const ANSWER_SLICE: Duration = Duration::from_secs(1);
 
 /// Removes an ask from the waiting ones when it ends.
 struct Forget<'a>(&'a Asks, &'a str);
@@ -771,25 +1229,43 @@ impl Drop for Forget<'_> {
     }
 }
 
-/// An error and its sources, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+/// The reason inside a send error, for the messages refused after it.
+fn unsent_reason<M>(e: &RemoteSendError<M>) -> String {
+    match e {
+        RemoteSendError::Unreachable { reason, .. }
+        | RemoteSendError::Disconnected { reason, .. } => reason.clone(),
+        other => other.to_string(),
     }
-    text
 }
 
 /// A publish under way: the write and then the confirm.
-type Sending<'a> = Pin<Box<dyn Future<Output = lapin::Result<Confirmation>> + 'a>>;
+type Sending = Pin<Box<dyn Future<Output = lapin::Result<Confirmation>>>>;
+
+/// What became of one try to publish.
+enum Launch<M> {
+    /// Published; the confirm is awaited.
+    Flying(Flight<M>),
+    /// To try again (on a new channel), with the reason an earlier publish
+    /// was cut, if one was.
+    Again(M, String, Arc<Vec<u8>>, Option<String>),
+    /// Not sent, or not sent again.
+    Refused(RemoteSendError<M>),
+}
 
 /// A publish just started.
-enum Started<'a> {
-    Sending(Sending<'a>),
+enum Started {
+    Sending(Sending),
     Failed(lapin::Error),
+}
+
+/// A message published and not yet confirmed, with what it takes to
+/// publish it again on a new channel.
+struct Flight<M> {
+    msg: M,
+    id: String,
+    body: Arc<Vec<u8>>,
+    session: Arc<Session>,
+    sending: Sending,
 }
 
 /// Publishes are mandatory: a missing queue returns the message instead of

@@ -11,30 +11,46 @@
 //!        with x-custody-error, tell the    failed(tag):
 //!        asker and the producer, ack it      nack and requeue it, or on its last
 //!                                            delivery dead-letter it with the panic
+//! redelivered (returned by a crash, a kill, a lost channel, a panic or a
+//! hand-over): wait until everything handed over is settled, charge it in
+//! custody.<name>.charges (or, charged up to the limit, dead-letter it), hand
+//! it over alone, and wait until it is settled
 //! asked to stop, refused, or the manager exited:
 //!   hand over nothing more, stop the manager, wait until it has settled,
 //!   close the channel (what was sent ahead returns to the queue)
-//! the channel or connection lost, or the consumer cancelled:
+//! the channel (or the connection) lost, reconnecting on:
+//!   the broker has returned what was not acked, maybe to a standby; wait
+//!   for the connection, open a channel, declare, consume again (as a
+//!   standby, if another owner is active now); the lost channel's
+//!   deliveries in the manager's hands are never acked, answered or
+//!   reported done: their redelivery is
+//! lost for good (reconnecting off, the broker closed), or the consumer
+//! cancelled:
 //!   another owner may be active already: stop the manager at once (its
 //!   mailbox is dropped, its batch in hand is neither settled nor, for a
 //!   RemoteDatabase, committed), answer and acknowledge nothing more
 //! ```
+//!
+//! The manager's tags are a sequence of the owner's own, across channels;
+//! each open delivery keeps its channel (session) and its broker tag, which
+//! is acknowledged on that channel only.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Consumer, PublisherConfirm};
 use serde::de::DeserializeOwned;
 
@@ -54,9 +70,15 @@ use crate::stats::OutsideStats;
 /// deliveries are handed to the manager; it handles and acknowledges those it
 /// was given (its `idle` hook runs after the last batch, then `stopped`);
 /// then the channel closes, and the deliveries the broker had sent ahead (at
-/// most the prefetch) go back to the queue, in order, for the next owner. On
-/// RabbitMQ 3.x each such return counts as a delivery towards the delivery
-/// limit. Only then does a standby become the active owner, so a graceful
+/// most the prefetch) go back to the queue, in order, for the next owner.
+/// On RabbitMQ 3.x each such return counts on the broker towards the queue's
+/// `x-delivery-limit`, which is therefore only a backstop, far above
+/// [`BrokerBuilder::delivery_limit`](super::BrokerBuilder::delivery_limit):
+/// a redelivered message is handed over alone, charged first in a durable
+/// record of the queue's own (`custody.<name>.charges`), so an owner that
+/// crashes, is killed or loses its connection while handling it charges
+/// that message only, and the owner dead-letters it (telling its producer
+/// and asker) once charged up to the limit. Only then does a standby become the active owner, so a graceful
 /// hand-over never has two owners handling one queue at once.
 ///
 /// A [`Runtime::shutdown`] ends the serving the same way: the manager refuses
@@ -67,10 +89,20 @@ use crate::stats::OutsideStats;
 ///
 /// A lost channel or connection is no hand-over: the broker has already
 /// returned the unacknowledged deliveries to the queue, and a standby may be
-/// handling them. So the manager is stopped at once: what is in its mailbox
-/// is dropped, and nothing it handled since its last settled batch is
-/// answered, reported done or acknowledged (see the
-/// [module docs](crate::broker) on two owners at once).
+/// handling them, so nothing the manager handled since its last settled
+/// batch is answered, reported done or acknowledged (see the
+/// [module docs](crate::broker) on two owners at once). Unless the
+/// [`Broker`] reconnects (its default), or the broker cancelled the
+/// consumer, the manager is stopped at once: what is in its mailbox is
+/// dropped. When it reconnects, the serving does not end: once there is a
+/// connection again the same manager is subscribed again, as the active
+/// owner or, if another owner took over meanwhile, as its standby. The
+/// deliveries of the lost channel still in its mailbox are then handled
+/// (the manager loop cannot drop them and keep the manager): a plain
+/// manager may handle them twice, at least once as always, while a
+/// [`RemoteDatabase`](crate::resources::RemoteDatabase) is fenced by its
+/// owner epoch. [`stop`](Served::stop) during the outage returns without
+/// waiting for it to end.
 pub struct Served<M: Send + 'static> {
     handle: Handle<M>,
     owner: Arc<Owner>,
@@ -98,17 +130,20 @@ impl<M: Send + 'static> Served<M> {
         &self.owner.queue
     }
 
-    /// Whether it still serves: `false` once stopped, or once the serving
-    /// ended on its own, which stops the manager too: the channel or the
-    /// connection was lost or the queue deleted (the manager is then stopped
-    /// at once, its mailbox dropped: another owner may be active already),
-    /// the manager refused a delivery (after a runtime shutdown, at the next
-    /// delivery), or the manager exited (an immediate stop, its panic policy
-    /// stopping it for good, or a `RemoteDatabase` that found another owner
-    /// active). Its unacknowledged deliveries then go back to the queue, for
-    /// a standby.
+    /// Whether it serves: `false` once stopped, or once the serving ended on
+    /// its own, which stops the manager too: the channel or the connection
+    /// was lost for good (reconnecting off, or the broker closed) or the
+    /// queue deleted (the manager is then stopped at once, its mailbox
+    /// dropped: another owner may be active already), the manager refused a
+    /// delivery (after a runtime shutdown, at the next delivery), or the
+    /// manager exited (an immediate stop, its panic policy stopping it for
+    /// good, or a `RemoteDatabase` that found another owner active). Its
+    /// unacknowledged deliveries then go back to the queue, for a standby.
+    /// Also `false` while a lost channel or connection is being replaced,
+    /// and `true` again once it consumes from the queue again.
     pub fn is_serving(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
+            && self.owner.serving.load(Ordering::SeqCst)
     }
 
     /// Stops serving gracefully and waits until it is done (see [`Served`]).
@@ -136,10 +171,23 @@ impl<M: Send + 'static> Drop for Served<M> {
 /// The owner's channel and the book of deliveries not yet settled.
 pub(crate) struct Owner {
     link: Arc<Link>,
-    channel: Channel,
+    /// The channel deliveries come on now; replaced after a loss.
+    session: Mutex<Session>,
+    /// Whether a consumer is registered on the current channel (`false`
+    /// while the connection is being replaced).
+    serving: AtomicBool,
+    name: String,
     queue: String,
     dead_queue: String,
     book: Mutex<Book>,
+    /// Notified when deliveries leave `book.open` (settled, failed or
+    /// forgotten): the consumer thread waits on it to hand a redelivered
+    /// message over alone.
+    emptied: Condvar,
+    /// `custody.<name>.charges`: the durable record of which redelivered
+    /// message was in hand, and how often, when an owner stopped.
+    charges_queue: String,
+    charges: Mutex<Charges>,
     /// Held through a whole flush of the pending done records, so that a
     /// batch is acknowledged only after its records are confirmed, even when
     /// the consumer thread is flushing a dead record at the same time.
@@ -148,13 +196,38 @@ pub(crate) struct Owner {
     stop: StopSignal,
     /// Delivered, redelivered, acked, dead-lettered.
     counts: Counts,
-    /// Set when the channel or the connection was lost, or the broker
-    /// cancelled the consumer: another owner may be active already.
-    lost: AtomicBool,
+    /// The owner of the channel that moves the broker's own dead letters
+    /// (`custody.<name>.limit`) to the dead-letter queue, reporting each;
+    /// closed when the serving ends. It subscribes again on its own after a
+    /// lost connection.
+    reporter: Mutex<Option<Arc<Owner>>>,
     /// Whether the manager was stopped at once (by the consumer thread when
     /// the channel was lost, by the manager itself when it found it was
     /// superseded, or by an immediate stop); set once it is spawned.
     aborted: OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
+}
+
+/// How many times each message stopped an owner while it was handled alone
+/// (a redelivered message is): kept in memory by the active owner and
+/// written, before each such message is handed over, as the one message of
+/// the quorum queue `custody.<name>.charges` (`x-max-length` 1, so each
+/// write replaces the last). A crash, a kill or a lost connection while a
+/// message is in hand leaves that message's charge in the record for the
+/// next owner; the messages merely returned with the prefetch window are not
+/// in it. The broker's own `x-delivery-count` counts those returns too (and
+/// a forged one arrives on a first delivery), so it decides nothing here.
+#[derive(Default)]
+struct Charges {
+    /// Whether the record was read from the broker (at the first
+    /// redelivered delivery, once this owner is the active one).
+    loaded: bool,
+    /// By message id.
+    by_id: BTreeMap<String, u32>,
+}
+
+/// The queue holding the owners' durable record of charges.
+pub(crate) fn charges_queue(name: &str) -> String {
+    format!("{}.charges", connection::mailbox_queue(name))
 }
 
 /// The queue's counters, written by the consumer and manager threads.
@@ -172,24 +245,48 @@ impl Counts {
     }
 }
 
+/// One channel of the owner: its delivery tags mean something on it only.
+struct Session {
+    channel: Channel,
+    /// Counts the owner's channels, from 1.
+    id: u64,
+    /// `false` once the channel is known to be lost: none of its deliveries
+    /// is settled any more (the broker has returned them to the queue).
+    live: bool,
+    /// Whether a delivery came on it: its consumer is the active one.
+    delivered: bool,
+}
+
 #[derive(Default)]
 struct Book {
+    /// The tag the manager gets for the next delivery: its own sequence,
+    /// across channels (a channel's delivery tags start again at 1).
+    next_tag: u64,
+    /// The first tag of the current channel: those before came on a lost one.
+    first_current: u64,
     /// Deliveries handed to the manager and not yet settled, in tag order.
     open: VecDeque<Open>,
     /// Done records not yet confirmed by the broker, by producer; kept when a
     /// publish fails and sent again with the next batch.
     pending: BTreeMap<String, DoneRecord>,
-    /// The last settled tag not yet acknowledged because its batch's done
-    /// records are still pending.
-    unacked: Option<u64>,
+    /// The last settled delivery tag not yet acknowledged because its
+    /// batch's done records are still pending, with its session: it is
+    /// never acknowledged on another channel.
+    unacked: Option<(u64, u64)>,
     /// How many deliveries that acknowledgement will cover.
     unacked_count: u64,
 }
 
 /// One delivery in the manager's hands.
 struct Open {
+    /// The manager's tag for it.
     tag: u64,
+    /// The broker's delivery tag, on the channel of `session`.
+    wire: u64,
+    session: u64,
     origin: Option<Origin>,
+    /// The message id it is charged by, when redelivered (see [`Charges`]).
+    key: Option<String>,
     /// The body and properties, kept only on a message's last allowed delivery:
     /// if its handler panics again, it is dead-lettered with the panic message.
     last: Option<(Vec<u8>, BasicProperties)>,
@@ -219,23 +316,46 @@ where
 {
     connection::check_name(name)?;
     let link = Arc::clone(&broker.link);
-    let channel = link.confirmed_channel()?;
-    link.declare_mailbox(&channel, name)?;
     let queue = connection::mailbox_queue(name);
+    let channel = open_channel(&link, name, &queue, link.confirm_deadline())?;
+    let charges_queue = charges_queue(name);
+    let mut charges_args = FieldTable::default();
+    charges_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    charges_args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
     link.run(
-        || format!("setting the prefetch for `{queue}`"),
-        channel.basic_qos(link.settings.prefetch, BasicQosOptions::default()),
+        || format!("declaring queue `{charges_queue}`"),
+        channel.queue_declare(
+            ShortString::from(charges_queue.as_str()),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            charges_args,
+        ),
     )?;
     let owner = Arc::new(Owner {
         link: Arc::clone(&link),
-        channel: channel.clone(),
+        session: Mutex::new(Session {
+            channel: channel.clone(),
+            id: 1,
+            live: true,
+            delivered: false,
+        }),
+        serving: AtomicBool::new(true),
+        name: name.to_owned(),
         queue: queue.clone(),
         dead_queue: connection::dead_queue(name),
         book: Mutex::new(Book::default()),
+        emptied: Condvar::new(),
+        charges_queue,
+        charges: Mutex::new(Charges::default()),
         flushing: Mutex::new(()),
         stop: StopSignal::default(),
         counts: Counts::default(),
-        lost: AtomicBool::new(false),
+        reporter: Mutex::new(None),
         aborted: OnceLock::new(),
     });
     let handle = match rt.manager(name).spawn(manager) {
@@ -254,17 +374,18 @@ where
     if handle.shared.outside.set(settler).is_err() {
         unreachable!("a freshly spawned manager has no settler");
     }
-    let consumer_tag = format!("{queue}.{}.{}", std::process::id(), unique());
-    let consumed = link.run(
-        || format!("consuming from `{queue}`"),
-        channel.basic_consume(
-            ShortString::from(queue.as_str()),
-            ShortString::from(consumer_tag.as_str()),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    );
-    let consumer = match consumed {
+    match report_broker_dead_letters(&owner) {
+        Ok(reporter) => {
+            *owner
+                .reporter
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(reporter)
+        }
+        Err(e) => {
+            tracing::warn!(%queue, error = %e, "the broker's dead letters are not reported by this owner")
+        }
+    }
+    let consumer = match owner.consume_on(&channel) {
         Ok(consumer) => consumer,
         Err(e) => {
             handle.stop();
@@ -298,6 +419,123 @@ where
         owner,
         thread: Some(thread),
     })
+}
+
+/// A channel for an owner of `name`: confirms on, the queue declared, the
+/// prefetch set.
+fn open_channel(
+    link: &Link,
+    name: &str,
+    queue: &str,
+    wait: Option<Instant>,
+) -> Result<Channel, BrokerError> {
+    let channel = link.confirmed_channel_until(wait)?;
+    link.declare_mailbox(&channel, name)?;
+    link.run(
+        || format!("setting the prefetch for `{queue}`"),
+        channel.basic_qos(link.settings.prefetch, BasicQosOptions::default()),
+    )?;
+    Ok(channel)
+}
+
+/// Consumes `custody.<name>.limit`, where the broker dead-letters on its own
+/// (a message returned more than its `x-delivery-limit`, a backstop far
+/// above the owners' limit), on a channel of its own: each message is
+/// copied to `custody.<name>.dead` with the reason, its asker answered
+/// `DeadLettered` and its producer's `join` told, then acknowledged (or, if
+/// the copy is not confirmed, requeued for the next try). A lost channel is
+/// replaced as the owner's is (reconnecting on): a new channel on the new
+/// connection, consuming again; the lost channel's tags are never
+/// acknowledged. Its thread ends when the channel is closed, with the
+/// serving, or is lost for good.
+fn report_broker_dead_letters(owner: &Owner) -> Result<Arc<Owner>, BrokerError> {
+    let link = &owner.link;
+    let limit_queue = connection::limit_queue(&owner.name);
+    let channel = open_channel(link, &owner.name, &limit_queue, link.confirm_deadline())?;
+    let reporter = Arc::new(Owner {
+        link: Arc::clone(link),
+        session: Mutex::new(Session {
+            channel: channel.clone(),
+            id: 1,
+            live: true,
+            delivered: false,
+        }),
+        serving: AtomicBool::new(true),
+        name: owner.name.clone(),
+        queue: limit_queue,
+        dead_queue: owner.dead_queue.clone(),
+        book: Mutex::new(Book::default()),
+        emptied: Condvar::new(),
+        charges_queue: owner.charges_queue.clone(),
+        charges: Mutex::new(Charges::default()),
+        flushing: Mutex::new(()),
+        stop: StopSignal::default(),
+        counts: Counts::default(),
+        reporter: Mutex::new(None),
+        aborted: OnceLock::new(),
+    });
+    let consumer = match reporter.consume_on(&channel) {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            reporter.close_channel();
+            return Err(e);
+        }
+    };
+    let limit =
+        u64::from(link.settings.delivery_limit) + u64::from(connection::BROKER_LIMIT_MARGIN);
+    let thread_reporter = Arc::clone(&reporter);
+    let spawned = std::thread::Builder::new()
+        .name(format!("custody-amqp-{}-limit", owner.name))
+        .spawn(move || report(consumer, &thread_reporter, limit));
+    if let Err(source) = spawned {
+        reporter.close_channel();
+        return Err(crate::error::SpawnError::Thread {
+            name: owner.name.clone(),
+            source,
+        }
+        .into());
+    }
+    Ok(reporter)
+}
+
+/// The reporter's thread: reports each of the broker's dead letters, and
+/// subscribes again after a lost channel, until its channel is closed (or
+/// the consumer cancelled, or the channel lost for good).
+fn report(mut consumer: Consumer, reporter: &Owner, limit: u64) {
+    let reason = format!(
+        "dead-lettered by the broker: returned to the queue more than its delivery limit ({limit}) times"
+    );
+    loop {
+        let session = reporter.session().id;
+        while let Some(Some(Ok(delivery))) = block_until(None, consumer.next()) {
+            let checked = codec::check(&delivery.properties, delivery.data.len(), usize::MAX);
+            tracing::warn!(queue = %reporter.queue, id = ?checked.origin.as_ref().map(|o| &o.id), "the broker dead-lettered a message: reported");
+            let report = panic::catch_unwind(AssertUnwindSafe(|| {
+                reporter.dead_letter(
+                    session,
+                    delivery.delivery_tag,
+                    &delivery.data,
+                    &delivery.properties,
+                    checked.origin,
+                    checked.target.as_ref(),
+                    &reason,
+                );
+            }));
+            if report.is_err() {
+                tracing::error!(queue = %reporter.queue, "reporting a dead letter panicked");
+                reporter.nack(session, delivery.delivery_tag);
+            }
+        }
+        // Closed with the serving, or cancelled (its queue deleted): done.
+        if reporter.stop.is_raised() || reporter.channel().status().connected() {
+            return;
+        }
+        match reporter.restart(&|| false) {
+            // The old consumer's channel is gone: dropping it sends nothing.
+            Some(next) => consumer = next,
+            None => return,
+        }
+    }
 }
 
 /// A number unique in this process.
@@ -400,7 +638,23 @@ fn consume<M: DeserializeOwned + Send + 'static>(
     let _span = span.enter();
     // The consumer lives until the channel closes: dropping it earlier
     // cancels it, which makes a standby active while this owner still works.
-    let fed = panic::catch_unwind(AssertUnwindSafe(|| feed(&mut consumer, &handle, &owner)));
+    // A channel lost (with the connection, or alone) is replaced, and the
+    // same manager goes on with the deliveries of the new one.
+    let fed = panic::catch_unwind(AssertUnwindSafe(|| {
+        while let Fed::Lost = feed(&mut consumer, &handle, &owner) {
+            match owner.restart(&|| handle.has_exited()) {
+                // The old consumer's channel is gone: dropping it sends nothing.
+                Some(next) => consumer = next,
+                None => {
+                    // Asked to stop, or lost for good, while without a
+                    // channel: all the mailbox holds came on the lost one,
+                    // and may be a standby's now. Stop at once.
+                    owner.lose(&handle);
+                    break;
+                }
+            }
+        }
+    }));
     if let Err(payload) = fed {
         tracing::error!(
             queue = %owner.queue,
@@ -430,6 +684,29 @@ fn consume<M: DeserializeOwned + Send + 'static>(
     tracing::debug!(queue = %owner.queue, "stopped serving");
 }
 
+/// How feeding the manager from one channel ended.
+enum Fed {
+    /// Asked to stop, the manager refused or exited, or the broker cancelled
+    /// the consumer (its queue was deleted): serving ends.
+    Done,
+    /// The channel (or the whole connection) is lost.
+    Lost,
+}
+
+/// How waiting for everything handed over on a channel to be settled ended.
+enum Emptied {
+    /// Settled: nothing of the channel is in the manager's hands.
+    Yes,
+    /// Asked to stop, stopped at once, or the manager exited.
+    Stopping,
+    /// The channel is lost: what it delivered is never settled.
+    Lost,
+}
+
+/// How often an owner waiting for a new connection looks whether it was
+/// asked to stop, or its manager has exited.
+const RESTART_POLL: Duration = Duration::from_millis(50);
+
 /// What the consumer thread waits for.
 enum Event {
     /// Boxed: the other variants are small, and a delivery's body is on the
@@ -443,21 +720,24 @@ enum Event {
     Ended(Option<lapin::Error>),
 }
 
-/// Hands deliveries to the manager until it is time to stop.
+/// Hands deliveries of the current channel to the manager until it is time
+/// to stop, or the channel is lost.
 fn feed<M: DeserializeOwned + Send + 'static>(
     consumer: &mut Consumer,
     handle: &Handle<M>,
     owner: &Arc<Owner>,
-) {
+) -> Fed {
+    let session = owner.session().id;
+    let mut delivered = false;
     loop {
         // Looked at first: with deliveries always buffered, the race below
         // would pick the delivery every time.
         if owner.stop.is_raised() {
-            break;
+            return Fed::Done;
         }
         if handle.has_exited() {
             tracing::warn!(queue = %owner.queue, "the manager has exited: serving ends");
-            break;
+            return Fed::Done;
         }
         let next = block_until(
             None,
@@ -486,25 +766,60 @@ fn feed<M: DeserializeOwned + Send + 'static>(
         let delivery = match next {
             Some(Event::Delivery(delivery)) => delivery,
             Some(Event::Stop | Event::ManagerGone) | None => continue, // looked at above
-            Some(Event::Ended(None)) => {
-                tracing::warn!(queue = %owner.queue, "the broker cancelled the consumer: stopping at once");
-                owner.lose(handle);
-                break;
-            }
-            Some(Event::Ended(Some(e))) => {
-                tracing::warn!(queue = %owner.queue, error = %e, "the channel is lost: stopping at once");
-                owner.lose(handle);
-                break;
+            Some(Event::Ended(ended)) => {
+                if owner.channel().status().connected() {
+                    // The broker cancelled the consumer (its queue was
+                    // deleted): a standby may be active already.
+                    match ended {
+                        None => {
+                            tracing::warn!(queue = %owner.queue, "the broker cancelled the consumer: stopping at once")
+                        }
+                        Some(e) => {
+                            tracing::warn!(queue = %owner.queue, error = %e, "the consumer ended: stopping at once")
+                        }
+                    }
+                    owner.lose(handle);
+                    return Fed::Done;
+                }
+                return Fed::Lost;
             }
         };
         let tag = delivery.delivery_tag;
+        if !delivered {
+            delivered = true;
+            owner.session().delivered = true;
+        }
         Counts::add(&owner.counts.delivered, 1);
         if delivery.redelivered {
             Counts::add(&owner.counts.redelivered, 1);
         }
-        match panic::catch_unwind(AssertUnwindSafe(|| take(handle, owner, &delivery))) {
-            Ok(Taken::Handed | Taken::Rejected) => {}
-            Ok(Taken::Refused) => break,
+        // A redelivered message is handed over alone, once everything before
+        // it (of this channel) is settled, and nothing after it until it is:
+        // an owner that stops meanwhile is charged to it, and to it only.
+        // Deliveries of a lost channel are not waited for: never settled,
+        // they are dropped.
+        let alone = delivery.redelivered;
+        if alone {
+            match owner.wait_emptied(handle, session) {
+                Emptied::Yes => {}
+                // Stopping: it goes back to the queue with the channel.
+                Emptied::Stopping => return Fed::Done,
+                // It goes back to the queue with the lost channel.
+                Emptied::Lost => return Fed::Lost,
+            }
+        }
+        match panic::catch_unwind(AssertUnwindSafe(|| take(handle, owner, session, &delivery))) {
+            Ok(Taken::Handed) => {
+                if alone {
+                    match owner.wait_emptied(handle, session) {
+                        Emptied::Yes => {}
+                        Emptied::Stopping => return Fed::Done,
+                        Emptied::Lost => return Fed::Lost,
+                    }
+                }
+            }
+            Ok(Taken::Rejected) => {}
+            Ok(Taken::Refused) => return Fed::Done,
             Err(payload) => {
                 // A bug of this module, not of the delivery: give it back to
                 // the queue (its delivery limit ends a delivery that always
@@ -515,8 +830,8 @@ fn feed<M: DeserializeOwned + Send + 'static>(
                     panic = %panic_message(payload.as_ref()),
                     "taking a delivery panicked: requeued"
                 );
-                owner.forget(tag);
-                owner.nack(tag);
+                owner.forget(session, tag);
+                owner.nack(session, tag);
             }
         }
     }
@@ -537,9 +852,10 @@ enum Taken {
 fn take<M: DeserializeOwned + Send + 'static>(
     handle: &Handle<M>,
     owner: &Arc<Owner>,
+    session: u64,
     delivery: &lapin::message::Delivery,
 ) -> Taken {
-    let tag = delivery.delivery_tag;
+    let wire = delivery.delivery_tag;
     let settings = &owner.link.settings;
     let checked = codec::check(&delivery.properties, delivery.data.len(), settings.max_body);
     let Checked {
@@ -549,21 +865,67 @@ fn take<M: DeserializeOwned + Send + 'static>(
         invalid,
     } = checked;
     if let Some(invalid) = invalid {
-        owner.reject(tag, delivery, origin, target.as_ref(), &invalid);
+        owner.reject(session, wire, delivery, origin, target.as_ref(), &invalid);
         return Taken::Rejected;
     }
+    // A redelivered message is charged in the durable record before it is
+    // handed over; one charged up to the limit already is not handed again.
+    let key = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned());
+    let last = if !delivery.redelivered {
+        // A first delivery is never the last: its `x-delivery-count`, if any,
+        // was put there by whoever published it.
+        false
+    } else if let Some(key) = &key {
+        let limit = settings.delivery_limit;
+        let charged = owner.charged(key);
+        if charged >= limit {
+            let reason = format!(
+                "the owner stopped {charged} times while handling it alone (limit {limit})"
+            );
+            tracing::warn!(queue = %owner.queue, tag = wire, reason, "dead-lettered");
+            owner.uncharge(key);
+            owner.dead_letter(
+                session,
+                wire,
+                &delivery.data,
+                &delivery.properties,
+                origin,
+                target.as_ref(),
+                &reason,
+            );
+            return Taken::Rejected;
+        }
+        owner.charge(key, charged + 1);
+        charged + 1 >= limit
+    } else {
+        // No id to charge it by: the broker's count is all there is.
+        delivery_count >= u64::from(settings.delivery_limit)
+    };
     // Opened before decoding, so that a reply answered (or dropped) during
     // the decode finds its request.
-    owner.book().open.push_back(Open {
-        tag,
-        origin: origin.clone(),
-        last: None,
-        ask: target.clone().map(|target| Ask {
-            target,
-            answer: None,
-            bound: false,
-        }),
-    });
+    let tag = {
+        let mut book = owner.book();
+        book.next_tag += 1;
+        let tag = book.next_tag;
+        book.open.push_back(Open {
+            tag,
+            wire,
+            session,
+            origin: origin.clone(),
+            key: key.filter(|_| delivery.redelivered),
+            last: None,
+            ask: target.clone().map(|target| Ask {
+                target,
+                answer: None,
+                bound: false,
+            }),
+        });
+        tag
+    };
     let binding = target.clone().map(|target| Binding {
         sink: Arc::clone(owner) as Arc<dyn AnswerSink>,
         tag,
@@ -582,14 +944,14 @@ fn take<M: DeserializeOwned + Send + 'static>(
                     if let Some(ask) = &mut open.ask {
                         ask.bound = bound;
                     }
-                    if delivery_count >= u64::from(settings.delivery_limit) {
+                    if last {
                         open.last = Some((delivery.data.clone(), delivery.properties.clone()));
                     }
                 }
             }
             if handle.deliver(msg, tag).is_err() {
                 // The manager is stopping (a runtime shutdown): hand over no more.
-                owner.forget(tag);
+                owner.forget(session, wire);
                 return Taken::Refused;
             }
             return Taken::Handed;
@@ -597,8 +959,8 @@ fn take<M: DeserializeOwned + Send + 'static>(
         Ok((Err(reason), _)) => InvalidDelivery::Undecodable(reason),
         Err(payload) => InvalidDelivery::Panicked(panic_message(payload.as_ref())),
     };
-    owner.forget(tag);
-    owner.reject(tag, delivery, origin, target.as_ref(), &invalid);
+    owner.forget(session, wire);
+    owner.reject(session, wire, delivery, origin, target.as_ref(), &invalid);
     Taken::Rejected
 }
 
@@ -648,9 +1010,128 @@ impl Owner {
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn session(&self) -> MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current channel (for publishing: answers and records go on any).
+    fn channel(&self) -> Channel {
+        self.session().channel.clone()
+    }
+
+    /// The channel of `session`, if it is still the current one and not
+    /// lost: delivery tags are acknowledged on their own channel only.
+    fn channel_of(&self, session: u64) -> Option<Channel> {
+        let current = self.session();
+        (current.id == session && current.live).then(|| current.channel.clone())
+    }
+
     /// Drops the open entry of a delivery that is not the manager's.
-    fn forget(&self, tag: u64) {
-        self.book().open.retain(|o| o.tag != tag);
+    fn forget(&self, session: u64, wire: u64) {
+        self.book()
+            .open
+            .retain(|o| (o.session, o.wire) != (session, wire));
+        self.emptied.notify_all();
+    }
+
+    /// Waits until every delivery handed over on channel `session` is
+    /// settled (or failed). Deliveries of a lost channel are never settled,
+    /// and not waited for: if `session` is lost meanwhile, `Lost`.
+    fn wait_emptied<M: Send + 'static>(&self, handle: &Handle<M>, session: u64) -> Emptied {
+        let mut book = self.book();
+        loop {
+            if self.stop.is_raised() || self.is_dropping() || handle.has_exited() {
+                return Emptied::Stopping;
+            }
+            let lost = {
+                let current = self.session();
+                !current.live || current.id != session || !current.channel.status().connected()
+            };
+            if lost {
+                return Emptied::Lost;
+            }
+            if !book.open.iter().any(|o| o.session == session) {
+                return Emptied::Yes;
+            }
+            book = self
+                .emptied
+                .wait_timeout(book, EXIT_POLL)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn charges(&self) -> MutexGuard<'_, Charges> {
+        self.charges.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many times message `key` stopped an owner while in hand, reading
+    /// the durable record first if this owner has not yet.
+    fn charged(&self, key: &str) -> u32 {
+        let mut charges = self.charges();
+        if !charges.loaded {
+            charges.by_id = self.read_charges();
+            charges.loaded = true;
+        }
+        charges.by_id.get(key).copied().unwrap_or(0)
+    }
+
+    /// Reads the record of charges the previous owners left (and leaves it
+    /// in its queue).
+    fn read_charges(&self) -> BTreeMap<String, u32> {
+        let (channel, session) = {
+            let current = self.session();
+            (current.channel.clone(), current.id)
+        };
+        let got = self.link.run(
+            || format!("reading queue `{}`", self.charges_queue),
+            channel.basic_get(
+                ShortString::from(self.charges_queue.as_str()),
+                BasicGetOptions { no_ack: false },
+            ),
+        );
+        match got {
+            Ok(Some(message)) => {
+                let tag = message.delivery.delivery_tag;
+                let record = codec::decode::<BTreeMap<String, u32>>(&message.delivery.data);
+                self.nack(session, tag);
+                record.unwrap_or_else(|e| {
+                    tracing::warn!(queue = %self.queue, error = %e, "an undecodable record of charges: ignored");
+                    BTreeMap::new()
+                })
+            }
+            Ok(None) => BTreeMap::new(),
+            Err(e) => {
+                tracing::warn!(queue = %self.queue, error = %e, "the record of charges was not read");
+                BTreeMap::new()
+            }
+        }
+    }
+
+    /// Charges message `key` with `n` stops and writes the record (confirmed)
+    /// before it is handed over.
+    fn charge(&self, key: &str, n: u32) {
+        let body = {
+            let mut charges = self.charges();
+            charges.by_id.insert(key.to_owned(), n);
+            codec::encode(&charges.by_id)
+        };
+        let written = body.and_then(|body| {
+            let props = BasicProperties::default()
+                .with_content_type(ShortString::from(codec::CONTENT_TYPE))
+                .with_delivery_mode(2);
+            self.publish_confirmed(&self.charges_queue, &body, props)
+        });
+        if let Err(e) = written {
+            // Handed over uncharged: the broker's limit stays the backstop.
+            tracing::warn!(queue = %self.queue, error = %e, "the record of charges was not written");
+        }
+    }
+
+    /// Forgets the charges of a message settled or dead-lettered; the
+    /// record drops it at its next write.
+    fn uncharge(&self, key: &str) {
+        self.charges().by_id.remove(key);
     }
 
     /// The channel or connection is gone (or the consumer cancelled): the
@@ -659,12 +1140,13 @@ impl Owner {
     /// the manager at once: its mailbox is dropped, and its batch in hand is
     /// neither settled nor answered.
     fn lose<M: Send + 'static>(&self, handle: &Handle<M>) {
-        self.lost.store(true, Ordering::SeqCst);
+        self.session().live = false;
         handle.shared.abort();
     }
 
+    /// Whether the current channel is lost (and not replaced yet).
     fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
+        !self.session().live
     }
 
     /// Whether nothing more may be answered or settled: the channel is lost,
@@ -676,19 +1158,28 @@ impl Owner {
 
     /// A round trip to the broker on this owner's channel (re-setting its
     /// prefetch): `true` if the broker answered, so the channel, and with it
-    /// this owner's consumer, was still there.
+    /// this owner's consumer, was still there. Only for a channel that has
+    /// had a delivery: single active consumer delivers to the active
+    /// consumer only, which stays active while its channel lives, whereas a
+    /// channel opened after a loss may hold a standby's consumer.
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))] // RemoteDatabase uses it
     fn confirm_active(&self) -> bool {
-        if self.is_lost() {
-            return false;
-        }
+        let (channel, id) = {
+            let session = self.session();
+            if !session.live || !session.delivered {
+                return false;
+            }
+            (session.channel.clone(), session.id)
+        };
         let answered = self.link.run(
             || format!("confirming the ownership of `{}`", self.queue),
-            self.channel
-                .basic_qos(self.link.settings.prefetch, BasicQosOptions::default()),
+            channel.basic_qos(self.link.settings.prefetch, BasicQosOptions::default()),
         );
         match answered {
-            Ok(()) => !self.is_lost(),
+            Ok(()) => {
+                let session = self.session();
+                session.live && session.id == id
+            }
             Err(e) => {
                 tracing::warn!(queue = %self.queue, error = %e, "the broker did not confirm this owner");
                 false
@@ -696,12 +1187,129 @@ impl Owner {
         }
     }
 
+    /// Closes the channel, and the channel of the reporter of the broker's
+    /// dead letters.
     pub(crate) fn close_channel(&self) {
+        let reporter = self
+            .reporter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(reporter) = reporter {
+            // Its thread ends, even while it waits for a connection.
+            reporter.stop.raise();
+            reporter.close_channel();
+        }
         let _ = block_until(
             self.link.confirm_deadline(),
-            self.channel
+            self.channel()
                 .close(200, ShortString::from("custody: stopped serving")),
         );
+    }
+
+    /// Registers this owner's consumer on `channel`.
+    fn consume_on(&self, channel: &Channel) -> Result<Consumer, BrokerError> {
+        let queue = &self.queue;
+        let consumer_tag = format!("{queue}.{}.{}", std::process::id(), unique());
+        self.link.run(
+            || format!("consuming from `{queue}`"),
+            channel.basic_consume(
+                ShortString::from(queue.as_str()),
+                ShortString::from(consumer_tag.as_str()),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+    }
+
+    /// The channel is lost: waits for a connection, then opens a channel,
+    /// declares the queue again and consumes from it, as a standby if
+    /// another owner is active now (single active consumer decides). The
+    /// deliveries of the lost channel are never acknowledged: the broker
+    /// has returned them to the queue, to be delivered again; their open
+    /// entries are dropped, and the record of charges is read again (another
+    /// owner may have been active meanwhile). `None` when asked to stop,
+    /// when `gone` (the manager has exited), or when the connection is
+    /// closed or lost for good.
+    fn restart(&self, gone: &dyn Fn() -> bool) -> Option<Consumer> {
+        let lost_at = Instant::now();
+        self.session().live = false;
+        if !self.link.settings.reconnect || self.link.is_final() {
+            // Not serving once the consumer thread has stopped the manager.
+            tracing::warn!(queue = %self.queue, "the channel is lost, for good: stopping at once");
+            return None;
+        }
+        self.serving.store(false, Ordering::SeqCst);
+        tracing::warn!(
+            queue = %self.queue,
+            "the channel is lost: its unacknowledged deliveries go back to the queue; subscribing again once connected"
+        );
+        let mut pause = RESTART_POLL;
+        loop {
+            if self.stop.is_raised() || gone() {
+                return None;
+            }
+            if self.link.is_final() {
+                tracing::warn!(queue = %self.queue, "the broker connection is closed for good: serving ends");
+                return None;
+            }
+            // Waits one poll for a connection at most, to see a stop soon.
+            let wait = connection::deadline(RESTART_POLL);
+            let channel = match open_channel(&self.link, &self.name, &self.queue, wait) {
+                Ok(channel) => channel,
+                Err(BrokerError::Disconnected { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, "subscribing again failed; retrying");
+                    self.pause(&mut pause);
+                    continue;
+                }
+            };
+            {
+                let mut book = self.book();
+                book.first_current = book.next_tag + 1;
+                // All came on lost channels: never settled now.
+                book.open.clear();
+            }
+            self.emptied.notify_all();
+            self.charges().loaded = false;
+            let id = {
+                let mut session = self.session();
+                session.id += 1;
+                session.channel = channel.clone();
+                session.live = true;
+                session.delivered = false;
+                session.id
+            };
+            match self.consume_on(&channel) {
+                Ok(consumer) => {
+                    self.serving.store(true, Ordering::SeqCst);
+                    tracing::info!(
+                        queue = %self.queue,
+                        session = id,
+                        after = ?lost_at.elapsed(),
+                        "subscribed again: serving"
+                    );
+                    return Some(consumer);
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, "subscribing again failed; retrying");
+                    self.session().live = false;
+                    self.pause(&mut pause);
+                }
+            }
+        }
+    }
+
+    /// Sleeps `pause` (or until asked to stop), then doubles it, up to the
+    /// reconnect backoff's longest pause.
+    fn pause(&self, pause: &mut Duration) {
+        let until = Instant::now().checked_add(*pause);
+        while until.is_none_or(|at| Instant::now() < at) && !self.stop.is_raised() {
+            std::thread::sleep(RESTART_POLL);
+        }
+        *pause = pause
+            .saturating_mul(2)
+            .min(self.link.settings.reconnect_max);
     }
 
     /// A delivery that is not handed to the manager: copied to the
@@ -709,6 +1317,7 @@ impl Owner {
     /// then acknowledged.
     fn reject(
         &self,
+        session: u64,
         tag: u64,
         delivery: &lapin::message::Delivery,
         origin: Option<Origin>,
@@ -718,6 +1327,7 @@ impl Owner {
         let reason = reason.to_string();
         tracing::warn!(queue = %self.queue, tag, reason, "invalid delivery: dead-lettered");
         self.dead_letter(
+            session,
             tag,
             &delivery.data,
             &delivery.properties,
@@ -743,7 +1353,7 @@ impl Owner {
             .with_correlation_id(correlation_id);
         let published = self.link.run(
             || format!("answering `{}`", target.reply_to),
-            self.channel.basic_publish(
+            self.channel().basic_publish(
                 ShortString::from(""),
                 reply_to,
                 BasicPublishOptions::default(),
@@ -794,8 +1404,10 @@ impl Owner {
     /// its producer, and only then acks the delivery; if the copy is not
     /// confirmed, requeues the delivery instead (the broker's delivery limit
     /// dead-letters it in the end).
+    #[allow(clippy::too_many_arguments)]
     fn dead_letter(
         &self,
+        session: u64,
         tag: u64,
         data: &[u8],
         props: &BasicProperties,
@@ -807,7 +1419,7 @@ impl Owner {
         let published = self.publish_confirmed(&self.dead_queue, data, copy);
         if let Err(e) = published {
             tracing::error!(queue = %self.queue, tag, error = %e, "dead-lettering failed: requeued");
-            self.nack(tag);
+            self.nack(session, tag);
             return;
         }
         Counts::add(&self.counts.dead_lettered, 1);
@@ -828,23 +1440,35 @@ impl Owner {
                 .merge(record);
             self.flush_pending();
         }
-        self.ack(tag, false);
+        self.ack(session, tag, false);
     }
 
-    fn ack(&self, tag: u64, multiple: bool) {
+    /// Acknowledges `tag` (with `multiple`, every earlier one too) on the
+    /// channel of `session`, unless that channel is lost: its deliveries are
+    /// back in the queue, and its tags mean other deliveries on a new one.
+    fn ack(&self, session: u64, tag: u64, multiple: bool) {
+        let Some(channel) = self.channel_of(session) else {
+            tracing::debug!(queue = %self.queue, tag, "not acknowledged: its channel is lost, the broker delivers it again");
+            return;
+        };
         let acked = self.link.run(
             || format!("acknowledging deliveries of `{}`", self.queue),
-            self.channel.basic_ack(tag, BasicAckOptions { multiple }),
+            channel.basic_ack(tag, BasicAckOptions { multiple }),
         );
         if let Err(e) = acked {
             tracing::error!(queue = %self.queue, tag, error = %e, "ack failed; the broker will redeliver");
         }
     }
 
-    fn nack(&self, tag: u64) {
+    /// Requeues `tag` on the channel of `session`, unless it is lost (the
+    /// broker has requeued it then).
+    fn nack(&self, session: u64, tag: u64) {
+        let Some(channel) = self.channel_of(session) else {
+            return;
+        };
         let nacked = self.link.run(
             || format!("requeueing a delivery of `{}`", self.queue),
-            self.channel.basic_nack(
+            channel.basic_nack(
                 tag,
                 BasicNackOptions {
                     multiple: false,
@@ -868,7 +1492,7 @@ impl Owner {
         let name = ShortString::try_new(queue).map_err(|e| e.to_string())?;
         let confirm = self.link.run(
             || format!("publishing to `{queue}`"),
-            self.channel.basic_publish(
+            self.channel().basic_publish(
                 ShortString::from(""),
                 name,
                 BasicPublishOptions::default(),
@@ -903,8 +1527,10 @@ impl Owner {
             let mut book = self.book();
             (book.unacked.take(), std::mem::take(&mut book.unacked_count))
         };
-        if let Some(up_to) = unacked {
-            self.ack(up_to, true);
+        if let Some((session, up_to)) = unacked
+            && self.channel_of(session).is_some()
+        {
+            self.ack(session, up_to, true);
             Counts::add(&self.counts.acked, count);
         }
         true
@@ -918,6 +1544,7 @@ impl Owner {
         if pending.is_empty() {
             return true;
         }
+        let channel = self.channel();
         let mut sent = Vec::with_capacity(pending.len());
         let mut failed: Vec<(String, DoneRecord)> = Vec::new();
         for (producer, record) in pending {
@@ -942,7 +1569,7 @@ impl Owner {
                 .with_delivery_mode(2);
             let published = self.link.run(
                 || format!("publishing to `{queue}`"),
-                self.channel.basic_publish(
+                channel.basic_publish(
                     ShortString::from(""),
                     name,
                     BasicPublishOptions::default(),
@@ -992,6 +1619,11 @@ impl AnswerSink for Owner {
         }
         {
             let mut book = self.book();
+            if tag < book.first_current {
+                // Its request came on a lost channel: its redelivery is
+                // answered.
+                return;
+            }
             let open = book.open.iter_mut().find(|o| o.tag == tag);
             if let Some(ask) = open.and_then(|o| o.ask.as_mut()) {
                 // Held until the batch is settled; a handler that answers
@@ -1016,16 +1648,36 @@ impl SettleOutside for Settler {
             // Lost, or stopped at once after this batch's `idle`: settle
             // nothing; the deliveries go back to the queue.
             owner.book().open.retain(|o| o.tag > up_to);
+            owner.emptied.notify_all();
             tracing::debug!(queue = %owner.queue, up_to, "a batch of a dropped owner left unsettled");
             return;
         }
         let mut answers = Vec::new();
+        let current = {
+            let session = owner.session();
+            session.live.then_some(session.id)
+        };
         {
             let mut book = owner.book();
+            if book.unacked.is_some_and(|(s, _)| Some(s) != current) {
+                // Left by a lost channel: never acknowledged now.
+                book.unacked = None;
+                book.unacked_count = 0;
+            }
+            let mut last = None;
+            let mut stale = 0u64;
             while book.open.front().is_some_and(|o| o.tag <= up_to) {
                 let Some(open) = book.open.pop_front() else {
                     break;
                 };
+                if Some(open.session) != current {
+                    // Came on a channel since lost: the broker has it back
+                    // and delivers it again (maybe to a standby), which
+                    // answers and reports it then.
+                    stale += 1;
+                    continue;
+                }
+                last = Some(open.wire);
                 match open.ask {
                     Some(Ask {
                         target,
@@ -1044,6 +1696,9 @@ impl SettleOutside for Settler {
                     // A reply still held by the manager: sent when answered.
                     _ => {}
                 }
+                if let Some(key) = &open.key {
+                    owner.uncharge(key);
+                }
                 if let Some(origin) = open.origin {
                     book.pending
                         .entry(origin.producer)
@@ -1053,8 +1708,14 @@ impl SettleOutside for Settler {
                 }
                 book.unacked_count += 1;
             }
-            book.unacked = Some(up_to);
+            if stale > 0 {
+                tracing::debug!(queue = %owner.queue, stale, "deliveries of a lost channel handled: left to their redelivery");
+            }
+            if let (Some(session), Some(wire)) = (current, last) {
+                book.unacked = Some((session, wire));
+            }
         }
+        owner.emptied.notify_all();
         // After `idle` (answered means committed) and before the ack: an
         // owner that dies after the ack has answered; one that dies before
         // it leaves the request to be redelivered, and answered again.
@@ -1084,22 +1745,43 @@ impl SettleOutside for Settler {
             let at = book.open.iter().position(|o| o.tag == tag);
             at.and_then(|at| book.open.remove(at))
         };
+        owner.emptied.notify_all();
+        let Some(open) = open else {
+            return;
+        };
+        if owner.channel_of(open.session).is_none() {
+            // Its channel is lost: the broker delivers it again.
+            return;
+        }
         match open {
-            Some(Open {
+            Open {
+                session,
+                wire,
                 origin,
+                key,
                 last: Some((data, props)),
                 ask,
                 ..
-            }) => {
+            } => {
+                if let Some(key) = &key {
+                    owner.uncharge(key);
+                }
                 let reason = format!(
                     "the handler panicked on every delivery (limit {}): {panic}",
                     owner.link.settings.delivery_limit
                 );
                 let target = ask.map(|ask| ask.target);
-                owner.dead_letter(tag, &data, &props, origin, target.as_ref(), &reason);
+                owner.dead_letter(
+                    session,
+                    wire,
+                    &data,
+                    &props,
+                    origin,
+                    target.as_ref(),
+                    &reason,
+                );
             }
-            _ if owner.is_lost() => {}
-            _ => owner.nack(tag),
+            Open { session, wire, .. } => owner.nack(session, wire),
         }
     }
 }
