@@ -610,6 +610,33 @@ fn fault_scenario(fault: Fault) {
                 std::thread::spawn(move || produce(&name, prefer, first, &traffic, &db))
             })
             .collect();
+        // Progress, every 5 s, so that a stalled scenario shows where.
+        {
+            let (traffic, owner_seen, standby_seen, db, name) = (
+                Arc::clone(&traffic),
+                Arc::clone(&owner_seen),
+                Arc::clone(&standby_seen),
+                Arc::clone(&db),
+                name.clone(),
+            );
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                while !traffic.done() {
+                    std::thread::sleep(Duration::from_secs(5));
+                    eprintln!(
+                        "[{:>5.1?}] {name}: confirmed {} before, {} after, {} after resumed; \
+                         handled: owner {}, standby {}; rows {:?}",
+                        start.elapsed(),
+                        traffic.before.load(Ordering::SeqCst),
+                        traffic.after.load(Ordering::SeqCst),
+                        traffic.after_resumed.load(Ordering::SeqCst),
+                        owner_seen.handled.load(Ordering::SeqCst),
+                        standby_seen.handled.load(Ordering::SeqCst),
+                        db.counts(),
+                    );
+                }
+            });
+        }
         // The probe's handle is on a node that survives.
         let probe_broker = survivor.connect();
         let probe_db = probe_broker.remote_handle::<RemoteDbMsg>(&name).unwrap();

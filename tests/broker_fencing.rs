@@ -29,15 +29,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Queues, builder, connect, unique_name, url};
+use common::proxy::Proxy;
+use common::{Queues, builder, connect, unique_name};
 use custody::broker::{Broker, RemoteHandle};
 use custody::resources::{Database, RemoteDatabase, RemoteDbMsg, RemoteWrite};
 use custody::{Backend, Context, Manager, Runtime};
@@ -157,6 +156,7 @@ struct Report {
     /// Handled after the latch opened (or the child was resumed).
     handled_after_latch: u64,
     latch_opened: Option<Instant>,
+    /// The highest owner epoch the database held.
     epoch: Option<u64>,
     rejected_commits: u64,
     retries: u64,
@@ -166,7 +166,8 @@ struct Report {
 
 /// The fencing counters of `db`.
 fn fence_of(db: &RemoteDatabase, report: &mut Report) {
-    report.epoch = db.epoch();
+    // The highest claim held: an owner that stepped down holds none now.
+    report.epoch = report.epoch.max(db.epoch());
     report.rejected_commits = db.rejected_commits();
     report.retries = db.retries();
     report.held = db.held_writes();
@@ -675,93 +676,6 @@ fn a_frozen_owner_commits_nothing_after_its_standby_took_over() {
 // ---------------------------------------------------------------------------
 // A TCP proxy between one owner and the broker.
 
-const FORWARD: u8 = 0;
-/// Both connections closed: the owner sees its connection end.
-const CUT: u8 = 1;
-/// The broker side closed, the owner's side left open and silent: the
-/// broker sees the owner gone, the owner sees nothing (a partition).
-const SILENT: u8 = 2;
-
-/// Forwards one client's connection to the broker until told to cut it,
-/// loudly or silently.
-struct Proxy {
-    url: String,
-    mode: Arc<AtomicU8>,
-    sockets: Arc<Mutex<Option<(TcpStream, TcpStream)>>>,
-}
-
-impl Proxy {
-    fn start() -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (upstream, proxied) = common::through_proxy(&url(), port);
-        let mode = Arc::new(AtomicU8::new(FORWARD));
-        let sockets = Arc::new(Mutex::new(None));
-        let (thread_mode, thread_sockets) = (Arc::clone(&mode), Arc::clone(&sockets));
-        std::thread::spawn(move || {
-            let Ok((client, _)) = listener.accept() else {
-                return;
-            };
-            let server = TcpStream::connect(&upstream).unwrap();
-            *thread_sockets.lock().unwrap() =
-                Some((client.try_clone().unwrap(), server.try_clone().unwrap()));
-            let (to_client, from_server) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let down_mode = Arc::clone(&thread_mode);
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut &from_server, &mut &to_client);
-                if down_mode.load(Ordering::SeqCst) != SILENT {
-                    let _ = to_client.shutdown(Shutdown::Both);
-                }
-            });
-            // Up: the client's bytes go to the broker; once silent they are
-            // read and dropped, so that the client never blocks on a write.
-            let mut buf = vec![0u8; 64 * 1024];
-            let (mut client, mut server) = (&client, &server);
-            while let Ok(read) = client.read(&mut buf) {
-                if read == 0 {
-                    break;
-                }
-                match thread_mode.load(Ordering::SeqCst) {
-                    FORWARD => {
-                        if server.write_all(&buf[..read]).is_err()
-                            && thread_mode.load(Ordering::SeqCst) != SILENT
-                        {
-                            break;
-                        }
-                    }
-                    SILENT => {}
-                    _ => break,
-                }
-            }
-            let _ = server.shutdown(Shutdown::Both);
-        });
-        Proxy {
-            url: proxied,
-            mode,
-            sockets,
-        }
-    }
-
-    /// Closes both connections.
-    fn cut(&self) {
-        self.mode.store(CUT, Ordering::SeqCst);
-        if let Some((client, server)) = &*self.sockets.lock().unwrap() {
-            let _ = client.shutdown(Shutdown::Both);
-            let _ = server.shutdown(Shutdown::Both);
-        }
-    }
-
-    /// Closes the broker's side only; the client's side stays open, and
-    /// nothing more reaches it.
-    fn silence(&self) {
-        self.mode.store(SILENT, Ordering::SeqCst);
-        if let Some((_, server)) = &*self.sockets.lock().unwrap() {
-            let _ = server.shutdown(Shutdown::Both);
-        }
-    }
-}
-
 #[test]
 fn an_owner_cut_off_stops_at_once_and_drops_what_it_had_not_settled() {
     per_backend("cut owner", |backend| {
@@ -1160,6 +1074,117 @@ fn a_standby_locked_out_by_a_frozen_owners_transaction_loses_no_write() {
             "the standby never met the lock: {at_kill:?}"
         );
         served_b.stop();
+        drop(db);
+        drop(queues);
+    });
+}
+
+/// With reconnecting on (the default), an owner partitioned without knowing
+/// it steps down when the broker does not confirm it (its batch in hand
+/// rolled back, its claim dropped), keeps its manager, subscribes again as
+/// a standby once the network heals, and, made active again when the new
+/// owner stops, claims the database anew and serves on: every write
+/// applied once, nothing of the old owner committed after the new owner's
+/// first commit until it claimed again.
+#[test]
+fn an_owner_that_stepped_down_reconnects_and_serves_again_with_a_new_claim() {
+    per_backend("stepped-down owner", |backend| {
+        let n = size(2000);
+        let queues = Queues::new("fence-again");
+        let file = DbFile::new("fence-again");
+        let sender = connect(builder());
+        let db = sender.remote_handle::<RemoteDbMsg>(&queues.name).unwrap();
+        let rest = send_in_two(&db, n, 10);
+        let proxy = Proxy::start();
+        let rt_a = Runtime::builder()
+            .backend(backend)
+            .max_batch(16)
+            .build()
+            .unwrap();
+        let owner = connect(
+            Broker::builder(proxy.url.clone())
+                .heartbeat(Duration::from_secs(60))
+                .confirm_timeout(Duration::from_secs(1))
+                .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+                .prefetch(256),
+        );
+        let latch = Arc::new(Latch::default());
+        let (a, a_report) = Observed::new(owner_db(&file.0, "A"));
+        let served_a = owner.serve(&rt_a, &queues.name, a.latched(&latch)).unwrap();
+        let rt_b = Runtime::builder()
+            .backend(backend)
+            .max_batch(16)
+            .build()
+            .unwrap();
+        let standby = connect(builder());
+        let (b, b_report) = Observed::new(owner_db(&file.0, "B"));
+        let served_b = standby
+            .serve(&rt_b, &queues.name, b.slow(Duration::from_millis(5), 300))
+            .unwrap();
+        latch.wait_reached();
+        rest();
+        wait_until("the owner with a full mailbox", || {
+            served_a.handle().len() >= 200
+        });
+        proxy.silence();
+        wait_until("a row of the standby", || file.rows_of("B") > 0);
+        latch.open();
+        // The old owner's commit is rejected, the broker does not confirm it
+        // (a second), and it steps down; its manager keeps running.
+        wait_until("the old owner stepped down", || {
+            a_report.lock().unwrap().superseded
+        });
+        wait_until("the old owner noticed its loss", || !served_a.is_serving());
+        let late = file.rows_after("A", "B");
+        assert!(
+            !served_a.handle().has_exited(),
+            "the old owner's manager stopped: with reconnecting on it stays, to serve again"
+        );
+        proxy.restore();
+        wait_until("the old owner serves again (as a standby)", || {
+            served_a.is_serving()
+        });
+        db.join_timeout(Duration::from_secs(40)).unwrap();
+        let a_rows_before = file.rows_of("A");
+        let b_epoch = b_report.lock().unwrap().epoch;
+        // The new owner stops: the old one is made active and claims anew.
+        served_b.stop();
+        let more = 300;
+        db.tell_all((n..n + more).map(insert)).unwrap();
+        db.join_timeout(Duration::from_secs(40)).unwrap();
+        let a_end = a_report.lock().unwrap().clone();
+        let (rows, distinct, applied) = file.counts();
+        let a_rows_after = file.rows_of("A") - a_rows_before;
+        eprintln!(
+            "stepped-down owner ({}): {late} rows of A after B's first while partitioned; \
+             A's epochs: last {:?} (B's {b_epoch:?}); A wrote {a_rows_after} rows after B \
+             stopped; {} commits rejected; rows {rows}, distinct {distinct}, applied {applied} \
+             of {}",
+            backend.name(),
+            a_end.epoch,
+            a_end.rejected_commits,
+            n + more,
+        );
+        assert_eq!(
+            late, 0,
+            "the old owner committed {late} rows after the new owner's first commit"
+        );
+        assert_eq!(
+            a_rows_after, more,
+            "the old owner, active again, did not write what was sent after the new owner stopped"
+        );
+        assert!(
+            a_end.epoch > b_epoch,
+            "the old owner did not claim anew: its epoch {:?}, the new owner's {b_epoch:?}",
+            a_end.epoch
+        );
+        assert_eq!(
+            (rows, distinct, applied),
+            (n + more, n + more, n + more),
+            "rows, distinct ids and applied ids differ from the confirmed writes"
+        );
+        assert!(owner.reconnects() >= 1, "the old owner never reconnected");
+        served_a.stop();
         drop(db);
         drop(queues);
     });

@@ -36,12 +36,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use common::{Queues, builder, connect, url};
+use common::proxy::Proxy;
+use common::{Queues, builder, connect};
 use custody::broker::{
     Broker, BrokerError, BrokerState, RemoteAskError, RemoteJoinError, RemoteReply, RemoteSendError,
 };
@@ -107,119 +107,6 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
             warned = true;
         }
         std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A TCP proxy between clients and the broker. `cut` shuts every
-/// connection through it down and refuses new ones (accepted and closed at
-/// once) until `restore`.
-struct Proxy {
-    url: String,
-    shared: Arc<ProxyShared>,
-    port: u16,
-}
-
-#[derive(Default)]
-struct ProxyShared {
-    down: AtomicBool,
-    closed: AtomicBool,
-    /// Each connection's two sockets, and whether it is still open.
-    connections: Mutex<Vec<(TcpStream, TcpStream, Arc<AtomicBool>)>>,
-    /// Connections forwarded.
-    accepted: AtomicUsize,
-    /// Connections refused while down.
-    refused: AtomicUsize,
-}
-
-impl Proxy {
-    fn start() -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (upstream, proxied) = common::through_proxy(&url(), port);
-        let shared = Arc::new(ProxyShared::default());
-        let accepting = Arc::clone(&shared);
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if accepting.closed.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(client) = client else { continue };
-                if accepting.down.load(Ordering::SeqCst) {
-                    accepting.refused.fetch_add(1, Ordering::SeqCst);
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                accepting.accepted.fetch_add(1, Ordering::SeqCst);
-                let open = Arc::new(AtomicBool::new(true));
-                accepting.connections.lock().unwrap().push((
-                    client.try_clone().unwrap(),
-                    server.try_clone().unwrap(),
-                    Arc::clone(&open),
-                ));
-                for (from, to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
-                ] {
-                    let open = Arc::clone(&open);
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut &from, &mut &to);
-                        open.store(false, Ordering::SeqCst);
-                        let _ = from.shutdown(Shutdown::Both);
-                        let _ = to.shutdown(Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Proxy {
-            url: proxied,
-            shared,
-            port,
-        }
-    }
-
-    /// Shuts down every connection and refuses new ones; how many of the
-    /// connections were open.
-    fn cut(&self) -> usize {
-        self.shared.down.store(true, Ordering::SeqCst);
-        let connections = std::mem::take(&mut *self.shared.connections.lock().unwrap());
-        let mut open = 0;
-        for (client, server, alive) in connections {
-            if alive.load(Ordering::SeqCst) {
-                open += 1;
-            }
-            let _ = client.shutdown(Shutdown::Both);
-            let _ = server.shutdown(Shutdown::Both);
-        }
-        open
-    }
-
-    fn restore(&self) {
-        self.shared.down.store(false, Ordering::SeqCst);
-    }
-
-    fn is_down(&self) -> bool {
-        self.shared.down.load(Ordering::SeqCst)
-    }
-
-    fn accepted(&self) -> usize {
-        self.shared.accepted.load(Ordering::SeqCst)
-    }
-
-    fn refused(&self) -> usize {
-        self.shared.refused.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.shared.closed.store(true, Ordering::SeqCst);
-        // Wakes the accepting thread, which then ends.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 

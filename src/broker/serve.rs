@@ -755,10 +755,15 @@ fn feed<M: DeserializeOwned + Send + 'static>(
                         Event::Stop
                     },
                     async {
-                        while !handle.has_exited() {
+                        loop {
+                            if handle.has_exited() {
+                                return Event::ManagerGone;
+                            }
+                            if owner.is_lost() {
+                                return Event::Ended(None);
+                            }
                             async_io::Timer::after(EXIT_POLL).await;
                         }
-                        Event::ManagerGone
                     },
                 ),
             ),
@@ -767,7 +772,7 @@ fn feed<M: DeserializeOwned + Send + 'static>(
             Some(Event::Delivery(delivery)) => delivery,
             Some(Event::Stop | Event::ManagerGone) | None => continue, // looked at above
             Some(Event::Ended(ended)) => {
-                if owner.channel().status().connected() {
+                if owner.channel().status().connected() && !owner.is_lost() {
                     // The broker cancelled the consumer (its queue was
                     // deleted): a standby may be active already.
                     match ended {
@@ -1181,7 +1186,14 @@ impl Owner {
                 session.live && session.id == id
             }
             Err(e) => {
-                tracing::warn!(queue = %self.queue, error = %e, "the broker did not confirm this owner");
+                // Unanswered in time: the channel is taken for lost (its
+                // deliveries are never settled now), and the consumer thread
+                // replaces it, closing it first.
+                tracing::warn!(queue = %self.queue, error = %e, "the broker did not confirm this owner: its channel is given up");
+                let mut session = self.session();
+                if session.id == id {
+                    session.live = false;
+                }
                 false
             }
         }
@@ -1234,6 +1246,16 @@ impl Owner {
     fn restart(&self, gone: &dyn Fn() -> bool) -> Option<Consumer> {
         let lost_at = Instant::now();
         self.session().live = false;
+        // Given up while still open (the broker did not confirm this owner
+        // in time): closed, so that its consumer is not the active one any
+        // more and its deliveries go back to the queue.
+        let old = self.channel();
+        if old.status().connected() {
+            let _ = block_until(
+                self.link.confirm_deadline(),
+                old.close(200, ShortString::from("custody: the channel is given up")),
+            );
+        }
         if !self.link.settings.reconnect || self.link.is_final() {
             // Not serving once the consumer thread has stopped the manager.
             tracing::warn!(queue = %self.queue, "the channel is lost, for good: stopping at once");

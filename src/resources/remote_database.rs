@@ -270,26 +270,32 @@ pub enum RemoteDbMsg {
 /// ```text
 /// claim:  ask the broker (a round trip on the owner's channel): still active?
 ///         BEGIN IMMEDIATE; custody_owner.epoch += 1; COMMIT  -> mine
-///         ask the broker again: still active?   no -> superseded, stop
+///         ask the broker again: still active?   no -> step down
 /// commit: in the batch's transaction, before COMMIT:
 ///         custody_owner.epoch == mine?   no -> roll the batch back, ask
 ///         the broker; still active: claim again and run the batch again;
-///         not: superseded, stop (nothing settled, answered or acknowledged)
+///         not: step down
+/// step down: roll back the batch in hand, drop the held writes (nothing
+///         of them settled, answered or acknowledged: their deliveries go
+///         back to the queue), forget the claim; the next write claims anew
 /// ```
 ///
 /// SQLite's write lock makes the check and the COMMIT one step, and the
 /// epoch only grows, so once the new owner's claim is committed no batch of
 /// an older owner commits: an owner that was frozen, or cut off without
 /// knowing, while a standby took over commits nothing after the new owner's
-/// first commit; its batch is rolled back, nothing of it is answered or
-/// acknowledged, and it stops serving (its deliveries are the new owner's).
-/// A claim committed after the new owner's can only be a superseded
-/// owner's, which the broker then does not confirm: it costs the live owner
-/// one batch run again, never its place. An owner whose broker does not
-/// answer the round trip within the confirm timeout takes itself for
-/// superseded and stops, for a standby to take over. An owner that learns
-/// its channel is gone stops at once and rolls back its batch in hand. Not
-/// served from a broker, it claims nothing and checks nothing.
+/// first commit; its batch is rolled back and nothing of it is answered or
+/// acknowledged (its deliveries are the new owner's). A claim committed
+/// after the new owner's can only be a superseded owner's, which the broker
+/// then does not confirm: it costs the live owner one batch run again,
+/// never its place. An owner whose broker does not answer the round trip
+/// within the confirm timeout takes its channel for lost and steps down.
+/// After stepping down the manager keeps running: with reconnecting on
+/// ([`BrokerBuilder::reconnect`](crate::broker::BrokerBuilder::reconnect),
+/// the default) its process subscribes again, as a standby if another
+/// owner is active, and the database claims anew when deliveries come to it
+/// again; with reconnecting off, serving ends and the manager stops at
+/// once. Not served from a broker, it claims nothing and checks nothing.
 ///
 /// **Transient failures are not done.** A write or a COMMIT that fails for
 /// a reason of the moment ([`DatabaseError::is_transient`]: SQLite busy or
@@ -452,8 +458,11 @@ impl RemoteDatabase {
         self.fence.epoch.and_then(|e| u64::try_from(e).ok())
     }
 
-    /// Whether the broker said another owner is active: this one has
-    /// stopped for good, with nothing of its open batch committed.
+    /// Whether this owner has stepped down at least once: the broker did
+    /// not confirm it as the active owner (its channel was lost, or another
+    /// owner had claimed the database), so it rolled back its batch in hand
+    /// and dropped its claim. It claims again if deliveries come to it
+    /// again.
     pub fn is_superseded(&self) -> bool {
         self.fence.superseded
     }
@@ -870,17 +879,23 @@ impl RemoteDatabase {
         Claim::Held
     }
 
-    /// Another owner is active: stop at once, and let nothing of this one's
-    /// count (the batch in hand is rolled back; its deliveries are the new
-    /// owner's).
-    fn supersede(&mut self, ctx: &Context<'_, RemoteDbMsg>) {
-        if !self.fence.superseded {
-            tracing::error!("another owner is active: this one stops, its open batch rolled back");
+    /// The broker did not confirm this owner: its channel is lost (the
+    /// serving gives its deliveries back, and subscribes again or ends), or
+    /// another owner is active. Nothing of this one's batch in hand counts:
+    /// it is rolled back, its held writes dropped unanswered (their
+    /// deliveries are redelivered), and the claim forgotten, so that a
+    /// write handed over later claims the database again first.
+    fn step_down(&mut self) {
+        if let Some(epoch) = self.fence.epoch {
+            tracing::warn!(
+                epoch,
+                "the broker did not confirm this owner: its batch in hand is rolled back and its claim dropped"
+            );
         }
         self.fence.superseded = true;
-        // First: from now on the owner answers and settles nothing.
-        ctx.handle().shared.abort();
-        self.drop_unsettled("this owner was superseded");
+        self.fence.epoch = None;
+        self.fence.stale = false;
+        self.drop_unsettled("this owner stepped down");
     }
 
     /// Rolls back the open batch and drops every write not settled, unanswered.
@@ -903,7 +918,7 @@ impl RemoteDatabase {
         let mut tries: u32 = 0;
         while !self.retry.is_empty() {
             let shared = &ctx.handle().shared;
-            if self.fence.superseded || shared.is_aborted() {
+            if shared.is_aborted() {
                 self.drop_unsettled("the owner stopped at once");
                 return;
             }
@@ -925,7 +940,7 @@ impl RemoteDatabase {
                     Claim::Held => {}
                     Claim::Later => continue,
                     Claim::Superseded => {
-                        self.supersede(ctx);
+                        self.step_down();
                         return;
                     }
                 }
@@ -968,7 +983,7 @@ impl Manager for RemoteDatabase {
             reply,
         };
         self.next_seq += 1;
-        if self.fence.superseded || ctx.handle().shared.is_aborted() {
+        if ctx.handle().shared.is_aborted() {
             // Stopped at once: this delivery is the next owner's.
             return;
         }
@@ -988,7 +1003,7 @@ impl Manager for RemoteDatabase {
                     return;
                 }
                 Claim::Superseded => {
-                    self.supersede(ctx);
+                    self.step_down();
                     return;
                 }
             }
@@ -1005,7 +1020,7 @@ impl Manager for RemoteDatabase {
 
     fn stopped(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
         if self.fence.is_served() && ctx.handle().shared.is_aborted() {
-            // Stopped at once (the channel lost, or superseded): nothing
+            // Stopped at once (the channel lost for good): nothing
             // handled since the last `idle` may commit; the broker gives
             // those deliveries to the next owner.
             self.drop_unsettled("the owner stopped at once");
