@@ -116,7 +116,10 @@ pub(crate) fn run<Mg: Manager>(
                 if fuzz {
                     fuzz::pause();
                 }
-                if sup.handle_one(msg) {
+                if tag.is_some_and(|tag| !sup.admit(tag)) {
+                    // Its queue delivers it again: not handled here.
+                    sup.drop_stale(msg);
+                } else if sup.handle_one(msg) {
                     unsettled_tag = tag.or(unsettled_tag);
                 } else if let Some(tag) = tag {
                     sup.delivery_failed(tag);
@@ -264,6 +267,34 @@ impl<Mg: Manager> Supervisor<'_, Mg> {
                 false
             }
         }
+    }
+
+    /// Whether the outside queue still wants the delivery with this tag
+    /// handled (see [`SettleOutside::admit`]).
+    fn admit(&mut self, tag: u64) -> bool {
+        let Some(outside) = self.handle.shared.outside.get() else {
+            return true;
+        };
+        match panic::catch_unwind(AssertUnwindSafe(|| outside.admit(tag))) {
+            Ok(admitted) => admitted,
+            Err(payload) => {
+                let message = on_panic(self.handle, "settle", payload);
+                self.after_panic(&message);
+                true
+            }
+        }
+    }
+
+    /// Drops a delivery its outside queue delivers again, as a discarded
+    /// message (its reply, if any, is not answered here), catching a panic
+    /// of its `Drop`.
+    #[cold]
+    fn drop_stale(&mut self, msg: Mg::Msg) {
+        let previous = reply::set_drop_mode(DropMode::Discarding);
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(msg))) {
+            on_panic(self.handle, "drop", payload);
+        }
+        reply::set_drop_mode(previous);
     }
 
     /// Tells the outside queue that the delivery with this tag failed.
@@ -528,6 +559,60 @@ mod tests {
             assert!(idle < settle, "settled before idle: {log:?}");
             assert!(log.contains(&"handle 3".to_owned()));
         }
+    }
+
+    /// Admits only odd tags; a panic on tag 7.
+    struct OddOnly(Arc<Record>);
+
+    impl SettleOutside for OddOnly {
+        fn settle(&self, up_to: u64) {
+            self.0.settle(up_to);
+        }
+        fn failed(&self, tag: u64, panic: &str) {
+            self.0.failed(tag, panic);
+        }
+        fn stats(&self) -> crate::OutsideStats {
+            crate::OutsideStats::default()
+        }
+        fn admit(&self, tag: u64) -> bool {
+            assert_ne!(tag, 7, "admit exploded");
+            tag % 2 == 1
+        }
+    }
+
+    #[test]
+    fn deliveries_the_outside_queue_does_not_admit_are_dropped_unhandled() {
+        bounded(|| {
+            for backend in Backend::ALL {
+                let rt = Runtime::builder().backend(backend).build().unwrap();
+                let record = Arc::new(Record::default());
+                let h = rt.spawn("outside", Worker(Arc::clone(&record))).unwrap();
+                assert!(
+                    h.shared
+                        .outside
+                        .set(Box::new(OddOnly(Arc::clone(&record))))
+                        .is_ok()
+                );
+                for (n, tag) in [(1, 1), (2, 2), (3, 3), (4, 4), (5, 7), (6, 9)] {
+                    h.deliver(n, tag).map_err(|_| ()).unwrap();
+                }
+                h.tell(8).unwrap(); // not a delivery: always handled
+                h.join().unwrap();
+                let log = record.0.lock().unwrap().clone();
+                let handled: Vec<&String> =
+                    log.iter().filter(|l| l.starts_with("handle")).collect();
+                // 2 and 4 not admitted; 5's admit panicked: handled (counted).
+                assert_eq!(
+                    handled,
+                    ["handle 1", "handle 3", "handle 5", "handle 6", "handle 8"],
+                    "{log:?}"
+                );
+                assert_eq!(h.stats().panicked, 1);
+                let last_settle = log.iter().rfind(|l| l.starts_with("settle"));
+                assert_eq!(last_settle.map(String::as_str), Some("settle 9"), "{log:?}");
+                assert!(!h.has_exited());
+            }
+        });
     }
 
     /// A settler that panics on every call.

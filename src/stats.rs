@@ -88,6 +88,9 @@ pub struct OutsideStats {
     pub acked: u64,
     /// Deliveries moved to the dead-letter queue (undecodable, or poison).
     pub dead_lettered: u64,
+    /// Deliveries dropped unhandled because the channel they came on was
+    /// lost before the manager reached them: the queue delivers them again.
+    pub stale: u64,
 }
 
 /// A snapshot of one manager's counters.
@@ -195,8 +198,8 @@ impl fmt::Display for Stats {
             if let Some(o) = m.outside {
                 writeln!(
                     f,
-                    "{name} (queue): delivered {}, redelivered {}, acked {}, dead-lettered {}",
-                    o.delivered, o.redelivered, o.acked, o.dead_lettered
+                    "{name} (queue): delivered {}, redelivered {}, acked {}, dead-lettered {}, stale {}",
+                    o.delivered, o.redelivered, o.acked, o.dead_lettered, o.stale
                 )?;
             }
         }

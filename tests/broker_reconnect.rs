@@ -772,3 +772,93 @@ fn with_reconnecting_off_a_lost_connection_is_final_and_calls_fail_with_typed_er
         drop(queues);
     });
 }
+
+/// Records each number; holds its first message at a latch.
+struct HeldRecorder {
+    handled: Handled,
+    latch: Latch,
+    first: bool,
+}
+
+impl Manager for HeldRecorder {
+    type Msg = u64;
+    fn handle(&mut self, n: u64, _ctx: &mut Context<'_, u64>) {
+        self.handled.lock().unwrap().push((n, Instant::now()));
+        if std::mem::take(&mut self.first) {
+            self.latch.wait();
+        }
+    }
+}
+
+/// (g) Deliveries of a lost channel still queued in the manager's mailbox
+/// are not handled after the owner subscribed again: the broker delivers
+/// them again on the new channel, so handling the old copies too would
+/// handle them twice. Only the message in hand at the cut is handled twice.
+#[test]
+fn queued_deliveries_of_a_lost_channel_are_not_handled_twice() {
+    per_backend(|backend| {
+        let queues = Queues::new("stale");
+        let sender = connect(builder());
+        let jobs = sender.remote_handle::<u64>(&queues.name).unwrap();
+        let n = 300;
+        jobs.tell_all(0..n).unwrap();
+        let proxy = Proxy::start();
+        let rt = Runtime::builder().backend(backend).build().unwrap();
+        let owner = proxied(&proxy);
+        let handled = Handled::default();
+        let latch = Latch::default();
+        let served = owner
+            .serve(
+                &rt,
+                &queues.name,
+                HeldRecorder {
+                    handled: Arc::clone(&handled),
+                    latch: latch.clone(),
+                    first: true,
+                },
+            )
+            .unwrap();
+        wait_until(
+            "the owner holds its first message, its mailbox filled",
+            || count(&handled) == 1 && served.handle().len() >= 100,
+        );
+        let queued_at_cut = served.handle().len();
+        assert!(proxy.cut() >= 1, "the proxy had no open connection to cut");
+        wait_until("the owner noticed the cut", || !served.is_serving());
+        proxy.restore();
+        wait_until("the owner serves again", || served.is_serving());
+        latch.open();
+        jobs.join_timeout(Duration::from_secs(40)).unwrap();
+        let times = tally(&handled);
+        let in_hand = handled.lock().unwrap()[0].0;
+        let twice: Vec<u64> = times
+            .iter()
+            .filter(|&(&n, &t)| t > 1 && n != in_hand)
+            .map(|(&n, _)| n)
+            .collect();
+        let stats = served.handle().stats().outside.unwrap();
+        println!(
+            "[{backend:?}] {queued_at_cut} queued at the cut; {} handled twice besides the one \
+             in hand; stale deliveries dropped: {}; redelivered: {}",
+            twice.len(),
+            stats.stale,
+            stats.redelivered,
+        );
+        let lost: Vec<u64> = (0..n).filter(|k| !times.contains_key(k)).collect();
+        assert!(lost.is_empty(), "not handled: {lost:?}");
+        assert!(
+            twice.is_empty(),
+            "{} deliveries of the lost channel were handled besides their redelivery: {:?}",
+            twice.len(),
+            &twice[..twice.len().min(10)]
+        );
+        assert!(
+            stats.stale >= queued_at_cut as u64,
+            "{} stale deliveries dropped, {queued_at_cut} were queued at the cut",
+            stats.stale
+        );
+        served.stop();
+        drop(jobs);
+        drop(queues);
+    });
+}

@@ -61,11 +61,11 @@
 //! (a [`RemoteDatabase`](crate::resources::RemoteDatabase) rolls its batch
 //! in hand back too). With reconnecting on, the default, it keeps its
 //! manager to serve again after the reconnect (see *Lost connections*
-//! below), and what its mailbox still holds of the lost channel is handled
-//! but never settled: a `RemoteDatabase` is fenced by its epoch as below
-//! (its claim counts only on a channel that has had a delivery, so an owner
-//! back as a standby cannot claim), other managers handle those deliveries
-//! at least once. What an owner does before it learns cannot
+//! below), and what its mailbox still holds of the lost channel is dropped
+//! unhandled (its redelivery is handled instead): only the message in hand
+//! when the channel was lost is handled twice. A `RemoteDatabase` is also
+//! fenced by its epoch as below (its claim counts only on a channel that
+//! has had a delivery, so an owner back as a standby cannot claim). What an owner does before it learns cannot
 //! be prevented by the owner, only fenced where the effect lands: a
 //! `RemoteDatabase` claims the database with an owner epoch confirmed by the
 //! broker, and checks it inside every batch's transaction, so no batch of a
@@ -192,11 +192,12 @@
 //! if one runs), and once there is a connection it declares the queue
 //! again and consumes again with the same manager, as the active owner or
 //! as a standby (single active consumer decides). Delivery tags belong to
-//! their channel, so the lost channel's deliveries still in the manager's
-//! hands are handled (the manager loop has no way to drop them and keep
-//! the manager) but never acknowledged, answered or reported done: their
-//! redelivery is, and a plain manager handles them twice (at least once,
-//! as after a crash; measured: up to the prefetch). A [`RemoteHandle`] opens a new channel at its
+//! their channel, so the lost channel's deliveries still queued in the
+//! manager's mailbox are dropped before they are handled (counted in
+//! [`OutsideStats::stale`](crate::OutsideStats::stale)) and never
+//! acknowledged, answered or reported done: their redelivery is. Only the
+//! one in hand when the channel was lost is handled twice (at least once,
+//! as after a crash). A [`RemoteHandle`] opens a new channel at its
 //! next call: a send waits for the connection until its deadline, then
 //! fails with [`RemoteSendError::Unreachable`] (nothing was sent); a
 //! publish cut before its confirm is sent again, with the same id; done

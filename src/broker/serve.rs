@@ -237,6 +237,7 @@ struct Counts {
     redelivered: AtomicU64,
     acked: AtomicU64,
     dead_lettered: AtomicU64,
+    stale: AtomicU64,
 }
 
 impl Counts {
@@ -1757,7 +1758,19 @@ impl SettleOutside for Settler {
             redelivered: c.redelivered.load(Ordering::Relaxed),
             acked: c.acked.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            stale: c.stale.load(Ordering::Relaxed),
         }
+    }
+
+    fn admit(&self, tag: u64) -> bool {
+        let owner = &*self.0;
+        // The session first: while it is lost and not replaced yet, every
+        // delivery the manager holds came on it.
+        let admitted = !owner.is_lost() && tag >= owner.book().first_current;
+        if !admitted {
+            Counts::add(&owner.counts.stale, 1);
+        }
+        admitted
     }
 
     fn failed(&self, tag: u64, panic: &str) {
