@@ -472,7 +472,7 @@ impl<M: Send + 'static> Handle<M> {
     ///     counter.add(1)?;
     /// }
     /// counter.join()?; // like Python's queue.join(): every add has been handled
-    /// assert_eq!(counter.unfinished(), 0);
+    /// assert_eq!(counter.handle().unfinished(), 0);
     /// assert_eq!(counter.get()?, 100);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```

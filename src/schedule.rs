@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use crate::error::ScheduleError;
 use crate::handle::{Handle, Shared};
 use crate::manager::{Context, Manager};
 use crate::manager_thread::panic_message;
@@ -583,41 +584,6 @@ impl Manager for Timers {
                 "runtime shut down with scheduled messages pending"
             );
         }
-    }
-}
-
-/// A message could not be scheduled; what was to be sent comes back.
-#[derive(thiserror::Error, Clone, Copy, PartialEq, Eq)]
-pub enum ScheduleError<T> {
-    /// The target manager is stopping or stopped.
-    #[error("scheduling a message for a stopped manager")]
-    Stopped(T),
-    /// The runtime is shutting down or shut down: no timer manager runs.
-    #[error("scheduling a message after the runtime shut down")]
-    ShutDown(T),
-    /// `tell_every` was given a zero period.
-    #[error("a zero period for tell_every would never let the timer rest")]
-    ZeroPeriod(T),
-}
-
-impl<T> ScheduleError<T> {
-    /// What was to be sent (the message, or the closure making them).
-    pub fn into_inner(self) -> T {
-        match self {
-            ScheduleError::Stopped(t)
-            | ScheduleError::ShutDown(t)
-            | ScheduleError::ZeroPeriod(t) => t,
-        }
-    }
-}
-
-impl<T> fmt::Debug for ScheduleError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ScheduleError::Stopped(_) => "Stopped(..)",
-            ScheduleError::ShutDown(_) => "ShutDown(..)",
-            ScheduleError::ZeroPeriod(_) => "ZeroPeriod(..)",
-        })
     }
 }
 

@@ -21,7 +21,7 @@ use crate::error::CapacityError;
 /// Which channel implementation carries a manager's messages.
 ///
 /// Both backends are always compiled in; pick one per runtime with
-/// [`Builder::backend`](crate::Builder::backend) or per manager with
+/// [`RuntimeBuilder::backend`](crate::RuntimeBuilder::backend) or per manager with
 /// [`ManagerBuilder::backend`](crate::ManagerBuilder::backend).
 ///
 /// # Examples

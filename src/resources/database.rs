@@ -30,11 +30,11 @@
 
 use std::any::Any;
 use std::fmt;
-use std::ops::Deref;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::Value;
@@ -42,7 +42,7 @@ use rusqlite::{Connection, params_from_iter};
 use thiserror::Error;
 
 use crate::SendError;
-use crate::{AskError, Context, Handle, Manager, Reply, Runtime, SpawnError};
+use crate::{AskError, Context, Handle, JoinError, Manager, Reply, Runtime, SpawnError};
 
 /// The savepoint wrapped around each write message, and the statements that
 /// open, release and undo it.
@@ -357,7 +357,7 @@ impl<T> From<RefusedWrite<T>> for DatabaseError {
 /// db.execute("INSERT INTO t VALUES (1)", vec![])?;
 /// db.tell_execute("INSERT INTO nowhere VALUES (1)", vec![])?;
 /// db.join()?; // told writes are settled too
-/// let stats = db.database_stats()?;
+/// let stats = db.stats()?;
 /// assert_eq!(stats.committed_writes, 1);
 /// assert_eq!(stats.failed_writes, 1);
 /// assert_eq!(stats.failed_told_writes, 1);
@@ -658,17 +658,17 @@ enum Op {
 ///
 /// ```
 /// use custody::{Handle, Runtime};
-/// use custody::resources::{Database, DatabaseHandle, DbMsg};
+/// use custody::resources::{Database, DatabaseHandle, DatabaseMsg};
 ///
 /// let rt = Runtime::new();
-/// let raw: Handle<DbMsg> = rt.spawn("db", Database::in_memory().open()?)?;
+/// let raw: Handle<DatabaseMsg> = rt.spawn("db", Database::in_memory().open()?)?;
 /// let db = DatabaseHandle::from(raw);
 /// assert_eq!(db.call(|c| c.is_autocommit())?, true);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct DbMsg(Op);
+pub struct DatabaseMsg(Op);
 
-impl fmt::Debug for DbMsg {
+impl fmt::Debug for DatabaseMsg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.0 {
             Op::Write(op) if op.is_asked() => "write",
@@ -676,7 +676,7 @@ impl fmt::Debug for DbMsg {
             Op::Call(_) => "call",
             Op::Stats(_) => "stats",
         };
-        f.debug_tuple("DbMsg").field(&kind).finish()
+        f.debug_tuple("DatabaseMsg").field(&kind).finish()
     }
 }
 
@@ -1042,9 +1042,9 @@ impl Database {
 }
 
 impl Manager for Database {
-    type Msg = DbMsg;
+    type Msg = DatabaseMsg;
 
-    fn handle(&mut self, msg: DbMsg, _ctx: &mut Context<'_, DbMsg>) {
+    fn handle(&mut self, msg: DatabaseMsg, _ctx: &mut Context<'_, DatabaseMsg>) {
         match msg.0 {
             Op::Write(op) => self.handle_write(op),
             Op::Call(job) => {
@@ -1061,17 +1061,17 @@ impl Manager for Database {
         }
     }
 
-    fn idle(&mut self, _ctx: &mut Context<'_, DbMsg>) {
+    fn idle(&mut self, _ctx: &mut Context<'_, DatabaseMsg>) {
         self.settle();
     }
 
-    fn stopped(&mut self, _ctx: &mut Context<'_, DbMsg>) {
+    fn stopped(&mut self, _ctx: &mut Context<'_, DatabaseMsg>) {
         self.settle();
     }
 
     /// A panic escaped a `call` or a write: roll back what it left open, at
     /// once, before anything else reaches the connection.
-    fn recover(&mut self, _panic: &str, _ctx: &mut Context<'_, DbMsg>) {
+    fn recover(&mut self, _panic: &str, _ctx: &mut Context<'_, DatabaseMsg>) {
         self.recover_after_panic();
     }
 }
@@ -1113,7 +1113,7 @@ impl fmt::Debug for Database {
 /// ```
 #[derive(Clone, Debug)]
 pub struct DatabaseHandle {
-    handle: Handle<DbMsg>,
+    handle: Handle<DatabaseMsg>,
 }
 
 impl DatabaseHandle {
@@ -1134,7 +1134,7 @@ impl DatabaseHandle {
     {
         let value = self
             .handle
-            .ask(|reply| DbMsg(Op::Call(Box::new(move |conn| reply.send(f(conn))))))?;
+            .ask(|reply| DatabaseMsg(Op::Call(Box::new(move |conn| reply.send(f(conn))))))?;
         Ok(value)
     }
 
@@ -1157,7 +1157,7 @@ impl DatabaseHandle {
     ) -> Result<usize, DatabaseError> {
         let sql = sql.into();
         self.handle.ask(|reply| {
-            DbMsg(Op::Write(Box::new(ExecuteOp {
+            DatabaseMsg(Op::Write(Box::new(ExecuteOp {
                 sql,
                 params,
                 changed: 0,
@@ -1183,7 +1183,7 @@ impl DatabaseHandle {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         self.handle.ask(|reply| {
-            DbMsg(Op::Write(Box::new(ClosureOp {
+            DatabaseMsg(Op::Write(Box::new(ClosureOp {
                 work: Some(f),
                 value: None,
                 reply: Some(reply),
@@ -1285,7 +1285,7 @@ impl DatabaseHandle {
         input: impl FnOnce(O) -> T,
     ) -> Result<(), RefusedWrite<T>> {
         self.handle
-            .tell(DbMsg(Op::Write(Box::new(op))))
+            .tell(DatabaseMsg(Op::Write(Box::new(op))))
             .map_err(|refused| {
                 let cycle = match &refused {
                     SendError::Deadlock { cycle, .. } => Some(cycle.clone()),
@@ -1319,31 +1319,54 @@ impl DatabaseHandle {
     /// # Errors
     ///
     /// [`DatabaseError::Runtime`] if the manager is stopped.
-    pub fn database_stats(&self) -> Result<DatabaseStats, DatabaseError> {
-        Ok(self.handle.ask(|reply| DbMsg(Op::Stats(reply)))?)
+    pub fn stats(&self) -> Result<DatabaseStats, DatabaseError> {
+        Ok(self.handle.ask(|reply| DatabaseMsg(Op::Stats(reply)))?)
     }
 
-    /// The underlying handle.
-    pub fn handle(&self) -> &Handle<DbMsg> {
+    /// Waits until every message accepted so far has been handled (and,
+    /// for a resource that commits in its `idle`, committed).
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::join`].
+    pub fn join(&self) -> Result<(), JoinError> {
+        self.handle.join()
+    }
+
+    /// [`join`](DatabaseHandle::join) with a deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::join_timeout`].
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), JoinError> {
+        self.handle.join_timeout(timeout)
+    }
+
+    /// Stops the manager gracefully: it refuses new messages and exits
+    /// once everything accepted is handled. As [`Handle::stop`].
+    pub fn stop(&self) {
+        self.handle.stop();
+    }
+
+    /// The manager's name.
+    pub fn name(&self) -> &str {
+        self.handle.name()
+    }
+
+    /// The underlying handle: every other call ([`Handle::stats`] for the
+    /// runtime's counters of this manager, [`Handle::len`], ...).
+    pub fn handle(&self) -> &Handle<DatabaseMsg> {
         &self.handle
     }
 
     /// Unwraps the underlying handle.
-    pub fn into_handle(self) -> Handle<DbMsg> {
+    pub fn into_handle(self) -> Handle<DatabaseMsg> {
         self.handle
     }
 }
 
-impl From<Handle<DbMsg>> for DatabaseHandle {
-    fn from(handle: Handle<DbMsg>) -> DatabaseHandle {
+impl From<Handle<DatabaseMsg>> for DatabaseHandle {
+    fn from(handle: Handle<DatabaseMsg>) -> DatabaseHandle {
         DatabaseHandle { handle }
-    }
-}
-
-impl Deref for DatabaseHandle {
-    type Target = Handle<DbMsg>;
-
-    fn deref(&self) -> &Handle<DbMsg> {
-        &self.handle
     }
 }

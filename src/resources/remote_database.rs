@@ -486,7 +486,7 @@ impl RemoteDatabase {
     }
 
     /// The underlying database's counters.
-    pub fn database_stats(&self) -> DatabaseStats {
+    pub fn stats(&self) -> DatabaseStats {
         self.db.stats()
     }
 }
