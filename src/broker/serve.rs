@@ -58,7 +58,8 @@ use super::codec::{self, Checked, DoneRecord, Origin};
 use super::connection::{self, Broker, Link, block_until};
 use super::error::{BrokerError, InvalidDelivery};
 use super::reply::{self, AnswerSink, Binding, Target, WireAnswer};
-use crate::handle::{Handle, SettleOutside};
+use crate::handle::Handle;
+use crate::mailbox::SettleOutside;
 use crate::manager::Manager;
 use crate::manager_thread::panic_message;
 use crate::runtime::Runtime;
@@ -359,7 +360,8 @@ where
         reporter: Mutex::new(None),
         aborted: OnceLock::new(),
     });
-    let handle = match rt.manager(name).spawn(manager) {
+    let settler: Box<dyn SettleOutside> = Box::new(Settler(Arc::clone(&owner)));
+    let handle = match rt.manager(name).outside(settler).spawn(manager) {
         Ok(handle) => handle,
         Err(e) => {
             owner.close_channel();
@@ -371,10 +373,6 @@ where
         shared.upgrade().is_none_or(|shared| shared.is_aborted())
     }));
     let registered = Registered::new(&handle, &owner);
-    let settler: Box<dyn SettleOutside> = Box::new(Settler(Arc::clone(&owner)));
-    if handle.shared.outside.set(settler).is_err() {
-        unreachable!("a freshly spawned manager has no settler");
-    }
     match report_broker_dead_letters(&owner) {
         Ok(reporter) => {
             *owner

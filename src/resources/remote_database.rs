@@ -922,7 +922,7 @@ impl RemoteDatabase {
                 self.drop_unsettled("the owner stopped at once");
                 return;
             }
-            if tries > 0 && shared.gate.is_closed() {
+            if tries > 0 && shared.mailbox.gate.is_closed() {
                 tracing::warn!(
                     held = self.retry.len(),
                     "stopping with writes held after transient failures: stopping at once, they go back to the queue"

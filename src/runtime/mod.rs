@@ -9,6 +9,7 @@
 //! and are not waited for.
 
 mod builder;
+mod control;
 mod shutdown;
 mod signals;
 mod spawn;
@@ -27,13 +28,14 @@ pub use spawn::ManagerBuilder;
 use spawn::SpawnOptions;
 
 use crate::error::SpawnError;
-use crate::handle::{Control, Handle};
+use crate::handle::Handle;
 use crate::mailbox::{Backend, Capacity};
 use crate::manager::Manager;
 use crate::owner::Owner;
 use crate::schedule;
 use crate::stats::Stats;
 use crate::supervision::PanicPolicy;
+use control::Control;
 
 /// Ids for runtimes, unique in the process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -73,6 +75,7 @@ impl Inner {
             daemon: false,
             max_batch: self.config.max_batch,
             policy: PanicPolicy::Resume,
+            outside: None,
         }
     }
 
@@ -84,7 +87,7 @@ impl Inner {
         }
         let mut options = self.default_options(schedule::TIMERS.to_owned());
         options.capacity = Capacity::Unbounded;
-        let handle = self.register(&options, schedule::Timers::default(), None)?;
+        let handle = self.register(options, schedule::Timers::default(), None)?;
         *timers = Some(handle.clone());
         Ok(handle)
     }
