@@ -9,10 +9,11 @@ use crate::current;
 use crate::deadlock::{Cycle, WaitNode};
 use crate::error::{AskError, JoinError, SendError, SendTimeoutError, TrySendError};
 use crate::fuzz;
-use crate::mailbox::{Backend, Capacity, Envelope, Mailbox, Padded, SendFailure};
+use crate::mailbox::{Backend, Capacity, Envelope, Mailbox, SendFailure};
 use crate::reply::{self, Answer, HoldsSlot, Reply, Waiter};
 use crate::runtime::Inner;
 use crate::stats::{Counters, ManagerStats};
+use crate::util::{Padded, deadline_after};
 
 /// What a manager's handles and its thread share.
 pub(crate) struct Shared<M> {
@@ -547,10 +548,4 @@ enum AskErrorKind {
     Stopped,
     Timeout,
     NoReply,
-}
-
-/// `now + timeout`, or no deadline when that overflows (a huge timeout waits
-/// forever rather than panicking).
-pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
-    Instant::now().checked_add(timeout)
 }

@@ -130,6 +130,7 @@ mod stats;
 mod supervision;
 pub mod sync;
 mod sync_shim;
+mod util;
 
 pub use error::{
     AskError, BuildError, CapacityError, JoinError, ScheduleError, SendError, SendTimeoutError,

@@ -55,7 +55,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::sync::{deadline_after, lock, wait_until};
+use crate::sync::{lock, wait_until};
+use crate::util::{Backoff, deadline_after};
 
 /// Returned by the `put` methods of [`JoinableQueue`]; gives the item
 /// back.
@@ -203,46 +204,6 @@ enum Block {
     No,
     /// Block until the deadline; `None` means forever.
     Until(Option<Instant>),
-}
-
-/// Brief spinning before a blocking put or get goes to sleep.
-///
-/// A producer and a consumer on different cores usually hand over within
-/// microseconds, far less than a sleep and wake-up on a condition
-/// variable costs; and a thread that has not registered as a waiter
-/// spares the other side a notification.
-#[derive(Debug)]
-struct Backoff {
-    step: u32,
-}
-
-impl Backoff {
-    /// Steps that busy-wait (`2^step` spin hints each).
-    const SPIN_STEPS: u32 = 6;
-    /// Steps after which the thread sleeps on the condition variable;
-    /// those past `SPIN_STEPS` yield the processor instead of spinning.
-    const MAX_STEPS: u32 = 10;
-
-    fn new() -> Self {
-        Self { step: 0 }
-    }
-
-    /// Whether to snooze once more rather than sleep: not past the step
-    /// limit, nor past the deadline.
-    fn should_spin(&self, deadline: Option<Instant>) -> bool {
-        self.step < Self::MAX_STEPS && deadline.is_none_or(|deadline| Instant::now() < deadline)
-    }
-
-    fn snooze(&mut self) {
-        if self.step < Self::SPIN_STEPS {
-            for _ in 0..1_u32 << self.step {
-                std::hint::spin_loop();
-            }
-        } else {
-            std::thread::yield_now();
-        }
-        self.step += 1;
-    }
 }
 
 struct State<T> {

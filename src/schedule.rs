@@ -42,6 +42,7 @@ use crate::error::ScheduleError;
 use crate::handle::{Handle, Shared};
 use crate::manager::{Context, Manager};
 use crate::manager_thread::panic_message;
+use crate::util::instant_after;
 
 /// The reserved name of each runtime's timer manager.
 pub(crate) const TIMERS: &str = "custody.timers";
@@ -585,14 +586,6 @@ impl Manager for Timers {
             );
         }
     }
-}
-
-/// `now + delay`, saturating far in the future for huge delays.
-fn instant_after(delay: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(delay)
-        .or_else(|| now.checked_add(Duration::from_secs(u64::from(u32::MAX))))
-        .unwrap_or(now)
 }
 
 impl<M: Send + 'static> Handle<M> {

@@ -64,6 +64,7 @@ use crate::manager::Manager;
 use crate::manager_thread::panic_message;
 use crate::runtime::Runtime;
 use crate::stats::OutsideStats;
+use crate::util::deadline_after;
 
 /// A manager served from its broker queue; stops serving when dropped.
 ///
@@ -1275,7 +1276,7 @@ impl Owner {
                 return None;
             }
             // Waits one poll for a connection at most, to see a stop soon.
-            let wait = connection::deadline(RESTART_POLL);
+            let wait = deadline_after(RESTART_POLL);
             let channel = match open_channel(&self.link, &self.name, &self.queue, wait) {
                 Ok(channel) => channel,
                 Err(BrokerError::Disconnected { .. }) => continue,

@@ -20,7 +20,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-pub(crate) use gate::{Gate, Padded};
+pub(crate) use gate::Gate;
 pub(crate) use outside::SettleOutside;
 
 use crate::error::CapacityError;

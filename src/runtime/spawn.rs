@@ -8,12 +8,13 @@ use super::{Entry, Inner, Runtime};
 use crate::deadlock::WaitNode;
 use crate::error::SpawnError;
 use crate::handle::{Handle, Shared};
-use crate::mailbox::{Backend, Capacity, Mailbox, Padded, SettleOutside};
+use crate::mailbox::{Backend, Capacity, Mailbox, SettleOutside};
 use crate::manager::Manager;
 use crate::manager_thread::{self, Factory, Spec};
 use crate::owner::{Owned, Owner};
 use crate::stats::Counters;
 use crate::supervision::PanicPolicy;
+use crate::util::Padded;
 
 /// Options for one manager; made by [`Runtime::manager`].
 #[derive(Debug)]
