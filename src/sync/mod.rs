@@ -11,7 +11,7 @@
 //!
 //! Methods that take a `timeout` in Python come in two flavours here: a
 //! blocking one without a timeout (`wait`, `acquire`) and a `*_timeout`
-//! variant taking a [`Duration`]. Timeouts are turned
+//! variant taking a [`Duration`](std::time::Duration). Timeouts are turned
 //! into a deadline once, so spurious wake-ups never extend the total wait.
 //!
 //! All types are `Send + Sync` and are meant to be shared by reference

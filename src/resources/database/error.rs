@@ -126,8 +126,8 @@ fn is_transient_sqlite(error: &rusqlite::Error) -> bool {
     )
 }
 
-/// A told write ([`tell_execute`](DatabaseHandle::tell_execute) or
-/// [`tell_write`](DatabaseHandle::tell_write)) that the database manager
+/// A told write ([`tell_execute`](super::DatabaseHandle::tell_execute) or
+/// [`tell_write`](super::DatabaseHandle::tell_write)) that the database manager
 /// refused; the write comes back: `(sql, params)` for `tell_execute`, the
 /// closure for `tell_write`.
 ///

@@ -95,7 +95,7 @@ pub(super) enum Op {
     Stats(Reply<DatabaseStats>),
 }
 
-/// A message for a [`Database`] manager. Its contents are private: build
+/// A message for a [`Database`](super::Database) manager. Its contents are private: build
 /// messages with the methods of [`DatabaseHandle`].
 ///
 /// # Examples
@@ -124,7 +124,7 @@ impl fmt::Debug for DatabaseMsg {
     }
 }
 
-/// The handle of a [`Database`], with one method per kind of request.
+/// The handle of a [`Database`](super::Database), with one method per kind of request.
 ///
 /// Asks return `Result<T, DatabaseError>`; the `tell_*` forms return once the
 /// write is queued, their failures being logged and counted in
