@@ -80,7 +80,7 @@ impl DatabaseError {
     /// (a constraint, a syntax error, a type) is not transient: it would
     /// fail again.
     ///
-    /// A [`RemoteDatabase`](crate::resources::RemoteDatabase) holds a write
+    /// A `RemoteDatabase` (features `amqp` and `sqlite`) holds a write
     /// that failed this way and runs it again, instead of settling it.
     ///
     /// # Examples
