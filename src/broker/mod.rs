@@ -260,6 +260,7 @@
 //!
 
 mod admin;
+mod book;
 mod codec;
 mod connection;
 mod error;

@@ -35,7 +35,7 @@
 //! each open delivery keeps its channel (session) and its broker tag, which
 //! is acknowledged on that channel only.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
@@ -54,6 +54,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Consumer, PublisherConfirm};
 use serde::de::DeserializeOwned;
 
+use super::book::{Answering, Book, Open};
 use super::codec::{self, Checked, DoneRecord, Origin};
 use super::connection::{self, Broker, Link, block_until};
 use super::error::{BrokerError, InvalidDelivery};
@@ -258,53 +259,6 @@ struct Session {
     live: bool,
     /// Whether a delivery came on it: its consumer is the active one.
     delivered: bool,
-}
-
-#[derive(Default)]
-struct Book {
-    /// The tag the manager gets for the next delivery: its own sequence,
-    /// across channels (a channel's delivery tags start again at 1).
-    next_tag: u64,
-    /// The first tag of the current channel: those before came on a lost one.
-    first_current: u64,
-    /// Deliveries handed to the manager and not yet settled, in tag order.
-    open: VecDeque<Open>,
-    /// Done records not yet confirmed by the broker, by producer; kept when a
-    /// publish fails and sent again with the next batch.
-    pending: BTreeMap<String, DoneRecord>,
-    /// The last settled delivery tag not yet acknowledged because its
-    /// batch's done records are still pending, with its session: it is
-    /// never acknowledged on another channel.
-    unacked: Option<(u64, u64)>,
-    /// How many deliveries that acknowledgement will cover.
-    unacked_count: u64,
-}
-
-/// One delivery in the manager's hands.
-struct Open {
-    /// The manager's tag for it.
-    tag: u64,
-    /// The broker's delivery tag, on the channel of `session`.
-    wire: u64,
-    session: u64,
-    origin: Option<Origin>,
-    /// The message id it is charged by, when redelivered (see [`Charges`]).
-    key: Option<String>,
-    /// The body and properties, kept only on a message's last allowed delivery:
-    /// if its handler panics again, it is dead-lettered with the panic message.
-    last: Option<(Vec<u8>, BasicProperties)>,
-    /// Set when the delivery is an ask.
-    ask: Option<Ask>,
-}
-
-/// The answer side of a delivery that is an ask.
-struct Ask {
-    target: Target,
-    /// The answer, held until the batch is settled.
-    answer: Option<Vec<u8>>,
-    /// Whether a `RemoteReply` in the message took the binding; if none
-    /// did, the batch's settling answers `NoReply`.
-    bound: bool,
 }
 
 pub(crate) fn serve<Mg>(
@@ -912,25 +866,13 @@ fn take<M: DeserializeOwned + Send + 'static>(
     };
     // Opened before decoding, so that a reply answered (or dropped) during
     // the decode finds its request.
-    let tag = {
-        let mut book = owner.book();
-        book.next_tag += 1;
-        let tag = book.next_tag;
-        book.open.push_back(Open {
-            tag,
-            wire,
-            session,
-            origin: origin.clone(),
-            key: key.filter(|_| delivery.redelivered),
-            last: None,
-            ask: target.clone().map(|target| Ask {
-                target,
-                answer: None,
-                bound: false,
-            }),
-        });
-        tag
-    };
+    let tag = owner.book().open(
+        wire,
+        session,
+        origin.clone(),
+        key.filter(|_| delivery.redelivered),
+        target.clone(),
+    );
     let binding = target.clone().map(|target| Binding {
         sink: Arc::clone(owner) as Arc<dyn AnswerSink>,
         tag,
@@ -943,17 +885,11 @@ fn take<M: DeserializeOwned + Send + 'static>(
     }));
     let invalid = match decoded {
         Ok((Ok(msg), bound)) => {
-            {
-                let mut book = owner.book();
-                if let Some(open) = book.open.iter_mut().rev().find(|o| o.tag == tag) {
-                    if let Some(ask) = &mut open.ask {
-                        ask.bound = bound;
-                    }
-                    if last {
-                        open.last = Some((delivery.data.clone(), delivery.properties.clone()));
-                    }
-                }
-            }
+            owner.book().decoded(
+                tag,
+                bound,
+                last.then(|| (delivery.data.clone(), delivery.properties.clone())),
+            );
             if handle.deliver(msg, tag).is_err() {
                 // The manager is stopping (a runtime shutdown): hand over no more.
                 owner.forget(session, wire);
@@ -1033,9 +969,7 @@ impl Owner {
 
     /// Drops the open entry of a delivery that is not the manager's.
     fn forget(&self, session: u64, wire: u64) {
-        self.book()
-            .open
-            .retain(|o| (o.session, o.wire) != (session, wire));
+        self.book().forget(session, wire);
         self.emptied.notify_all();
     }
 
@@ -1055,7 +989,7 @@ impl Owner {
             if lost {
                 return Emptied::Lost;
             }
-            if !book.open.iter().any(|o| o.session == session) {
+            if !book.holds(session) {
                 return Emptied::Yes;
             }
             book = self
@@ -1286,12 +1220,8 @@ impl Owner {
                     continue;
                 }
             };
-            {
-                let mut book = self.book();
-                book.first_current = book.next_tag + 1;
-                // All came on lost channels: never settled now.
-                book.open.clear();
-            }
+            // All open entries came on lost channels: never settled now.
+            self.book().new_channel();
             self.emptied.notify_all();
             self.charges().loaded = false;
             let id = {
@@ -1455,11 +1385,7 @@ impl Owner {
                 done: Vec::new(),
                 dead: vec![(origin.id, codec::cut(reason).to_owned())],
             };
-            self.book()
-                .pending
-                .entry(origin.producer)
-                .or_default()
-                .merge(record);
+            self.book().keep_pending(vec![(origin.producer, record)]);
             self.flush_pending();
         }
         self.ack(session, tag, false);
@@ -1545,11 +1471,8 @@ impl Owner {
         if !flushed {
             return false;
         }
-        let (unacked, count) = {
-            let mut book = self.book();
-            (book.unacked.take(), std::mem::take(&mut book.unacked_count))
-        };
-        if let Some((session, up_to)) = unacked
+        let unacked = self.book().take_unacked();
+        if let Some((session, up_to, count)) = unacked
             && self.channel_of(session).is_some()
         {
             self.ack(session, up_to, true);
@@ -1562,7 +1485,7 @@ impl Owner {
     /// `true` if none is left pending.
     fn flush_pending(&self) -> bool {
         let _flushing = self.flushing.lock().unwrap_or_else(PoisonError::into_inner);
-        let pending = std::mem::take(&mut self.book().pending);
+        let pending = self.book().take_pending();
         if pending.is_empty() {
             return true;
         }
@@ -1624,10 +1547,7 @@ impl Owner {
         if failed.is_empty() {
             return true;
         }
-        let mut book = self.book();
-        for (producer, record) in failed {
-            book.pending.entry(producer).or_default().merge(record);
-        }
+        self.book().keep_pending(failed);
         false
     }
 }
@@ -1639,24 +1559,19 @@ impl AnswerSink for Owner {
             // owner that handles it next.
             return;
         }
-        {
-            let mut book = self.book();
-            if tag < book.first_current {
-                // Its request came on a lost channel: its redelivery is
-                // answered.
-                return;
-            }
-            let open = book.open.iter_mut().find(|o| o.tag == tag);
-            if let Some(ask) = open.and_then(|o| o.ask.as_mut()) {
-                // Held until the batch is settled; a handler that answers
-                // twice (it cannot: `send` takes the reply) keeps the first.
-                ask.answer.get_or_insert(body);
-                return;
+        let held = self.book().hold_answer(tag, body);
+        match held {
+            // Published when its batch is settled.
+            Answering::Held => {}
+            // Its request came on a lost channel: its redelivery is answered.
+            Answering::Stale => {}
+            // Its batch is settled already (the reply was kept past it): no
+            // ack waits for this answer, so its confirm is not waited for
+            // either.
+            Answering::Late(body) => {
+                let _ = self.send_answer(target, &body);
             }
         }
-        // Its batch is settled already (the reply was kept past it): no ack
-        // waits for this answer, so its confirm is not waited for either.
-        let _ = self.send_answer(target, &body);
     }
 }
 
@@ -1669,74 +1584,26 @@ impl SettleOutside for Settler {
         if owner.is_dropping() {
             // Lost, or stopped at once after this batch's `idle`: settle
             // nothing; the deliveries go back to the queue.
-            owner.book().open.retain(|o| o.tag > up_to);
+            owner.book().drop_up_to(up_to);
             owner.emptied.notify_all();
             tracing::debug!(queue = %owner.queue, up_to, "a batch of a dropped owner left unsettled");
             return;
         }
-        let mut answers = Vec::new();
         let current = {
             let session = owner.session();
             session.live.then_some(session.id)
         };
-        {
-            let mut book = owner.book();
-            if book.unacked.is_some_and(|(s, _)| Some(s) != current) {
-                // Left by a lost channel: never acknowledged now.
-                book.unacked = None;
-                book.unacked_count = 0;
-            }
-            let mut last = None;
-            let mut stale = 0u64;
-            while book.open.front().is_some_and(|o| o.tag <= up_to) {
-                let Some(open) = book.open.pop_front() else {
-                    break;
-                };
-                if Some(open.session) != current {
-                    // Came on a channel since lost: the broker has it back
-                    // and delivers it again (maybe to a standby), which
-                    // answers and reports it then.
-                    stale += 1;
-                    continue;
-                }
-                last = Some(open.wire);
-                match open.ask {
-                    Some(Ask {
-                        target,
-                        answer: Some(body),
-                        ..
-                    }) => answers.push((target, body)),
-                    Some(Ask {
-                        target,
-                        answer: None,
-                        bound: false,
-                    }) => {
-                        if let Ok(body) = codec::encode(&WireAnswer::<()>::NoReply) {
-                            answers.push((target, body));
-                        }
-                    }
-                    // A reply still held by the manager: sent when answered.
-                    _ => {}
-                }
-                if let Some(key) = &open.key {
-                    owner.uncharge(key);
-                }
-                if let Some(origin) = open.origin {
-                    book.pending
-                        .entry(origin.producer)
-                        .or_default()
-                        .done
-                        .push(origin.id);
-                }
-                book.unacked_count += 1;
-            }
-            if stale > 0 {
-                tracing::debug!(queue = %owner.queue, stale, "deliveries of a lost channel handled: left to their redelivery");
-            }
-            if let (Some(session), Some(wire)) = (current, last) {
-                book.unacked = Some((session, wire));
-            }
+        let settled = owner.book().settle(up_to, current);
+        for key in &settled.uncharge {
+            owner.uncharge(key);
         }
+        if settled.stale > 0 {
+            // Came on a channel since lost: the broker has them back and
+            // delivers them again (maybe to a standby), which answers and
+            // reports them then.
+            tracing::debug!(queue = %owner.queue, stale = settled.stale, "deliveries of a lost channel handled: left to their redelivery");
+        }
+        let answers = settled.answers;
         owner.emptied.notify_all();
         // After `idle` (answered means committed) and before the ack: an
         // owner that dies after the ack has answered; one that dies before
@@ -1765,7 +1632,7 @@ impl SettleOutside for Settler {
         let owner = &*self.0;
         // The session first: while it is lost and not replaced yet, every
         // delivery the manager holds came on it.
-        let admitted = !owner.is_lost() && tag >= owner.book().first_current;
+        let admitted = !owner.is_lost() && owner.book().is_current(tag);
         if !admitted {
             Counts::add(&owner.counts.stale, 1);
         }
@@ -1774,11 +1641,7 @@ impl SettleOutside for Settler {
 
     fn failed(&self, tag: u64, panic: &str) {
         let owner = &*self.0;
-        let open = {
-            let mut book = owner.book();
-            let at = book.open.iter().position(|o| o.tag == tag);
-            at.and_then(|at| book.open.remove(at))
-        };
+        let open = owner.book().remove(tag);
         owner.emptied.notify_all();
         let Some(open) = open else {
             return;
