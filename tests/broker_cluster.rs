@@ -1935,3 +1935,165 @@ fn owners_killed_at_random_moments_lose_and_duplicate_nothing() {
     });
     drop(queues);
 }
+
+// ---------------------------------------------------------------------------
+// A library bug found by the owner's-node scenario, reduced.
+
+/// Whether a `Gate` was reached, whether it is open; and its condvar.
+type GateState = Arc<(Mutex<(bool, bool)>, std::sync::Condvar)>;
+
+/// A manager that blocks in its first `handle` until opened, then hands
+/// everything to a `RemoteDatabase`.
+struct Gate {
+    db: RemoteDatabase,
+    /// (reached, open)
+    state: GateState,
+}
+
+impl Gate {
+    fn new(db: RemoteDatabase) -> (Gate, GateState) {
+        let state = Arc::new((Mutex::new((false, false)), std::sync::Condvar::new()));
+        (
+            Gate {
+                db,
+                state: Arc::clone(&state),
+            },
+            state,
+        )
+    }
+}
+
+fn gate_reached(state: &(Mutex<(bool, bool)>, std::sync::Condvar)) -> bool {
+    state.0.lock().unwrap().0
+}
+
+fn gate_open(state: &(Mutex<(bool, bool)>, std::sync::Condvar)) {
+    state.0.lock().unwrap().1 = true;
+    state.1.notify_all();
+}
+
+impl Manager for Gate {
+    type Msg = RemoteDbMsg;
+    fn handle(&mut self, msg: RemoteDbMsg, ctx: &mut Context<'_, RemoteDbMsg>) {
+        {
+            let (lock, cond) = &*self.state;
+            let mut state = lock.lock().unwrap();
+            state.0 = true;
+            while !state.1 {
+                state = cond.wait(state).unwrap();
+            }
+        }
+        self.db.handle(msg, ctx);
+    }
+    fn idle(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+        self.db.idle(ctx);
+    }
+    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+        self.db.stopped(ctx);
+    }
+    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDbMsg>) {
+        self.db.recover(panic, ctx);
+    }
+}
+
+/// The stall of `a_standby_on_another_node_takes_over_when_the_owners_node_is_killed`
+/// (seen in about half of the runs), reduced to one node and two proxies.
+///
+/// A standby takes over: its first delivery is a redelivered one, handed
+/// over alone, and the consumer thread waits in `wait_emptied` until it is
+/// settled. Its `RemoteDatabase` claims the database, and the round trip
+/// that confirms the ownership (`confirm_active`) is not answered in time:
+/// it marks the session not live ("the broker did not confirm this owner:
+/// its channel is given up"). `wait_emptied` looks at `is_dropping()`
+/// (which includes "the session is not live") before its `lost` check, so
+/// it returns `Emptied::Stopping` instead of `Emptied::Lost`: `feed`
+/// returns `Fed::Done`, and the serving ends for good (the manager is
+/// stopped) instead of subscribing again, although reconnecting is on. In
+/// the cluster the round trip fails because the node leading
+/// `custody.<name>.charges` was the killed one (a hard `nodedown` error on
+/// the `basic.get` of the charges closes the standby's connection); here a
+/// silent proxy makes it time out.
+#[test]
+#[ignore = "library bug: a standby whose ownership round trip fails while its \
+            first redelivered message is in hand stops serving for good \
+            (wait_emptied returns Stopping for a lost session), see the doc comment"]
+fn a_standby_whose_ownership_round_trip_fails_during_a_takeover_serves_again() {
+    let _cluster = exclusive();
+    within(Duration::from_secs(90), || {
+        three_nodes();
+        let name = unique_name("confirm-lost");
+        let queues = Queues(name.clone());
+        let db = DbFile::new("confirm-lost");
+        let node = Node(1);
+        let proxy_a = common::proxy::Proxy::to(&node.url());
+        let proxy_b = common::proxy::Proxy::to(&node.url());
+        let sender = node.connect();
+        let handle = sender.remote_handle::<RemoteDbMsg>(&name).unwrap();
+        // A: the active owner, blocked in its first message with its
+        // prefetch window full.
+        let rt_a = Runtime::new();
+        let owner_a = BrokerBuilder::urls([proxy_a.url.clone()])
+            .reconnect(false)
+            .connect()
+            .unwrap();
+        let (a, a_gate) = Gate::new(remote_database(&db.0));
+        let served_a = owner_a.serve(&rt_a, &name, a).unwrap();
+        // B: the standby, reconnecting on, whose round trips give up after
+        // a second.
+        let rt_b = Runtime::new();
+        let owner_b = BrokerBuilder::urls([proxy_b.url.clone()])
+            .heartbeat(Duration::from_secs(60))
+            .confirm_timeout(Duration::from_secs(1))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .connect()
+            .unwrap();
+        let (b, b_gate) = Gate::new(remote_database(&db.0));
+        let served_b = owner_b.serve(&rt_b, &name, b).unwrap();
+        let n = 50;
+        handle
+            .tell_all((0..n).map(|i| RemoteDbMsg::Execute(insert(i))))
+            .unwrap();
+        assert!(holds_within(Duration::from_secs(10), || gate_reached(
+            &a_gate
+        )));
+        // A's connection is cut: its deliveries go back, redelivered, to B.
+        proxy_a.cut();
+        assert!(
+            holds_within(Duration::from_secs(10), || gate_reached(&b_gate)),
+            "the standby got no delivery"
+        );
+        // B's ownership round trip (at its claim) is not answered.
+        proxy_b.silence();
+        gate_open(&b_gate);
+        std::thread::sleep(Duration::from_secs(3));
+        proxy_b.restore();
+        gate_open(&a_gate);
+        let serves_again = holds_within(Duration::from_secs(30), || {
+            served_b.is_serving() && !served_b.handle().has_exited()
+        });
+        let applied_all =
+            serves_again && holds_within(Duration::from_secs(30), || db.counts().2 >= n);
+        let (rows, _, applied) = db.counts();
+        eprintln!(
+            "confirm lost during a takeover: B serving {}, its manager exited {}, {} \
+             reconnects; rows {rows}, applied {applied} of {n}",
+            served_b.is_serving(),
+            served_b.handle().has_exited(),
+            owner_b.reconnects(),
+        );
+        if !(serves_again && applied_all) {
+            // Dropping them would wait for a consumer thread that never ends.
+            std::mem::forget(served_b);
+            std::mem::forget(served_a);
+            panic!(
+                "the standby stopped serving for good after its ownership round trip failed \
+                 ({rows} rows of {n})"
+            );
+        }
+        handle.join_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(db.counts(), (n, n, n));
+        served_b.stop();
+        drop(served_a);
+        drop(queues);
+    });
+}
