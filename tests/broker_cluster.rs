@@ -1126,8 +1126,11 @@ impl Stream {
             let (traffic, db, name) = (Arc::clone(&traffic), Arc::clone(db), name.to_owned());
             std::thread::spawn(move || {
                 let start = Instant::now();
-                while !traffic.done() {
+                loop {
                     std::thread::sleep(Duration::from_secs(5));
+                    if traffic.done() {
+                        break;
+                    }
                     eprintln!(
                         "[{:>5.1?}] {name}: confirmed {} before, {} after, {} after resumed; \
                          {}; rows {:?}",
