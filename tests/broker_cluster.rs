@@ -64,6 +64,11 @@ fn full() -> bool {
     std::env::var(FULL_VAR).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// Set when a scenario did not finish within its limit: its thread, left
+/// running, then stops its producers and probes instead of loading the
+/// host for the scenarios after it.
+static GAVE_UP: AtomicBool = AtomicBool::new(false);
+
 /// Runs `f` on a thread of its own and fails the test if it takes longer
 /// than `limit`.
 fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -74,14 +79,27 @@ fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'st
     match rx.recv_timeout(limit) {
         Ok(Ok(v)) => v,
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("the scenario did not finish within {limit:?}"),
+        Err(_) => {
+            GAVE_UP.store(true, Ordering::SeqCst);
+            panic!("the scenario did not finish within {limit:?}")
+        }
     }
+}
+
+/// Fails the calling thread if its scenario was given up.
+fn check_given_up() {
+    assert!(
+        !GAVE_UP.load(Ordering::SeqCst),
+        "the scenario was given up (it did not finish within its limit)"
+    );
 }
 
 /// The fault scenarios kill nodes: one at a time.
 fn exclusive() -> MutexGuard<'static, ()> {
     static CLUSTER: Mutex<()> = Mutex::new(());
-    CLUSTER.lock().unwrap_or_else(PoisonError::into_inner)
+    let guard = CLUSTER.lock().unwrap_or_else(PoisonError::into_inner);
+    GAVE_UP.store(false, Ordering::SeqCst);
+    guard
 }
 
 fn script() -> PathBuf {
@@ -412,6 +430,7 @@ impl Traffic {
 
     fn done(&self) -> bool {
         self.abort.load(Ordering::SeqCst)
+            || GAVE_UP.load(Ordering::SeqCst)
             || self.after_resumed.load(Ordering::SeqCst) >= self.size.after
     }
 }
@@ -469,6 +488,7 @@ fn produce(name: &str, prefer: Node, first: u64, traffic: &Traffic, db: &DbFile)
                     }
                 }
                 Err(e) => {
+                    check_given_up();
                     produced.lost.push(e.to_string());
                     let refused: HashSet<u64> = e.into_inner().iter().map(number).collect();
                     let (lost, ok): (Vec<u64>, Vec<u64>) =
@@ -522,7 +542,10 @@ fn probe(db: &RemoteHandle<RemoteDbMsg>, killed: Instant) -> Duration {
         ) {
             Ok(Ok(_)) => return killed.elapsed(),
             Ok(Err(e)) => panic!("the probe write failed: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => {
+                check_given_up();
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }
@@ -1035,8 +1058,9 @@ fn ask_stream(name: &str, node: Node, first: u64, traffic: &Traffic, db: &DbFile
             }
             assert!(
                 !traffic.abort.load(Ordering::SeqCst),
-                "the scenario gave up while w{n} was asked"
+                "the scenario ended while w{n} was asked"
             );
+            check_given_up();
         }
         asked.ids.push(n);
         asked.spans.push((sent, Instant::now()));
@@ -1065,7 +1089,10 @@ fn probe_n(db: &RemoteHandle<RemoteDbMsg>, n: u64, fault: Instant) -> Duration {
         ) {
             Ok(Ok(_)) => return fault.elapsed(),
             Ok(Err(e)) => panic!("the probe write failed: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => {
+                check_given_up();
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }
