@@ -531,25 +531,6 @@ fn produce(name: &str, prefer: Node, first: u64, traffic: &Traffic, db: &DbFile)
     produced
 }
 
-/// Asks for one write until it is answered; the time from the kill to the
-/// answer. The write is the same each time, so retries apply it once.
-fn probe(db: &RemoteHandle<RemoteDbMsg>, killed: Instant) -> Duration {
-    let write = insert(u64::MAX >> 2);
-    loop {
-        match db.ask_timeout(
-            |reply| RemoteDbMsg::ExecuteAsk(write.clone(), reply),
-            Duration::from_secs(2),
-        ) {
-            Ok(Ok(_)) => return killed.elapsed(),
-            Ok(Err(e)) => panic!("the probe write failed: {e}"),
-            Err(_) => {
-                check_given_up();
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
 /// The fault a scenario injects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
@@ -627,68 +608,29 @@ fn fault_scenario(fault: Fault) {
         // The owner registers first, so it is the active one.
         let (_owner_rt, owner, owner_served, owner_seen) = serve(owner_node);
         let (_standby_rt, _standby, standby_served, standby_seen) = serve(standby_node);
-        let traffic = Arc::new(Traffic {
-            size,
-            killed: Arc::clone(&killed),
-            resumed: OnceLock::new(),
-            before: AtomicU64::new(0),
-            after: AtomicU64::new(0),
-            after_resumed: AtomicU64::new(0),
-            abort: AtomicBool::new(false),
-        });
-        // Stops the producers if the scenario fails.
-        struct Abort(Arc<Traffic>);
-        impl Drop for Abort {
-            fn drop(&mut self) {
-                self.0.abort.store(true, Ordering::SeqCst);
-            }
-        }
-        let _abort = Abort(Arc::clone(&traffic));
-        let producers: Vec<_> = [(victim, 1_000_000_000u64), (survivor, 2_000_000_000)]
-            .into_iter()
-            .map(|(prefer, first)| {
-                let (name, traffic, db) = (name.clone(), Arc::clone(&traffic), Arc::clone(&db));
-                std::thread::spawn(move || produce(&name, prefer, first, &traffic, &db))
-            })
-            .collect();
-        // Progress, every 5 s, so that a stalled scenario shows where.
-        {
-            let (traffic, owner_seen, standby_seen, db, name) = (
-                Arc::clone(&traffic),
-                Arc::clone(&owner_seen),
-                Arc::clone(&standby_seen),
-                Arc::clone(&db),
-                name.clone(),
-            );
-            std::thread::spawn(move || {
-                let start = Instant::now();
-                while !traffic.done() {
-                    std::thread::sleep(Duration::from_secs(5));
-                    eprintln!(
-                        "[{:>5.1?}] {name}: confirmed {} before, {} after, {} after resumed; \
-                         handled: owner {}, standby {}; rows {:?}",
-                        start.elapsed(),
-                        traffic.before.load(Ordering::SeqCst),
-                        traffic.after.load(Ordering::SeqCst),
-                        traffic.after_resumed.load(Ordering::SeqCst),
-                        owner_seen.handled.load(Ordering::SeqCst),
-                        standby_seen.handled.load(Ordering::SeqCst),
-                        db.counts(),
-                    );
-                }
-            });
-        }
+        let stream = {
+            let (a, b) = (Arc::clone(&owner_seen), Arc::clone(&standby_seen));
+            Stream::start(
+                &name,
+                &db,
+                size,
+                &killed,
+                [victim, survivor],
+                survivor,
+                move || {
+                    format!(
+                        "handled: owner {}, standby {}",
+                        a.handled.load(Ordering::SeqCst),
+                        b.handled.load(Ordering::SeqCst)
+                    )
+                },
+            )
+        };
         // The probe's handle is on a node that survives.
         let probe_broker = survivor.connect();
         let probe_db = probe_broker.remote_handle::<RemoteDbMsg>(&name).unwrap();
 
-        while traffic.before.load(Ordering::SeqCst) < size.before {
-            assert!(
-                producers.iter().all(|p| !p.is_finished()),
-                "a producer ended before the kill"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        stream.wait_confirmed(size.before);
         let owner_before = owner_seen.handled.load(Ordering::SeqCst);
         assert!(
             owner_before > 0,
@@ -713,34 +655,21 @@ fn fault_scenario(fault: Fault) {
         *killed_node.lock().unwrap() = Some(victim);
         let (killed_at, gone_after) = victim.kill();
         killed.set(killed_at).unwrap();
-        let confirmed_before = traffic.before.load(Ordering::SeqCst);
 
-        let resumed = probe(&probe_db, killed_at);
-        traffic.resumed.set(killed_at + resumed).unwrap();
-        let produced: Vec<Produced> = producers
-            .into_iter()
-            .map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect();
-        let confirmed_after = traffic.after.load(Ordering::SeqCst);
-        let confirmed_after_resumed = traffic.after_resumed.load(Ordering::SeqCst);
-        probe_db.join().unwrap();
-
+        let resumed = probe_n(&probe_db, PROBES, killed_at);
+        stream.traffic.resumed.set(killed_at + resumed).unwrap();
         // Every write sent was confirmed in the end (the producers retried
-        // the lost ones until they were); each must be applied, once. Those
-        // confirmed through a lost handle cannot be joined: wait for them.
-        let sent: HashSet<u64> = produced
-            .iter()
-            .flat_map(|p| p.sent.iter().copied())
-            .collect();
-        let expected = sent.len() as u64 + 1; // and the probe's write
-        let (_, _, applied_at_end) = db.counts();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let waiting = Instant::now();
-        while db.counts().2 < expected && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let waited = waiting.elapsed();
-        let (rows, distinct, applied) = db.counts();
+        // the lost ones until they were); each must be applied, once (which
+        // `finish` checks). Those confirmed through a lost handle cannot be
+        // joined: it waits for them.
+        let finished = stream.finish(&db, 1);
+        probe_db.join().unwrap();
+        let produced = &finished.produced;
+        let (confirmed_before, confirmed_after, confirmed_after_resumed) =
+            (finished.before, finished.after, finished.after_resumed);
+        let (rows, distinct, applied) = finished.counts;
+        let (expected, applied_at_end, waited) =
+            (finished.expected, finished.applied_at_end, finished.waited);
         let leader_after = leader(&name);
         let standby_took_over = standby_seen.first_after_kill.get().copied();
         eprintln!(
@@ -808,19 +737,10 @@ fn fault_scenario(fault: Fault) {
                 assert_ne!(leader_after, victim, "the dead node still leads the queue");
             }
         }
-        // Exactly once: every write sent is applied, none twice.
-        assert_eq!(
-            (rows, distinct, applied),
-            (expected, expected, expected),
-            "rows, distinct numbers, applied ids"
+        assert!(
+            finished.asked.in_flight_at(killed_at) > 0,
+            "no ask in flight at the kill"
         );
-        let applied_ids = db.applied();
-        let unapplied: Vec<&u64> = sent
-            .iter()
-            .filter(|n| !applied_ids.contains(&format!("w{n}")))
-            .take(10)
-            .collect();
-        assert!(unapplied.is_empty(), "not applied: {unapplied:?}");
 
         standby_served.stop();
         owner_served.stop();
