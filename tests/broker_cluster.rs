@@ -10,7 +10,14 @@
 //! `CUSTODY_CLUSTER_FULL=1`. They take the cluster for themselves (one at a
 //! time, whatever the test threads), restart the node they killed before
 //! they return, pass or fail, and run inside `within`, which fails them after
-//! 60 s (300 s at full size) instead of hanging.
+//! 180 s (300 s at full size) instead of hanging.
+//!
+//! Besides nodes killed, the owner itself is hit: its connection cut or
+//! partitioned by a proxy (`tests/common/proxy.rs`), its process frozen
+//! (SIGSTOP) and, in a loop, killed (SIGKILL) at random moments (the seed is
+//! printed; `CUSTODY_CLUSTER_SEED` replays it). Those owners stamp their
+//! rows, so that fencing is read from the database file.
+//! `scripts/cluster-faults` runs every scenario at full size.
 
 #![cfg(all(feature = "amqp", feature = "sqlite"))]
 
@@ -57,6 +64,11 @@ fn full() -> bool {
     std::env::var(FULL_VAR).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// Set when a scenario did not finish within its limit: its thread, left
+/// running, then stops its producers and probes instead of loading the
+/// host for the scenarios after it.
+static GAVE_UP: AtomicBool = AtomicBool::new(false);
+
 /// Runs `f` on a thread of its own and fails the test if it takes longer
 /// than `limit`.
 fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -67,14 +79,27 @@ fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'st
     match rx.recv_timeout(limit) {
         Ok(Ok(v)) => v,
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("the scenario did not finish within {limit:?}"),
+        Err(_) => {
+            GAVE_UP.store(true, Ordering::SeqCst);
+            panic!("the scenario did not finish within {limit:?}")
+        }
     }
+}
+
+/// Fails the calling thread if its scenario was given up.
+fn check_given_up() {
+    assert!(
+        !GAVE_UP.load(Ordering::SeqCst),
+        "the scenario was given up (it did not finish within its limit)"
+    );
 }
 
 /// The fault scenarios kill nodes: one at a time.
 fn exclusive() -> MutexGuard<'static, ()> {
     static CLUSTER: Mutex<()> = Mutex::new(());
-    CLUSTER.lock().unwrap_or_else(PoisonError::into_inner)
+    let guard = CLUSTER.lock().unwrap_or_else(PoisonError::into_inner);
+    GAVE_UP.store(false, Ordering::SeqCst);
+    guard
 }
 
 fn script() -> PathBuf {
@@ -338,6 +363,11 @@ struct Size {
     chunk: u64,
     pause: Duration,
     limit: Duration,
+    /// Owners killed by the SIGKILL loop, the writes confirmed between two
+    /// kills at least, and the longest random wait added to those.
+    kills: usize,
+    between: u64,
+    jitter: Duration,
 }
 
 impl Size {
@@ -349,6 +379,9 @@ impl Size {
                 chunk: 20,
                 pause: Duration::from_millis(5),
                 limit: Duration::from_secs(300),
+                kills: 12,
+                between: 2_000,
+                jitter: Duration::from_secs(3),
             }
         } else {
             Size {
@@ -360,6 +393,9 @@ impl Size {
                 // one message at a time (each charged durably), on a loaded
                 // 2-core host: minutes, not seconds, are the honest bound.
                 limit: Duration::from_secs(180),
+                kills: 3,
+                between: 300,
+                jitter: Duration::from_secs(1),
             }
         }
     }
@@ -394,6 +430,7 @@ impl Traffic {
 
     fn done(&self) -> bool {
         self.abort.load(Ordering::SeqCst)
+            || GAVE_UP.load(Ordering::SeqCst)
             || self.after_resumed.load(Ordering::SeqCst) >= self.size.after
     }
 }
@@ -451,6 +488,7 @@ fn produce(name: &str, prefer: Node, first: u64, traffic: &Traffic, db: &DbFile)
                     }
                 }
                 Err(e) => {
+                    check_given_up();
                     produced.lost.push(e.to_string());
                     let refused: HashSet<u64> = e.into_inner().iter().map(number).collect();
                     let (lost, ok): (Vec<u64>, Vec<u64>) =
@@ -491,22 +529,6 @@ fn produce(name: &str, prefer: Node, first: u64, traffic: &Traffic, db: &DbFile)
         &missing[..missing.len().min(10)]
     );
     produced
-}
-
-/// Asks for one write until it is answered; the time from the kill to the
-/// answer. The write is the same each time, so retries apply it once.
-fn probe(db: &RemoteHandle<RemoteDbMsg>, killed: Instant) -> Duration {
-    let write = insert(u64::MAX >> 2);
-    loop {
-        match db.ask_timeout(
-            |reply| RemoteDbMsg::ExecuteAsk(write.clone(), reply),
-            Duration::from_secs(2),
-        ) {
-            Ok(Ok(_)) => return killed.elapsed(),
-            Ok(Err(e)) => panic!("the probe write failed: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
 }
 
 /// The fault a scenario injects.
@@ -586,68 +608,29 @@ fn fault_scenario(fault: Fault) {
         // The owner registers first, so it is the active one.
         let (_owner_rt, owner, owner_served, owner_seen) = serve(owner_node);
         let (_standby_rt, _standby, standby_served, standby_seen) = serve(standby_node);
-        let traffic = Arc::new(Traffic {
-            size,
-            killed: Arc::clone(&killed),
-            resumed: OnceLock::new(),
-            before: AtomicU64::new(0),
-            after: AtomicU64::new(0),
-            after_resumed: AtomicU64::new(0),
-            abort: AtomicBool::new(false),
-        });
-        // Stops the producers if the scenario fails.
-        struct Abort(Arc<Traffic>);
-        impl Drop for Abort {
-            fn drop(&mut self) {
-                self.0.abort.store(true, Ordering::SeqCst);
-            }
-        }
-        let _abort = Abort(Arc::clone(&traffic));
-        let producers: Vec<_> = [(victim, 1_000_000_000u64), (survivor, 2_000_000_000)]
-            .into_iter()
-            .map(|(prefer, first)| {
-                let (name, traffic, db) = (name.clone(), Arc::clone(&traffic), Arc::clone(&db));
-                std::thread::spawn(move || produce(&name, prefer, first, &traffic, &db))
-            })
-            .collect();
-        // Progress, every 5 s, so that a stalled scenario shows where.
-        {
-            let (traffic, owner_seen, standby_seen, db, name) = (
-                Arc::clone(&traffic),
-                Arc::clone(&owner_seen),
-                Arc::clone(&standby_seen),
-                Arc::clone(&db),
-                name.clone(),
-            );
-            std::thread::spawn(move || {
-                let start = Instant::now();
-                while !traffic.done() {
-                    std::thread::sleep(Duration::from_secs(5));
-                    eprintln!(
-                        "[{:>5.1?}] {name}: confirmed {} before, {} after, {} after resumed; \
-                         handled: owner {}, standby {}; rows {:?}",
-                        start.elapsed(),
-                        traffic.before.load(Ordering::SeqCst),
-                        traffic.after.load(Ordering::SeqCst),
-                        traffic.after_resumed.load(Ordering::SeqCst),
-                        owner_seen.handled.load(Ordering::SeqCst),
-                        standby_seen.handled.load(Ordering::SeqCst),
-                        db.counts(),
-                    );
-                }
-            });
-        }
+        let stream = {
+            let (a, b) = (Arc::clone(&owner_seen), Arc::clone(&standby_seen));
+            Stream::start(
+                &name,
+                &db,
+                size,
+                &killed,
+                [victim, survivor],
+                survivor,
+                move || {
+                    format!(
+                        "handled: owner {}, standby {}",
+                        a.handled.load(Ordering::SeqCst),
+                        b.handled.load(Ordering::SeqCst)
+                    )
+                },
+            )
+        };
         // The probe's handle is on a node that survives.
         let probe_broker = survivor.connect();
         let probe_db = probe_broker.remote_handle::<RemoteDbMsg>(&name).unwrap();
 
-        while traffic.before.load(Ordering::SeqCst) < size.before {
-            assert!(
-                producers.iter().all(|p| !p.is_finished()),
-                "a producer ended before the kill"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        stream.wait_confirmed(size.before);
         let owner_before = owner_seen.handled.load(Ordering::SeqCst);
         assert!(
             owner_before > 0,
@@ -672,34 +655,21 @@ fn fault_scenario(fault: Fault) {
         *killed_node.lock().unwrap() = Some(victim);
         let (killed_at, gone_after) = victim.kill();
         killed.set(killed_at).unwrap();
-        let confirmed_before = traffic.before.load(Ordering::SeqCst);
 
-        let resumed = probe(&probe_db, killed_at);
-        traffic.resumed.set(killed_at + resumed).unwrap();
-        let produced: Vec<Produced> = producers
-            .into_iter()
-            .map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect();
-        let confirmed_after = traffic.after.load(Ordering::SeqCst);
-        let confirmed_after_resumed = traffic.after_resumed.load(Ordering::SeqCst);
-        probe_db.join().unwrap();
-
+        let resumed = probe_n(&probe_db, PROBES, killed_at);
+        stream.traffic.resumed.set(killed_at + resumed).unwrap();
         // Every write sent was confirmed in the end (the producers retried
-        // the lost ones until they were); each must be applied, once. Those
-        // confirmed through a lost handle cannot be joined: wait for them.
-        let sent: HashSet<u64> = produced
-            .iter()
-            .flat_map(|p| p.sent.iter().copied())
-            .collect();
-        let expected = sent.len() as u64 + 1; // and the probe's write
-        let (_, _, applied_at_end) = db.counts();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let waiting = Instant::now();
-        while db.counts().2 < expected && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let waited = waiting.elapsed();
-        let (rows, distinct, applied) = db.counts();
+        // the lost ones until they were); each must be applied, once (which
+        // `finish` checks). Those confirmed through a lost handle cannot be
+        // joined: it waits for them.
+        let finished = stream.finish(&db, 1);
+        probe_db.join().unwrap();
+        let produced = &finished.produced;
+        let (confirmed_before, confirmed_after, confirmed_after_resumed) =
+            (finished.before, finished.after, finished.after_resumed);
+        let (rows, distinct, applied) = finished.counts;
+        let (expected, applied_at_end, waited) =
+            (finished.expected, finished.applied_at_end, finished.waited);
         let leader_after = leader(&name);
         let standby_took_over = standby_seen.first_after_kill.get().copied();
         eprintln!(
@@ -767,19 +737,10 @@ fn fault_scenario(fault: Fault) {
                 assert_ne!(leader_after, victim, "the dead node still leads the queue");
             }
         }
-        // Exactly once: every write sent is applied, none twice.
-        assert_eq!(
-            (rows, distinct, applied),
-            (expected, expected, expected),
-            "rows, distinct numbers, applied ids"
+        assert!(
+            finished.asked.in_flight_at(killed_at) > 0,
+            "no ask in flight at the kill"
         );
-        let applied_ids = db.applied();
-        let unapplied: Vec<&u64> = sent
-            .iter()
-            .filter(|n| !applied_ids.contains(&format!("w{n}")))
-            .take(10)
-            .collect();
-        assert!(unapplied.is_empty(), "not applied: {unapplied:?}");
 
         standby_served.stop();
         owner_served.stop();
@@ -848,5 +809,1241 @@ fn connecting_skips_a_node_that_does_not_answer() {
             matches!(&err, BrokerError::NoNodeReachable { attempts } if attempts.len() == 2),
             "{err:?}"
         );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Faults of the owner itself: its network cut or partitioned, its process
+// frozen or killed. The owners stamp the rows they insert with their own
+// name (a TEMP trigger of their connection, as in tests/broker_fencing.rs),
+// and rowids follow commit order, so "no row of the old owner after the new
+// owner's first" is read from the file itself.
+
+/// A `RemoteDatabase` on `path` with the table `writes (n, owner)` (no
+/// unique key), whose connection stamps each row it inserts with `owner`.
+fn stamped_database(path: &Path, owner: &str) -> RemoteDatabase {
+    RemoteDatabase::open(Database::builder(path).init_sql(format!(
+        "CREATE TABLE IF NOT EXISTS writes (n INTEGER NOT NULL, owner TEXT);
+         CREATE TEMP TABLE me (name TEXT NOT NULL);
+         INSERT INTO temp.me VALUES ('{owner}');
+         CREATE TEMP TRIGGER stamp AFTER INSERT ON main.writes BEGIN
+             UPDATE writes SET owner = (SELECT name FROM me) WHERE rowid = new.rowid;
+         END;"
+    )))
+    .unwrap()
+}
+
+impl DbFile {
+    fn query<T: custody::resources::rusqlite::types::FromSql>(&self, sql: &str) -> T {
+        let conn = self.connection();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Rows inserted by the owner named `owner`.
+    fn rows_of(&self, owner: &str) -> u64 {
+        self.query(&format!(
+            "SELECT count(*) FROM writes WHERE owner = '{owner}'"
+        ))
+    }
+
+    /// Rows of `old` committed after the first row of `new`.
+    fn rows_after(&self, old: &str, new: &str) -> u64 {
+        self.query(&format!(
+            "SELECT count(*) FROM writes WHERE owner = '{old}' \
+             AND rowid > (SELECT min(rowid) FROM writes WHERE owner = '{new}')"
+        ))
+    }
+
+    /// The owner of the last row committed.
+    fn last_owner(&self) -> Option<String> {
+        self.query("SELECT (SELECT owner FROM writes ORDER BY rowid DESC LIMIT 1)")
+    }
+
+    /// Owners in the order of their first row, each with its rows and the
+    /// rows it committed after the first row of the next owner in that
+    /// order (0 if fenced).
+    fn owners(&self) -> Vec<(String, u64, u64)> {
+        let conn = self.connection();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT owner, count(*) FROM writes GROUP BY owner ORDER BY min(rowid)")
+            .unwrap();
+        let owners: Vec<(String, u64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        owners
+            .iter()
+            .enumerate()
+            .map(|(i, (owner, rows))| {
+                let late = owners
+                    .get(i + 1)
+                    .map_or(0, |(next, _)| self.rows_after(owner, next));
+                (owner.clone(), *rows, late)
+            })
+            .collect()
+    }
+}
+
+/// A small PRNG (splitmix64), seeded from `CUSTODY_CLUSTER_SEED` or the
+/// clock; the seed is printed so that a failing run can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> (Rng, u64) {
+        let seed = std::env::var("CUSTODY_CLUSTER_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        (Rng(seed), seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A duration drawn uniformly in `[0, max)`.
+    fn below(&mut self, max: Duration) -> Duration {
+        let ms = u64::try_from(max.as_millis()).unwrap().max(1);
+        Duration::from_millis(self.next() % ms)
+    }
+}
+
+/// What the asker did: each ask's id, when it was first sent and when it
+/// was answered.
+#[derive(Debug, Default)]
+struct Asked {
+    ids: Vec<u64>,
+    spans: Vec<(Instant, Instant)>,
+    /// Asks that timed out (and were sent again, with the same id).
+    timeouts: u64,
+    /// Other errors (sent again too).
+    errors: Vec<String>,
+}
+
+impl Asked {
+    /// Asks sent before `at` and answered after it.
+    fn in_flight_at(&self, at: Instant) -> usize {
+        self.spans
+            .iter()
+            .filter(|(sent, answered)| *sent < at && *answered > at)
+            .count()
+    }
+
+    /// The longest wait of an ask.
+    fn longest(&self) -> Duration {
+        self.spans
+            .iter()
+            .map(|(s, a)| a.duration_since(*s))
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// Asks writes with numbers from `first` on, one after the other, each with
+/// `ask_timeout` and sent again (the same id) until it is answered, until
+/// the traffic is done; then joins its handle and checks that every write
+/// answered is applied.
+fn ask_stream(name: &str, node: Node, first: u64, traffic: &Traffic, db: &DbFile) -> Asked {
+    let broker = node.connect();
+    let handle = broker.remote_handle::<RemoteDbMsg>(name).unwrap();
+    let mut asked = Asked::default();
+    let mut n = first;
+    while !traffic.done() {
+        let write = insert(n);
+        let sent = Instant::now();
+        loop {
+            match handle.ask_timeout(
+                |reply| RemoteDbMsg::ExecuteAsk(write.clone(), reply),
+                Duration::from_secs(2),
+            ) {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => panic!("the ask of w{n} failed: {e}"),
+                Err(e) if e.is_timeout() => asked.timeouts += 1,
+                Err(e) => {
+                    asked.errors.push(e.to_string());
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            assert!(
+                !traffic.abort.load(Ordering::SeqCst),
+                "the scenario ended while w{n} was asked"
+            );
+            check_given_up();
+        }
+        asked.ids.push(n);
+        asked.spans.push((sent, Instant::now()));
+        n += 1;
+    }
+    handle.join().unwrap();
+    let applied = db.applied();
+    let missing: Vec<&u64> = asked
+        .ids
+        .iter()
+        .filter(|n| !applied.contains(&format!("w{n}")))
+        .take(10)
+        .collect();
+    assert!(missing.is_empty(), "answered but not applied: {missing:?}");
+    asked
+}
+
+/// Asks for write `n` until it is answered; the time from `fault` to the
+/// answer. The write is the same each time, so retries apply it once.
+fn probe_n(db: &RemoteHandle<RemoteDbMsg>, n: u64, fault: Instant) -> Duration {
+    let write = insert(n);
+    loop {
+        match db.ask_timeout(
+            |reply| RemoteDbMsg::ExecuteAsk(write.clone(), reply),
+            Duration::from_secs(2),
+        ) {
+            Ok(Ok(_)) => return fault.elapsed(),
+            Ok(Err(e)) => panic!("the probe write failed: {e}"),
+            Err(_) => {
+                check_given_up();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+const PROBES: u64 = 4_000_000_000;
+
+/// Stops the producers when dropped (the scenario failed, or ended).
+struct Abort(Arc<Traffic>);
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        self.0.abort.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The traffic of a scenario: two producers (through `producers`' nodes)
+/// and an asker (through `asker`'s), and a progress line every 5 s.
+struct Stream {
+    traffic: Arc<Traffic>,
+    producers: Vec<std::thread::JoinHandle<Produced>>,
+    asker: std::thread::JoinHandle<Asked>,
+    abort: Abort,
+}
+
+impl Stream {
+    fn start(
+        name: &str,
+        db: &Arc<DbFile>,
+        size: Size,
+        fault: &Arc<OnceLock<Instant>>,
+        producers: [Node; 2],
+        asker: Node,
+        progress: impl Fn() -> String + Send + 'static,
+    ) -> Stream {
+        let traffic = Arc::new(Traffic {
+            size,
+            killed: Arc::clone(fault),
+            resumed: OnceLock::new(),
+            before: AtomicU64::new(0),
+            after: AtomicU64::new(0),
+            after_resumed: AtomicU64::new(0),
+            abort: AtomicBool::new(false),
+        });
+        let abort = Abort(Arc::clone(&traffic));
+        let producers = producers
+            .into_iter()
+            .zip([1_000_000_000u64, 2_000_000_000])
+            .map(|(prefer, first)| {
+                let (name, traffic, db) = (name.to_owned(), Arc::clone(&traffic), Arc::clone(db));
+                std::thread::spawn(move || produce(&name, prefer, first, &traffic, &db))
+            })
+            .collect();
+        let asker = {
+            let (name, traffic, db) = (name.to_owned(), Arc::clone(&traffic), Arc::clone(db));
+            std::thread::spawn(move || ask_stream(&name, asker, 3_000_000_000, &traffic, &db))
+        };
+        {
+            let (traffic, db, name) = (Arc::clone(&traffic), Arc::clone(db), name.to_owned());
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    if traffic.done() {
+                        break;
+                    }
+                    eprintln!(
+                        "[{:>5.1?}] {name}: confirmed {} before, {} after, {} after resumed; \
+                         {}; rows {:?}",
+                        start.elapsed(),
+                        traffic.before.load(Ordering::SeqCst),
+                        traffic.after.load(Ordering::SeqCst),
+                        traffic.after_resumed.load(Ordering::SeqCst),
+                        progress(),
+                        db.counts(),
+                    );
+                }
+            });
+        }
+        Stream {
+            traffic,
+            producers,
+            asker,
+            abort,
+        }
+    }
+
+    fn confirmed(&self) -> u64 {
+        self.traffic.before.load(Ordering::SeqCst) + self.traffic.after.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` more writes are confirmed (failing if a
+    /// producer ended).
+    fn wait_confirmed(&self, n: u64) {
+        let target = self.confirmed() + n;
+        while self.confirmed() < target {
+            assert!(
+                self.producers.iter().all(|p| !p.is_finished()) && !self.asker.is_finished(),
+                "a producer or the asker ended early"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for the producers and the asker to end, then for every id sent
+    /// to be applied; checks exactly once.
+    fn finish(self, db: &DbFile, probes: u64) -> Finished {
+        let produced: Vec<Produced> = self
+            .producers
+            .into_iter()
+            .map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect();
+        let asked = self
+            .asker
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        let sent: HashSet<u64> = produced
+            .iter()
+            .flat_map(|p| p.sent.iter().copied())
+            .chain(asked.ids.iter().copied())
+            .collect();
+        let expected = sent.len() as u64 + probes;
+        let applied_at_end = db.counts().2;
+        let waiting = Instant::now();
+        let deadline = waiting + Duration::from_secs(30);
+        while db.counts().2 < expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let waited = waiting.elapsed();
+        let (rows, distinct, applied) = db.counts();
+        let finished = Finished {
+            before: self.traffic.before.load(Ordering::SeqCst),
+            after: self.traffic.after.load(Ordering::SeqCst),
+            after_resumed: self.traffic.after_resumed.load(Ordering::SeqCst),
+            produced,
+            asked,
+            expected,
+            applied_at_end,
+            waited,
+            counts: (rows, distinct, applied),
+        };
+        eprintln!("{}", finished.summary());
+        // Exactly once: every write sent is applied, none twice.
+        assert_eq!(
+            (rows, distinct, applied),
+            (expected, expected, expected),
+            "rows, distinct numbers, applied ids"
+        );
+        let applied_ids = db.applied();
+        let unapplied: Vec<&u64> = sent
+            .iter()
+            .filter(|n| !applied_ids.contains(&format!("w{n}")))
+            .take(10)
+            .collect();
+        assert!(unapplied.is_empty(), "not applied: {unapplied:?}");
+        drop(self.abort);
+        finished
+    }
+}
+
+/// The traffic of a scenario, once it ended.
+struct Finished {
+    before: u64,
+    after: u64,
+    after_resumed: u64,
+    produced: Vec<Produced>,
+    asked: Asked,
+    expected: u64,
+    applied_at_end: u64,
+    waited: Duration,
+    counts: (u64, u64, u64),
+}
+
+impl Finished {
+    fn summary(&self) -> String {
+        let (rows, distinct, applied) = self.counts;
+        format!(
+            "  traffic: {} writes confirmed before the fault, {} after ({} after the service \
+             resumed); {} asks answered ({} timed out and were sent again, the longest wait \
+             {:?}, other errors {:?}); producers sent {:?} writes again, reconnected to {:?}; \
+             {rows} rows, {distinct} distinct, {applied} ids applied of {} ({} when the \
+             producers ended, the rest {:?} later)",
+            self.before,
+            self.after,
+            self.after_resumed,
+            self.asked.ids.len(),
+            self.asked.timeouts,
+            self.asked.longest(),
+            self.asked.errors,
+            self.produced.iter().map(|p| p.retried).collect::<Vec<_>>(),
+            self.produced
+                .iter()
+                .map(|p| &p.reconnected_to)
+                .collect::<Vec<_>>(),
+            self.expected,
+            self.applied_at_end,
+            self.waited,
+        )
+    }
+
+    /// The fault hit the traffic: enough writes confirmed before and after.
+    fn check_hit(&self, size: Size) {
+        assert!(self.before >= size.before, "{} before", self.before);
+        assert!(
+            self.after_resumed >= size.after,
+            "{} after resumed",
+            self.after_resumed
+        );
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passed; whether it
+/// held.
+fn holds_within(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The queue's nodes: declared through node 1 (its leader placed there),
+/// checked to have three replicas. The leader, and the two others.
+fn declare(name: &str) -> (Node, Node, Node) {
+    let declarer = Node(1).connect();
+    drop(declarer.remote_handle::<RemoteDbMsg>(name).unwrap());
+    let members = cluster(&["members", &format!("custody.{name}")]);
+    assert_eq!(members.lines().count(), 3, "replicas: {members}");
+    let lead = leader(name);
+    let others = lead.others();
+    (lead, others[0], others[1])
+}
+
+// ---------------------------------------------------------------------------
+// The owner as a child process (the test binary again, running the ignored
+// `cluster_owner_process`), so that it can be frozen and killed.
+
+/// `NAME|PATH|NODE|OWNER`: makes `cluster_owner_process` serve.
+const OWNER_VAR: &str = "CUSTODY_CLUSTER_OWNER";
+
+/// A stamped `RemoteDatabase` that prints its fence whenever it changes.
+struct Reporting {
+    db: RemoteDatabase,
+    last: (Option<u64>, u64, bool),
+}
+
+impl Reporting {
+    fn report(&mut self) {
+        let now = (
+            self.db.epoch(),
+            self.db.rejected_commits(),
+            self.db.is_superseded(),
+        );
+        if now != self.last {
+            self.last = now;
+            println!(
+                "fence epoch={} rejected={} superseded={}",
+                now.0.unwrap_or(0),
+                now.1,
+                now.2
+            );
+        }
+    }
+}
+
+impl Manager for Reporting {
+    type Msg = RemoteDbMsg;
+    fn handle(&mut self, msg: RemoteDbMsg, ctx: &mut Context<'_, RemoteDbMsg>) {
+        self.db.handle(msg, ctx);
+        self.report();
+    }
+    fn idle(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+        self.db.idle(ctx);
+        self.report();
+    }
+    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+        self.db.stopped(ctx);
+        self.report();
+    }
+    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDbMsg>) {
+        self.db.recover(panic, ctx);
+    }
+}
+
+/// Not a scenario: the owner process the scenarios below start (with
+/// `--ignored --exact`), freeze and kill. It connects to one node with a 2 s
+/// heartbeat, reconnecting on, prints `serving`, then a `state` line each
+/// time whether it serves or its reconnect count changes, and ends when its
+/// standard input closes (its parent is gone).
+#[test]
+#[ignore = "an owner process started by the cluster scenarios"]
+fn cluster_owner_process() {
+    let Ok(arg) = std::env::var(OWNER_VAR) else {
+        return;
+    };
+    log();
+    let parts: Vec<&str> = arg.split('|').collect();
+    let [name, path, node, owner] = parts[..] else {
+        panic!("{OWNER_VAR}: expected NAME|PATH|NODE|OWNER, got {arg}");
+    };
+    std::thread::spawn(|| {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            if line.is_err() {
+                break;
+            }
+        }
+        std::process::exit(0);
+    });
+    let node = Node(node.parse().unwrap());
+    let broker = BrokerBuilder::urls([node.url()])
+        .heartbeat(Duration::from_secs(2))
+        .confirm_timeout(Duration::from_secs(2))
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(500))
+        .connect()
+        .unwrap();
+    let rt = Runtime::new();
+    let served = broker
+        .serve(
+            &rt,
+            name,
+            Reporting {
+                db: stamped_database(Path::new(path), owner),
+                last: (None, 0, false),
+            },
+        )
+        .unwrap();
+    // On a line of its own: the harness has printed "test ... " before it.
+    println!("\nserving");
+    let mut last = (true, 0);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while Instant::now() < deadline && !served.handle().has_exited() {
+        let now = (served.is_serving(), broker.reconnects());
+        if now != last {
+            println!("state serving={} reconnects={}", now.0, now.1);
+            last = now;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("ended exited={}", served.handle().has_exited());
+}
+
+/// An owner process, killed when dropped, pass or fail.
+struct OwnerProcess {
+    owner: String,
+    node: Node,
+    child: std::process::Child,
+    // Its end closes when dropped: the child then exits.
+    _stdin: std::process::ChildStdin,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl OwnerProcess {
+    /// Starts an owner named `owner` connected to `node`, and waits until it
+    /// serves.
+    fn start(name: &str, db: &DbFile, node: Node, owner: &str) -> OwnerProcess {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "cluster_owner_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(
+                OWNER_VAR,
+                format!("{name}|{}|{}|{owner}", db.0.to_str().unwrap(), node.0),
+            )
+            .env(URLS_VAR, urls().join(","))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os(LOG_VAR).is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in stdout.lines() {
+                    let Ok(line) = line else { break };
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let process = OwnerProcess {
+            owner: owner.to_owned(),
+            node,
+            _stdin: child.stdin.take().unwrap(),
+            child,
+            lines,
+        };
+        assert!(
+            process.wait_line(Duration::from_secs(30), |l| l == "serving"),
+            "owner {owner} did not serve within 30 s: {:?}",
+            process.lines()
+        );
+        process
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until a line matches; whether one did within `limit`.
+    fn wait_line(&self, limit: Duration, mut matches: impl FnMut(&str) -> bool) -> bool {
+        holds_within(limit, || {
+            self.lines.lock().unwrap().iter().any(|l| matches(l))
+        })
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// SIGKILLs it and waits until it is gone.
+    fn kill(mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnerProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().is_ok_and(|s| s.is_some()) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The scenarios.
+
+/// An in-process server of a stamped `RemoteDatabase`, counted.
+fn serve_stamped(
+    broker: &Broker,
+    name: &str,
+    db: &DbFile,
+    owner: &str,
+    fault: &Arc<OnceLock<Instant>>,
+) -> (Runtime, custody::broker::Served<RemoteDbMsg>, Arc<Seen>) {
+    let rt = Runtime::new();
+    let seen = Arc::new(Seen::default());
+    let served = broker
+        .serve(
+            &rt,
+            name,
+            Counted {
+                db: stamped_database(&db.0, owner),
+                seen: Arc::clone(&seen),
+                killed: Arc::clone(fault),
+            },
+        )
+        .unwrap();
+    (rt, served, seen)
+}
+
+/// A network fault between the owner and its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NetFault {
+    /// Both sides of the connection closed, new ones refused.
+    Cut,
+    /// The broker's side closed, the owner's left open and silent.
+    Partition,
+}
+
+/// The owner (in this process, named A) reaches its node through a proxy,
+/// reconnecting on, with a 2 s heartbeat; the standby (B) is on another
+/// node. Mid-stream the proxy cuts or partitions the owner; once the
+/// standby took over it lets connections through again. The old owner must
+/// serve again (as a standby, its manager still running) and commit nothing
+/// after B's first commit.
+fn network_scenario(fault: NetFault) {
+    let _cluster = exclusive();
+    three_nodes();
+    let size = Size::get();
+    let name = unique_name(match fault {
+        NetFault::Cut => "net-cut",
+        NetFault::Partition => "net-partition",
+    });
+    let queues = Queues(name.clone());
+    let db = Arc::new(DbFile::new("net"));
+    let scenario_db = Arc::clone(&db);
+    within(size.limit, move || {
+        let db = scenario_db;
+        let (_, owner_node, standby_node) = declare(&name);
+        let proxy = common::proxy::Proxy::to(&owner_node.url());
+        let fault_at = Arc::new(OnceLock::new());
+        let owner = BrokerBuilder::urls([proxy.url.clone()])
+            .heartbeat(Duration::from_secs(2))
+            .confirm_timeout(Duration::from_secs(2))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .connect()
+            .unwrap();
+        let (_owner_rt, owner_served, owner_seen) =
+            serve_stamped(&owner, &name, &db, "A", &fault_at);
+        let standby = standby_node.connect();
+        let (_standby_rt, standby_served, standby_seen) =
+            serve_stamped(&standby, &name, &db, "B", &fault_at);
+        let stream = {
+            let (a, b) = (Arc::clone(&owner_seen), Arc::clone(&standby_seen));
+            Stream::start(
+                &name,
+                &db,
+                size,
+                &fault_at,
+                [owner_node, standby_node],
+                standby_node,
+                move || {
+                    format!(
+                        "handled: owner {}, standby {}",
+                        a.handled.load(Ordering::SeqCst),
+                        b.handled.load(Ordering::SeqCst)
+                    )
+                },
+            )
+        };
+        let probe_broker = standby_node.connect();
+        let probe_db = probe_broker.remote_handle::<RemoteDbMsg>(&name).unwrap();
+        stream.wait_confirmed(size.before);
+
+        // The owner is the active one.
+        assert!(owner_seen.handled.load(Ordering::SeqCst) > 0);
+        assert_eq!(
+            standby_seen.handled.load(Ordering::SeqCst),
+            0,
+            "the standby handled messages while the owner was active"
+        );
+        assert_eq!(db.last_owner().as_deref(), Some("A"));
+        let (rows_at_fault, _, _) = db.counts();
+        let owner_handled_at_fault = owner_seen.handled.load(Ordering::SeqCst);
+        let at = Instant::now();
+        fault_at.set(at).unwrap();
+        match fault {
+            NetFault::Cut => {
+                proxy.cut();
+            }
+            NetFault::Partition => proxy.silence(),
+        }
+        let resumed = probe_n(&probe_db, PROBES, at);
+        stream.traffic.resumed.set(at + resumed).unwrap();
+        let took_over = standby_seen
+            .first_after_kill
+            .get()
+            .map(|t| t.saturating_duration_since(at));
+        // The old owner learns its loss (at once when cut; through the
+        // heartbeat when partitioned).
+        let noticed = holds_within(Duration::from_secs(30), || !owner_served.is_serving());
+        let noticed_after = at.elapsed();
+        let late_while_out = db.rows_after("A", "B");
+        proxy.restore();
+        let restored = Instant::now();
+        let back = holds_within(Duration::from_secs(60), || owner_served.is_serving());
+        let back_after = restored.elapsed();
+        let finished = stream.finish(&db, 1);
+        probe_db.join().unwrap();
+        let late = db.rows_after("A", "B");
+        eprintln!(
+            "{fault:?} ({}): owner A on node {} through the proxy, standby B on node {}, at \
+             {rows_at_fault} rows; a write sent after the fault was answered {resumed:?} after \
+             it; the standby handled its first message {took_over:?} after it; the old owner \
+             noticed its loss: {noticed} ({noticed_after:?} after the fault), served again \
+             {back} ({back_after:?} after the network came back, {} reconnects); A handled {} \
+             after the fault; rows A {}, B {}, of A after B's first {late} ({late_while_out} \
+             while out); asks in flight at the fault: {}",
+            if full() { "full" } else { "smoke" },
+            owner_node.0,
+            standby_node.0,
+            owner.reconnects(),
+            owner_seen.handled.load(Ordering::SeqCst) - owner_handled_at_fault,
+            db.rows_of("A"),
+            db.rows_of("B"),
+            finished.asked.in_flight_at(at),
+        );
+        finished.check_hit(size);
+        assert!(
+            finished.asked.in_flight_at(at) > 0,
+            "no ask in flight at the fault"
+        );
+        assert!(took_over.is_some(), "the standby never took over");
+        assert!(noticed, "the old owner never noticed its loss");
+        assert!(back, "the old owner did not serve again within 60 s");
+        assert!(
+            !owner_served.handle().has_exited(),
+            "the old owner's manager stopped: with reconnecting on it stays, to serve again"
+        );
+        assert!(owner.reconnects() >= 1, "the old owner never reconnected");
+        assert_eq!(
+            late, 0,
+            "the old owner committed {late} rows after the new owner's first commit"
+        );
+        assert!(db.rows_of("B") > 0);
+        standby_served.stop();
+        owner_served.stop();
+        drop(probe_db);
+    });
+    drop(queues);
+}
+
+#[test]
+fn an_owner_cut_off_from_its_node_serves_again_as_a_standby() {
+    network_scenario(NetFault::Cut);
+}
+
+#[test]
+fn an_owner_partitioned_from_its_node_is_fenced_and_serves_again_as_a_standby() {
+    network_scenario(NetFault::Partition);
+}
+
+/// The owner (a child process, A) is SIGSTOPped mid-stream until the
+/// standby (in this process, B, on another node) took over, and longer than
+/// three heartbeats; then SIGCONT. It must commit nothing after B's first
+/// commit.
+#[test]
+fn a_frozen_owner_commits_nothing_after_the_standby_on_another_node_took_over() {
+    let _cluster = exclusive();
+    three_nodes();
+    let size = Size::get();
+    let name = unique_name("frozen");
+    let queues = Queues(name.clone());
+    let db = Arc::new(DbFile::new("frozen"));
+    let scenario_db = Arc::clone(&db);
+    within(size.limit, move || {
+        let db = scenario_db;
+        let (_, owner_node, standby_node) = declare(&name);
+        let fault_at = Arc::new(OnceLock::new());
+        let a = OwnerProcess::start(&name, &db, owner_node, "A");
+        let standby = standby_node.connect();
+        let (_standby_rt, standby_served, standby_seen) =
+            serve_stamped(&standby, &name, &db, "B", &fault_at);
+        let stream = {
+            let (b, db) = (Arc::clone(&standby_seen), Arc::clone(&db));
+            Stream::start(
+                &name,
+                &db.clone(),
+                size,
+                &fault_at,
+                [owner_node, standby_node],
+                standby_node,
+                move || {
+                    format!(
+                        "rows A {}, standby handled {}",
+                        db.rows_of("A"),
+                        b.handled.load(Ordering::SeqCst)
+                    )
+                },
+            )
+        };
+        let probe_broker = standby_node.connect();
+        let probe_db = probe_broker.remote_handle::<RemoteDbMsg>(&name).unwrap();
+        stream.wait_confirmed(size.before);
+
+        assert_eq!(
+            standby_seen.handled.load(Ordering::SeqCst),
+            0,
+            "the standby handled messages while the owner was active"
+        );
+        assert_eq!(db.last_owner().as_deref(), Some("A"));
+        let (rows_at_fault, _, _) = db.counts();
+        let at = Instant::now();
+        fault_at.set(at).unwrap();
+        a.signal("-STOP");
+        // The probe on a thread of its own: if A was frozen inside its
+        // transaction, the standby cannot commit before A is continued.
+        let probe = std::thread::spawn(move || {
+            let resumed = probe_n(&probe_db, PROBES, at);
+            (resumed, probe_db)
+        });
+        // Frozen until the broker dropped A (the standby handles messages),
+        // and for three heartbeats at least.
+        let standby_took_over = holds_within(Duration::from_secs(60), || {
+            standby_seen.first_after_kill.get().is_some()
+        });
+        std::thread::sleep(Duration::from_secs(6).saturating_sub(at.elapsed()));
+        let frozen_for = at.elapsed();
+        let rows_a_frozen = db.rows_of("A");
+        a.signal("-CONT");
+        let continued = Instant::now();
+        let (resumed, probe_db) = probe
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        stream.traffic.resumed.set(at + resumed).unwrap();
+        let took_over = standby_seen
+            .first_after_kill
+            .get()
+            .map(|t| t.saturating_duration_since(at));
+        // It finds its connection gone, and serves again (a standby).
+        let back = a.wait_line(Duration::from_secs(60), |l| {
+            l.starts_with("state serving=true reconnects=") && !l.ends_with("reconnects=0")
+        });
+        let back_after = continued.elapsed();
+        let finished = stream.finish(&db, 1);
+        probe_db.join().unwrap();
+        let late = db.rows_after("A", "B");
+        let lines = a.lines();
+        let fences: Vec<&String> = lines.iter().filter(|l| l.starts_with("fence")).collect();
+        eprintln!(
+            "frozen owner ({}): owner A on node {} (a child process), standby B on node {}, \
+             at {rows_at_fault} rows; SIGSTOP for {frozen_for:?}; a write sent after the \
+             SIGSTOP was answered {resumed:?} after it (while A was frozen: {}); the standby handled its first message \
+             {took_over:?} after it; after SIGCONT the old owner served again: {back} \
+             ({back_after:?} after); A's fences {fences:?}; rows A {} ({rows_a_frozen} when \
+             continued), B {}, of A after B's first {late}; asks in flight at the SIGSTOP: {}",
+            if full() { "full" } else { "smoke" },
+            owner_node.0,
+            standby_node.0,
+            resumed < frozen_for,
+            db.rows_of("A"),
+            db.rows_of("B"),
+            finished.asked.in_flight_at(at),
+        );
+        finished.check_hit(size);
+        assert!(
+            finished.asked.in_flight_at(at) > 0,
+            "no ask in flight at the fault"
+        );
+        assert!(
+            standby_took_over && took_over.is_some_and(|t| t < frozen_for),
+            "the standby did not take over while the owner was frozen"
+        );
+        assert_eq!(
+            late, 0,
+            "the old owner committed {late} rows after the new owner's first commit"
+        );
+        assert!(back, "the old owner did not serve again: {lines:?}");
+        standby_served.stop();
+        drop(a);
+        drop(probe_db);
+    });
+    drop(queues);
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[((sorted.len() - 1) * p).div_ceil(100)]
+}
+
+/// Two owner processes on different nodes; a loop SIGKILLs the active one
+/// at a random moment, waits until the service resumed, starts a
+/// replacement on the same node, and goes on, while the producers and the
+/// asker stream.
+#[test]
+fn owners_killed_at_random_moments_lose_and_duplicate_nothing() {
+    let _cluster = exclusive();
+    three_nodes();
+    let size = Size::get();
+    let name = unique_name("kill-loop");
+    let queues = Queues(name.clone());
+    let db = Arc::new(DbFile::new("kill-loop"));
+    let scenario_db = Arc::clone(&db);
+    // Every kill takes a takeover.
+    let limit = size.limit + Duration::from_secs(20) * u32::try_from(size.kills).unwrap();
+    within(limit, move || {
+        let db = scenario_db;
+        let (_, first_node, second_node) = declare(&name);
+        let (mut rng, seed) = Rng::seeded();
+        eprintln!("kill loop: seed {seed} (CUSTODY_CLUSTER_SEED={seed} replays the waits)");
+        let fault_at = Arc::new(OnceLock::new());
+        let mut owners = vec![
+            OwnerProcess::start(&name, &db, first_node, "K0"),
+            OwnerProcess::start(&name, &db, second_node, "K1"),
+        ];
+        let stream = {
+            let db = Arc::clone(&db);
+            Stream::start(
+                &name,
+                &db.clone(),
+                size,
+                &fault_at,
+                [first_node, second_node],
+                second_node,
+                move || format!("last row by {:?}", db.last_owner()),
+            )
+        };
+        let probe_broker = Node(1).connect();
+        let probe_db = probe_broker.remote_handle::<RemoteDbMsg>(&name).unwrap();
+        stream.wait_confirmed(size.before);
+        let mut kills: Vec<(Instant, Duration, String, Node)> = Vec::new();
+        for k in 0..size.kills {
+            if k > 0 {
+                stream.wait_confirmed(size.between);
+            }
+            std::thread::sleep(rng.below(size.jitter));
+            // The active owner: the one that committed the last row.
+            let active = db.last_owner().expect("no row yet");
+            let i = owners
+                .iter()
+                .position(|o| o.owner == active)
+                .unwrap_or_else(|| panic!("the last row's owner {active} is not running"));
+            let victim = owners.swap_remove(i);
+            let (owner, node) = (victim.owner.clone(), victim.node);
+            let at = Instant::now();
+            if k == 0 {
+                fault_at.set(at).unwrap();
+            }
+            victim.kill();
+            let resumed = probe_n(&probe_db, PROBES + k as u64, at);
+            eprintln!(
+                "kill {}: {owner} on node {} at {} rows; service resumed {resumed:?} after",
+                k + 1,
+                node.0,
+                db.counts().0
+            );
+            kills.push((at, resumed, owner, node));
+            owners.push(OwnerProcess::start(
+                &name,
+                &db,
+                node,
+                &format!("K{}", k + 2),
+            ));
+        }
+        let (last, resumed, _, _) = &kills[kills.len() - 1];
+        stream.traffic.resumed.set(*last + *resumed).unwrap();
+        let finished = stream.finish(&db, size.kills as u64);
+        probe_db.join().unwrap();
+        let owners_rows = db.owners();
+        let mut times: Vec<Duration> = kills.iter().map(|k| k.1).collect();
+        times.sort_unstable();
+        let in_flight: Vec<usize> = kills
+            .iter()
+            .map(|k| finished.asked.in_flight_at(k.0))
+            .collect();
+        eprintln!(
+            "kill loop ({}, seed {seed}): {} owners killed, service resumed after: median \
+             {:?}, p90 {:?}, max {:?} (all {:?}); asks in flight at each kill {in_flight:?}; \
+             rows per owner, in order, with rows after the next owner's first: {owners_rows:?}",
+            if full() { "full" } else { "smoke" },
+            kills.len(),
+            percentile(&times, 50),
+            percentile(&times, 90),
+            times[times.len() - 1],
+            kills.iter().map(|k| k.1).collect::<Vec<_>>(),
+        );
+        finished.check_hit(size);
+        assert!(
+            in_flight.iter().all(|&n| n > 0),
+            "a kill with no ask in flight: {in_flight:?}"
+        );
+        for (owner, _, late) in &owners_rows {
+            assert_eq!(
+                *late, 0,
+                "{owner} committed rows after the next owner's first"
+            );
+        }
+        // Every owner killed had committed rows: each was the active one.
+        for (_, _, owner, _) in &kills {
+            assert!(db.rows_of(owner) > 0, "{owner} was killed, never active");
+        }
+        drop(owners);
+        drop(probe_db);
+    });
+    drop(queues);
+}
+
+// ---------------------------------------------------------------------------
+// A library bug found by the owner's-node scenario, reduced.
+
+/// Whether a `Gate` was reached, whether it is open; and its condvar.
+type GateState = Arc<(Mutex<(bool, bool)>, std::sync::Condvar)>;
+
+/// A manager that blocks in its first `handle` until opened, then hands
+/// everything to a `RemoteDatabase`.
+struct Gate {
+    db: RemoteDatabase,
+    /// (reached, open)
+    state: GateState,
+}
+
+impl Gate {
+    fn new(db: RemoteDatabase) -> (Gate, GateState) {
+        let state = Arc::new((Mutex::new((false, false)), std::sync::Condvar::new()));
+        (
+            Gate {
+                db,
+                state: Arc::clone(&state),
+            },
+            state,
+        )
+    }
+}
+
+fn gate_reached(state: &(Mutex<(bool, bool)>, std::sync::Condvar)) -> bool {
+    state.0.lock().unwrap().0
+}
+
+fn gate_open(state: &(Mutex<(bool, bool)>, std::sync::Condvar)) {
+    state.0.lock().unwrap().1 = true;
+    state.1.notify_all();
+}
+
+impl Manager for Gate {
+    type Msg = RemoteDbMsg;
+    fn handle(&mut self, msg: RemoteDbMsg, ctx: &mut Context<'_, RemoteDbMsg>) {
+        {
+            let (lock, cond) = &*self.state;
+            let mut state = lock.lock().unwrap();
+            state.0 = true;
+            while !state.1 {
+                state = cond.wait(state).unwrap();
+            }
+        }
+        self.db.handle(msg, ctx);
+    }
+    fn idle(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+        self.db.idle(ctx);
+    }
+    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+        self.db.stopped(ctx);
+    }
+    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDbMsg>) {
+        self.db.recover(panic, ctx);
+    }
+}
+
+/// The stall of `a_standby_on_another_node_takes_over_when_the_owners_node_is_killed`
+/// (seen in about half of the runs), reduced to one node and two proxies.
+///
+/// A standby takes over: its first delivery is a redelivered one, handed
+/// over alone, and the consumer thread waits in `wait_emptied` until it is
+/// settled. Its `RemoteDatabase` claims the database, and the round trip
+/// that confirms the ownership (`confirm_active`) is not answered in time:
+/// it marks the session not live ("the broker did not confirm this owner:
+/// its channel is given up"). `wait_emptied` looks at `is_dropping()`
+/// (which includes "the session is not live") before its `lost` check, so
+/// it returns `Emptied::Stopping` instead of `Emptied::Lost`: `feed`
+/// returns `Fed::Done`, and the serving ends for good (the manager is
+/// stopped) instead of subscribing again, although reconnecting is on. In
+/// the cluster the round trip fails because the node leading
+/// `custody.<name>.charges` was the killed one (a hard `nodedown` error on
+/// the `basic.get` of the charges closes the standby's connection); here a
+/// silent proxy makes it time out.
+#[test]
+#[ignore = "library bug: a standby whose ownership round trip fails while its \
+            first redelivered message is in hand stops serving for good \
+            (wait_emptied returns Stopping for a lost session), see the doc comment"]
+fn a_standby_whose_ownership_round_trip_fails_during_a_takeover_serves_again() {
+    let _cluster = exclusive();
+    within(Duration::from_secs(90), || {
+        three_nodes();
+        let name = unique_name("confirm-lost");
+        let queues = Queues(name.clone());
+        let db = DbFile::new("confirm-lost");
+        let node = Node(1);
+        let proxy_a = common::proxy::Proxy::to(&node.url());
+        let proxy_b = common::proxy::Proxy::to(&node.url());
+        let sender = node.connect();
+        let handle = sender.remote_handle::<RemoteDbMsg>(&name).unwrap();
+        // A: the active owner, blocked in its first message with its
+        // prefetch window full.
+        let rt_a = Runtime::new();
+        let owner_a = BrokerBuilder::urls([proxy_a.url.clone()])
+            .reconnect(false)
+            .connect()
+            .unwrap();
+        let (a, a_gate) = Gate::new(remote_database(&db.0));
+        let served_a = owner_a.serve(&rt_a, &name, a).unwrap();
+        // B: the standby, reconnecting on, whose round trips give up after
+        // a second.
+        let rt_b = Runtime::new();
+        let owner_b = BrokerBuilder::urls([proxy_b.url.clone()])
+            .heartbeat(Duration::from_secs(60))
+            .confirm_timeout(Duration::from_secs(1))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .connect()
+            .unwrap();
+        let (b, b_gate) = Gate::new(remote_database(&db.0));
+        let served_b = owner_b.serve(&rt_b, &name, b).unwrap();
+        let n = 50;
+        handle
+            .tell_all((0..n).map(|i| RemoteDbMsg::Execute(insert(i))))
+            .unwrap();
+        assert!(holds_within(Duration::from_secs(10), || gate_reached(
+            &a_gate
+        )));
+        // A's connection is cut: its deliveries go back, redelivered, to B.
+        proxy_a.cut();
+        assert!(
+            holds_within(Duration::from_secs(10), || gate_reached(&b_gate)),
+            "the standby got no delivery"
+        );
+        // B's ownership round trip (at its claim) is not answered.
+        proxy_b.silence();
+        gate_open(&b_gate);
+        std::thread::sleep(Duration::from_secs(3));
+        proxy_b.restore();
+        gate_open(&a_gate);
+        let serves_again = holds_within(Duration::from_secs(30), || {
+            served_b.is_serving() && !served_b.handle().has_exited()
+        });
+        let applied_all =
+            serves_again && holds_within(Duration::from_secs(30), || db.counts().2 >= n);
+        let (rows, _, applied) = db.counts();
+        eprintln!(
+            "confirm lost during a takeover: B serving {}, its manager exited {}, {} \
+             reconnects; rows {rows}, applied {applied} of {n}",
+            served_b.is_serving(),
+            served_b.handle().has_exited(),
+            owner_b.reconnects(),
+        );
+        if !(serves_again && applied_all) {
+            // Dropping them would wait for a consumer thread that never ends.
+            std::mem::forget(served_b);
+            std::mem::forget(served_a);
+            panic!(
+                "the standby stopped serving for good after its ownership round trip failed \
+                 ({rows} rows of {n})"
+            );
+        }
+        handle.join_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(db.counts(), (n, n, n));
+        served_b.stop();
+        drop(served_a);
+        drop(queues);
     });
 }
