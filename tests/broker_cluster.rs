@@ -1946,8 +1946,10 @@ impl Manager for Gate {
     }
 }
 
-/// The stall of `a_standby_on_another_node_takes_over_when_the_owners_node_is_killed`
-/// (seen in about half of the runs), reduced to one node and two proxies.
+/// A standby whose ownership round trip fails during its takeover serves
+/// again: the stall once seen in about half of the runs of
+/// `a_standby_on_another_node_takes_over_when_the_owners_node_is_killed`,
+/// reduced to one node and two proxies.
 ///
 /// A standby takes over: its first delivery is a redelivered one, handed
 /// over alone, and the consumer thread waits in `wait_emptied` until it is
@@ -1956,17 +1958,15 @@ impl Manager for Gate {
 /// it marks the session not live ("the broker did not confirm this owner:
 /// its channel is given up"). `wait_emptied` looks at `is_dropping()`
 /// (which includes "the session is not live") before its `lost` check, so
-/// it returns `Emptied::Stopping` instead of `Emptied::Lost`: `feed`
-/// returns `Fed::Done`, and the serving ends for good (the manager is
-/// stopped) instead of subscribing again, although reconnecting is on. In
+/// it returned `Emptied::Stopping` instead of `Emptied::Lost`: `feed`
+/// returned `Fed::Done`, and the serving ended for good (the manager
+/// stopped) instead of subscribing again, although reconnecting is on
+/// (fixed: a lost session is not a stop). In
 /// the cluster the round trip fails because the node leading
 /// `custody.<name>.charges` was the killed one (a hard `nodedown` error on
 /// the `basic.get` of the charges closes the standby's connection); here a
 /// silent proxy makes it time out.
 #[test]
-#[ignore = "library bug: a standby whose ownership round trip fails while its \
-            first redelivered message is in hand stops serving for good \
-            (wait_emptied returns Stopping for a lost session), see the doc comment"]
 fn a_standby_whose_ownership_round_trip_fails_during_a_takeover_serves_again() {
     let _cluster = exclusive();
     within(Duration::from_secs(90), || {

@@ -979,7 +979,10 @@ impl Owner {
     fn wait_emptied<M: Send + 'static>(&self, handle: &Handle<M>, session: u64) -> Emptied {
         let mut book = self.book();
         loop {
-            if self.stop.is_raised() || self.is_dropping() || handle.has_exited() {
+            // A lost channel is not a stop: with reconnecting on, the
+            // serving goes on on a new one (`is_dropping` is true for both).
+            let aborted = self.aborted.get().is_some_and(|aborted| aborted());
+            if self.stop.is_raised() || aborted || handle.has_exited() {
                 return Emptied::Stopping;
             }
             let lost = {
