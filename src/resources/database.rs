@@ -1006,7 +1006,7 @@ impl Database {
 
     /// Rolls the open batch back, failing its held writes with
     /// [`DatabaseError::BatchAborted`] and `reason`.
-    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // RemoteDatabase uses it
+    #[cfg(feature = "amqp")] // only RemoteDatabase uses it
     pub(crate) fn abandon_batch(&mut self, reason: &'static str) {
         self.restore();
         if self.in_transaction {
@@ -1016,14 +1016,14 @@ impl Database {
 
     /// The connection, when no batch is open (for work of its own
     /// transaction); `None` while a batch is open.
-    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // RemoteDatabase uses it
+    #[cfg(feature = "amqp")] // only RemoteDatabase uses it
     pub(crate) fn connection_between_batches(&mut self) -> Option<&Connection> {
         self.restore();
         (!self.in_transaction).then_some(&self.conn)
     }
 
     /// The counters.
-    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // RemoteDatabase uses it
+    #[cfg(feature = "amqp")] // only RemoteDatabase uses it
     pub(crate) fn stats(&self) -> DatabaseStats {
         self.stats
     }
@@ -1034,7 +1034,7 @@ impl Database {
     }
 
     /// Runs `sql` (outside any batch) on the connection, for setup.
-    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // RemoteDatabase uses it
+    #[cfg(feature = "amqp")] // only RemoteDatabase uses it
     pub(crate) fn setup(&mut self, sql: &str) -> rusqlite::Result<()> {
         self.settle();
         self.conn.execute_batch(sql)
