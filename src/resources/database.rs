@@ -69,6 +69,7 @@ pub const DEFAULT_MAX_BATCH_WRITES: usize = 512;
 /// assert_eq!(params, vec![Value::Integer(7), Value::Text("seven".into()), Value::Null]);
 /// ```
 #[macro_export]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 macro_rules! sql_values {
     ($($value:expr),* $(,)?) => {
         ::std::vec![$($crate::resources::rusqlite::types::Value::from($value)),*]
