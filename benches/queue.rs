@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::thread;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use custody::JoinableQueue;
+use custody::queue::JoinableQueue;
 
 const ITEMS: u64 = 10_000;
 const BOUND: usize = 128;

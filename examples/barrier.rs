@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use custody::Barrier;
+use custody::sync::Barrier;
 use tracing::{Level, info};
 
 const WORKERS: usize = 5;

@@ -17,7 +17,7 @@ use std::thread;
 use custody::{Context, Handle, Manager, Reply, Runtime};
 
 /// A print job: lines printed together, never interleaved with another job.
-enum PrintMsg {
+enum PrinterMsg {
     Job(Vec<String>),
     /// Everything printed so far, for the check at the end.
     Printed(Reply<Vec<String>>),
@@ -29,18 +29,18 @@ struct PrintManager {
 }
 
 impl Manager for PrintManager {
-    type Msg = PrintMsg;
+    type Msg = PrinterMsg;
 
-    fn handle(&mut self, msg: PrintMsg, _ctx: &mut Context<'_, PrintMsg>) {
+    fn handle(&mut self, msg: PrinterMsg, _ctx: &mut Context<'_, PrinterMsg>) {
         match msg {
-            PrintMsg::Job(lines) => {
+            PrinterMsg::Job(lines) => {
                 let mut out = io::stdout().lock();
                 for line in lines {
                     let _ = writeln!(out, "{line}");
                     self.printed.push(line);
                 }
             }
-            PrintMsg::Printed(reply) => reply.send(self.printed.clone()),
+            PrinterMsg::Printed(reply) => reply.send(self.printed.clone()),
         }
     }
 }
@@ -48,7 +48,7 @@ impl Manager for PrintManager {
 /// "I have EXCLUSIVE rights to update the counter variable."
 struct CounterManager {
     counter: u64,
-    printer: Handle<PrintMsg>,
+    printer: Handle<PrinterMsg>,
 }
 
 impl Manager for CounterManager {
@@ -60,7 +60,7 @@ impl Manager for CounterManager {
             format!("The count is {}", self.counter),
             "---------------".to_owned(),
         ];
-        if self.printer.tell(PrintMsg::Job(job)).is_err() {
+        if self.printer.tell(PrinterMsg::Job(job)).is_err() {
             eprintln!("the printer stopped before the counter");
         }
     }
@@ -87,7 +87,7 @@ fn main() -> ExitCode {
         .expect("spawn the counter");
 
     printer
-        .tell(PrintMsg::Job(vec!["Starting up".to_owned()]))
+        .tell(PrinterMsg::Job(vec!["Starting up".to_owned()]))
         .expect("printer running");
 
     // "My job is to increment the counter and print the current count."
@@ -105,11 +105,11 @@ fn main() -> ExitCode {
     // has reached the printer's queue).
     counter.join().expect("counter joined");
     printer
-        .tell(PrintMsg::Job(vec!["Finishing up".to_owned()]))
+        .tell(PrinterMsg::Job(vec!["Finishing up".to_owned()]))
         .expect("printer running");
     printer.join().expect("printer joined");
 
-    let printed = printer.ask(PrintMsg::Printed).expect("printer answers");
+    let printed = printer.ask(PrinterMsg::Printed).expect("printer answers");
     rt.shutdown();
 
     let mut expected = vec!["Starting up".to_owned()];

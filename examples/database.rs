@@ -100,7 +100,7 @@ fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
             Err(error) => tracing::error!(%error, "a writer stopped early"),
         }
     }
-    let stats = database.database_stats()?;
+    let stats = database.stats()?;
     tracing::info!(
         commits = stats.commits,
         committed_writes = stats.committed_writes,

@@ -22,7 +22,8 @@ use std::thread;
 use std::time::Duration;
 
 use custody::queue::GetError;
-use custody::{Event, JoinableQueue};
+use custody::queue::JoinableQueue;
+use custody::sync::Event;
 use tracing::{Level, info};
 
 fn main() -> ExitCode {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use custody::BoundedSemaphore;
+use custody::sync::BoundedSemaphore;
 use tracing::{Level, info, warn};
 
 const POOL: usize = 3;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use custody::Timer;
+use custody::sync::Timer;
 use tracing::{Level, info};
 
 /// Kills a process by pid, as the seed's `lambda process: process.kill()`.

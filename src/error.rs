@@ -133,6 +133,26 @@ pub enum SendTimeoutError<T> {
     },
 }
 
+/// Every way a `tell` can fail is a way a `tell_timeout` can fail: `?` turns
+/// one into the other.
+///
+/// # Examples
+///
+/// ```
+/// use custody::{SendError, SendTimeoutError};
+///
+/// let refused: SendTimeoutError<u32> = SendError::Stopped(7).into();
+/// assert!(matches!(refused, SendTimeoutError::Stopped(7)));
+/// ```
+impl<T> From<SendError<T>> for SendTimeoutError<T> {
+    fn from(error: SendError<T>) -> Self {
+        match error {
+            SendError::Stopped(msg) => SendTimeoutError::Stopped(msg),
+            SendError::Deadlock { msg, cycle } => SendTimeoutError::Deadlock { msg, cycle },
+        }
+    }
+}
+
 impl<T> SendTimeoutError<T> {
     /// The message that was not sent.
     pub fn into_inner(self) -> T {
@@ -261,7 +281,7 @@ pub enum CapacityError {
     },
 }
 
-/// A runtime could not be built from its [`Builder`](crate::Builder).
+/// A runtime could not be built from its [`RuntimeBuilder`](crate::RuntimeBuilder).
 #[derive(Error, Debug)]
 #[non_exhaustive]
 pub enum BuildError {
@@ -304,4 +324,55 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+}
+
+/// A message could not be scheduled; what was to be sent comes back.
+#[derive(Error, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleError<T> {
+    /// The target manager is stopping or stopped.
+    #[error("scheduling a message for a stopped manager")]
+    Stopped(T),
+    /// The runtime is shutting down or shut down: no timer manager runs.
+    #[error("scheduling a message after the runtime shut down")]
+    ShutDown(T),
+    /// `tell_every` was given a zero period.
+    #[error("a zero period for tell_every would never let the timer rest")]
+    ZeroPeriod(T),
+}
+
+impl<T> ScheduleError<T> {
+    /// What was to be sent (the message, or the closure making them).
+    pub fn into_inner(self) -> T {
+        match self {
+            ScheduleError::Stopped(t)
+            | ScheduleError::ShutDown(t)
+            | ScheduleError::ZeroPeriod(t) => t,
+        }
+    }
+}
+
+impl<T> fmt::Debug for ScheduleError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ScheduleError::Stopped(_) => "Stopped(..)",
+            ScheduleError::ShutDown(_) => "ShutDown(..)",
+            ScheduleError::ZeroPeriod(_) => "ZeroPeriod(..)",
+        })
+    }
+}
+
+/// [`Runtime::shutdown_on_signals`](crate::Runtime::shutdown_on_signals) could not install its handlers.
+#[derive(Error, Debug)]
+#[non_exhaustive]
+pub enum SignalError {
+    /// `shutdown_on_signals` was already called in this process (by this
+    /// runtime or another one).
+    #[error("the shutdown signal handlers are already installed in this process")]
+    AlreadyInstalled,
+    /// The operating system refused the handlers or their thread.
+    #[error("installing the shutdown signal handlers")]
+    System(#[source] std::io::Error),
+    /// This platform has no Unix signals.
+    #[error("shutdown on signals needs unix signals, which this platform lacks")]
+    Unsupported,
 }

@@ -2,7 +2,7 @@
 //!
 //! The seed tutorial's `fuzzing.py` sprinkles `time.sleep(random.random())`
 //! between the steps of a racy program so that a thread switch lands inside
-//! every critical section. [`Builder::fuzz`](crate::Builder::fuzz) builds that
+//! every critical section. [`RuntimeBuilder::fuzz`](crate::RuntimeBuilder::fuzz) builds that
 //! in: a runtime in fuzz mode pauses at random at each send and before each
 //! handled message, and [`point`] lets user code add pauses of its own.
 //!
@@ -64,7 +64,7 @@ pub(crate) fn enable(seed: u64, max_pause: Duration) {
 }
 
 /// Switches [`point`] off again for the whole process (runtimes built with
-/// [`Builder::fuzz`](crate::Builder::fuzz) keep pausing at their own sends and
+/// [`RuntimeBuilder::fuzz`](crate::RuntimeBuilder::fuzz) keep pausing at their own sends and
 /// messages; build a new runtime without it to stop those).
 ///
 /// # Examples

@@ -2,34 +2,29 @@
 //! with the manager thread.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::current;
 use crate::deadlock::{Cycle, WaitNode};
 use crate::error::{AskError, JoinError, SendError, SendTimeoutError, TrySendError};
 use crate::fuzz;
-use crate::mailbox::{Backend, Capacity, Envelope, Gate, Padded, SendFailure, Sender};
+use crate::mailbox::{Backend, Capacity, Envelope, Mailbox, SendFailure};
 use crate::reply::{self, Answer, HoldsSlot, Reply, Waiter};
 use crate::runtime::Inner;
-use crate::stats::{Counters, ManagerState, ManagerStats, OutsideStats};
+use crate::stats::{Counters, ManagerStats};
+use crate::util::{Padded, deadline_after};
 
 /// What a manager's handles and its thread share.
 pub(crate) struct Shared<M> {
-    pub(crate) tx: Sender<Envelope<M>>,
-    pub(crate) gate: Gate,
+    /// The send side of its mailbox: a channel plus a gate.
+    pub(crate) mailbox: Mailbox<M>,
     /// The runtime that spawned this manager (for its timer service).
     pub(crate) runtime: Weak<Inner>,
     /// Written by the manager thread only; kept off the gate's line.
     pub(crate) counters: Padded<Counters>,
-    /// Set by an immediate stop: discard what is queued. Read per message.
-    pub(crate) abort: AtomicBool,
     /// Fuzz mode: pause at random on each send.
     pub(crate) fuzz: bool,
-    /// Settles messages delivered from an outside queue (set when a manager
-    /// is served from a broker queue).
-    pub(crate) outside: OnceLock<Box<dyn SettleOutside>>,
     pub(crate) name: String,
     /// This manager in the wait-for graph of asks.
     pub(crate) waits: Arc<WaitNode>,
@@ -38,46 +33,19 @@ pub(crate) struct Shared<M> {
 }
 
 impl<M> Shared<M> {
-    /// Makes the manager look at its gate again. A full mailbox needs no nudge:
-    /// the manager has messages to wake it.
-    pub(crate) fn nudge(&self) {
-        let _ = self.tx.try_send(Envelope::Wake);
-    }
-
+    /// A graceful stop: see [`Mailbox::stop`].
     pub(crate) fn stop(&self) {
-        if self.gate.close() {
-            self.nudge();
-        }
+        self.mailbox.stop();
     }
 
+    /// An immediate stop: see [`Mailbox::abort`].
     pub(crate) fn abort(&self) {
-        self.abort.store(true, Ordering::SeqCst);
-        self.gate.close();
-        self.nudge();
+        self.mailbox.abort();
     }
 
     pub(crate) fn is_aborted(&self) -> bool {
-        self.abort.load(Ordering::Relaxed)
+        self.mailbox.is_aborted()
     }
-}
-
-/// Settles the messages a manager received from an outside queue.
-pub(crate) trait SettleOutside: Send + Sync {
-    /// Every delivery up to and including `tag` has been handled, and the
-    /// batch's `idle` hook has run.
-    fn settle(&self, up_to: u64);
-    /// The handler panicked on the delivery with this tag.
-    fn failed(&self, tag: u64, panic: &str);
-    /// Whether the delivery with this tag may still be handled: `false` for
-    /// one that came on a channel since lost, which the queue delivers again
-    /// (so handling it here would handle it twice). Asked just before the
-    /// handler would run.
-    fn admit(&self, tag: u64) -> bool {
-        let _ = tag;
-        true
-    }
-    /// The queue's counters, for the stats table.
-    fn stats(&self) -> OutsideStats;
 }
 
 /// How `post` may wait for room in a bounded mailbox.
@@ -183,9 +151,9 @@ impl<M: Send + 'static> Handle<M> {
         if shared.fuzz {
             fuzz::pause();
         }
-        if let Err(refused) = shared.gate.enter() {
+        if let Err(refused) = shared.mailbox.gate.enter() {
             if refused.nudge {
-                shared.nudge();
+                shared.mailbox.nudge();
             }
             let msg = envelope.into_msg().expect("post only sends messages");
             return Err(Refusal::Stopped(msg));
@@ -194,8 +162,8 @@ impl<M: Send + 'static> Handle<M> {
             Wait::Until(deadline) if shared.capacity.is_bounded() && current::is_manager() => {
                 return self.post_from_manager(envelope, deadline);
             }
-            Wait::Until(deadline) => shared.tx.send(envelope, deadline),
-            Wait::No => shared.tx.try_send(envelope),
+            Wait::Until(deadline) => shared.mailbox.tx.send(envelope, deadline),
+            Wait::No => shared.mailbox.tx.try_send(envelope),
         };
         match sent {
             Ok(()) => Ok(()),
@@ -213,7 +181,7 @@ impl<M: Send + 'static> Handle<M> {
         deadline: Option<Instant>,
     ) -> Result<(), Refusal<M>> {
         let shared = &*self.shared;
-        let envelope = match shared.tx.try_send(envelope) {
+        let envelope = match shared.mailbox.tx.try_send(envelope) {
             Ok(()) => return Ok(()),
             Err(SendFailure::Full(envelope)) => envelope,
             Err(failure) => return Err(self.undo(failure)),
@@ -232,7 +200,7 @@ impl<M: Send + 'static> Handle<M> {
                 return Err(Refusal::Deadlock(refused.into_msg(), cycle));
             }
         };
-        let sent = shared.tx.send(envelope, deadline);
+        let sent = shared.mailbox.tx.send(envelope, deadline);
         if let Some((me, token)) = token {
             me.end_wait(token);
         }
@@ -241,8 +209,8 @@ impl<M: Send + 'static> Handle<M> {
 
     #[cold]
     fn undo(&self, failure: SendFailure<Envelope<M>>) -> Refusal<M> {
-        if self.shared.gate.leave(1) {
-            self.shared.nudge();
+        if self.shared.mailbox.gate.leave(1) {
+            self.shared.mailbox.nudge();
         }
         let (envelope, refusal): (_, fn(M) -> Refusal<M>) = match failure {
             SendFailure::Full(e) => (e, Refusal::Full),
@@ -472,7 +440,7 @@ impl<M: Send + 'static> Handle<M> {
     ///     counter.add(1)?;
     /// }
     /// counter.join()?; // like Python's queue.join(): every add has been handled
-    /// assert_eq!(counter.unfinished(), 0);
+    /// assert_eq!(counter.handle().unfinished(), 0);
     /// assert_eq!(counter.get()?, 100);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -491,7 +459,7 @@ impl<M: Send + 'static> Handle<M> {
     }
 
     fn join_until(&self, deadline: Option<Instant>) -> Result<(), JoinError> {
-        let gate = &self.shared.gate;
+        let gate = &self.shared.mailbox.gate;
         // A manager joining waits on the joined one: record it, so joining
         // yourself, or a manager that waits on you, is an error, not a hang.
         let edge = match current::with_node(|me| me.map(Arc::clone)) {
@@ -524,7 +492,7 @@ impl<M: Send + 'static> Handle<M> {
 
     /// Messages waiting in the mailbox (not counting the one being handled).
     pub fn len(&self) -> usize {
-        self.shared.tx.len()
+        self.shared.mailbox.tx.len()
     }
 
     /// Whether the mailbox holds no waiting message.
@@ -534,7 +502,7 @@ impl<M: Send + 'static> Handle<M> {
 
     /// Messages accepted and not yet handled (queued, or in the current batch).
     pub fn unfinished(&self) -> u64 {
-        self.shared.gate.unfinished()
+        self.shared.mailbox.gate.unfinished()
     }
 
     /// Stops the manager gracefully: later sends are refused, messages already
@@ -546,12 +514,12 @@ impl<M: Send + 'static> Handle<M> {
 
     /// Whether the manager refuses new messages (stopping or stopped).
     pub fn is_stopped(&self) -> bool {
-        self.shared.gate.is_closed()
+        self.shared.mailbox.gate.is_closed()
     }
 
     /// Whether the manager's thread has finished.
     pub fn has_exited(&self) -> bool {
-        self.shared.gate.has_exited()
+        self.shared.mailbox.gate.has_exited()
     }
 
     /// The manager's name.
@@ -580,73 +548,4 @@ enum AskErrorKind {
     Stopped,
     Timeout,
     NoReply,
-}
-
-/// `now + timeout`, or no deadline when that overflows (a huge timeout waits
-/// forever rather than panicking).
-pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
-    Instant::now().checked_add(timeout)
-}
-
-/// The runtime's type-erased view of one manager.
-pub(crate) trait Control: Send + Sync {
-    fn close(&self);
-    fn close_to_outside(&self);
-    fn abort(&self);
-    fn has_exited(&self) -> bool;
-    fn unhandled(&self) -> u64;
-    fn stats(&self, daemon: bool) -> ManagerStats;
-}
-
-impl<M: Send + 'static> Shared<M> {
-    pub(crate) fn stats(&self, daemon: bool) -> ManagerStats {
-        let state = if self.gate.has_exited() {
-            ManagerState::Stopped
-        } else if self.is_aborted() {
-            ManagerState::Aborting
-        } else if self.gate.is_closed() {
-            ManagerState::Stopping
-        } else {
-            ManagerState::Running
-        };
-        ManagerStats {
-            name: self.name.clone(),
-            backend: self.backend,
-            daemon,
-            state,
-            handled: self.counters.handled(),
-            panicked: self.counters.panicked(),
-            restarts: self.counters.restarts(),
-            queued: self.tx.len(),
-            unfinished: self.gate.unfinished(),
-            unhandled: self.gate.dropped(),
-            outside: self.outside.get().map(|o| o.stats()),
-        }
-    }
-}
-
-impl<M: Send + 'static> Control for Shared<M> {
-    fn close(&self) {
-        self.stop();
-    }
-
-    fn close_to_outside(&self) {
-        self.gate.close_to_outside();
-    }
-
-    fn abort(&self) {
-        Shared::abort(self);
-    }
-
-    fn has_exited(&self) -> bool {
-        self.gate.has_exited()
-    }
-
-    fn unhandled(&self) -> u64 {
-        self.gate.dropped()
-    }
-
-    fn stats(&self, daemon: bool) -> ManagerStats {
-        Shared::stats(self, daemon)
-    }
 }

@@ -134,30 +134,24 @@ mod stats;
 mod supervision;
 pub mod sync;
 mod sync_shim;
+mod util;
 
-#[cfg(feature = "amqp")]
-pub use broker::{Broker, BrokerError, RemoteHandle, Served};
 pub use error::{
-    AskError, BuildError, CapacityError, JoinError, SendError, SendTimeoutError, SpawnError,
-    TrySendError,
+    AskError, BuildError, CapacityError, JoinError, ScheduleError, SendError, SendTimeoutError,
+    SignalError, SpawnError, TrySendError,
 };
 pub use handle::Handle;
 pub use mailbox::{Backend, Capacity};
 pub use manager::{Context, Manager};
 pub use owner::{Job, Owner};
-pub use queue::JoinableQueue;
 pub use reply::Reply;
-pub use resources::{Counter, CounterHandle, Printer, PrinterHandle, SharedBuffer};
-#[cfg(feature = "sqlite")]
-pub use resources::{Database, DatabaseError, DatabaseHandle};
 pub use runtime::{
-    Builder, DEFAULT_MAX_BATCH, HandledSignals, ManagerBuilder, Runtime, ShutdownReport,
-    SignalError, StopRecord,
+    DEFAULT_MAX_BATCH, HandledSignals, ManagerBuilder, Runtime, RuntimeBuilder, ShutdownReport,
+    StopRecord,
 };
-pub use schedule::{ScheduleError, ScheduleStatus, Scheduled};
+pub use schedule::{ScheduleStatus, Scheduled};
 pub use stats::{ManagerState, ManagerStats, OutsideStats, Stats};
 pub use supervision::PanicPolicy;
-pub use sync::{Barrier, BoundedSemaphore, Event, Semaphore, Timer};
 
 /// The README's example, compiled and run as a doctest.
 #[doc = include_str!("../README.md")]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::current;
 use crate::fuzz;
 use crate::handle::Handle;
-use crate::mailbox::{Envelope, Receiver, RecvFailure};
+use crate::mailbox::{Envelope, Inbox, RecvFailure};
 use crate::manager::{Context, Manager};
 use crate::reply::{self, DropMode};
 use crate::stats::Counters;
@@ -60,14 +60,12 @@ struct Supervisor<'h, Mg: Manager> {
 }
 
 /// Runs a manager on the current thread until it stops.
-pub(crate) fn run<Mg: Manager>(
-    spec: Spec<Mg>,
-    rx: Receiver<Envelope<Mg::Msg>>,
-    handle: Handle<Mg::Msg>,
-) {
+pub(crate) fn run<Mg: Manager>(spec: Spec<Mg>, rx: Inbox<Mg::Msg>, handle: Handle<Mg::Msg>) {
     let shared = &*handle.shared;
     // Whatever happens below, joiners and askers are released at the end.
-    let exit = ExitGuard { gate: &shared.gate };
+    let exit = ExitGuard {
+        gate: &shared.mailbox.gate,
+    };
     let _current = current::enter(spec.runtime_id, &shared.waits);
     let span = tracing::info_span!("manager", name = %shared.name, backend = %shared.backend);
     let _span = span.enter();
@@ -132,14 +130,14 @@ pub(crate) fn run<Mg: Manager>(
             if handled >= max_batch {
                 // A full batch still ends dry if nothing but wake-ups is
                 // queued; a message taken to find out starts the next batch.
-                carried = next_message(&rx);
+                carried = rx.next_message();
                 dry = carried.is_none();
                 break;
             }
             match rx.try_recv() {
                 Ok(envelope) => next = envelope.open(),
                 Err(RecvFailure::Empty) => {
-                    if linger(&rx) {
+                    if rx.linger() {
                         continue;
                     }
                     dry = true;
@@ -173,13 +171,13 @@ pub(crate) fn run<Mg: Manager>(
         // Not dry: a counted message is still queued (or carried), so this
         // cannot bring the count to zero; the next dry batch's `idle` covers
         // these messages too, before any joiner is released.
-        shared.gate.leave(handled);
+        shared.mailbox.gate.leave(handled);
         tracing::trace!(handled, "batch settled");
         if shared.is_aborted() {
             discard_rest(&mut sup, &rx, held, carried.take());
             break;
         }
-        if carried.is_none() && shared.gate.is_closed_and_empty() {
+        if carried.is_none() && shared.mailbox.gate.is_closed_and_empty() {
             break;
         }
     }
@@ -192,12 +190,12 @@ pub(crate) fn run<Mg: Manager>(
     if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(sup))) {
         on_panic_counted(counters, "drop", payload);
     }
-    shared.gate.leave(held);
+    shared.mailbox.gate.leave(held);
     reply::set_drop_mode(previous_mode);
     tracing::debug!(
         handled = shared.counters.handled(),
         panicked = shared.counters.panicked(),
-        unhandled = shared.gate.dropped(),
+        unhandled = shared.mailbox.gate.dropped(),
         "stopped"
     );
     drop(exit);
@@ -215,39 +213,6 @@ impl Drop for ExitGuard<'_> {
         reply::settle_unwound("the manager thread ended unexpectedly");
         self.gate.mark_exited();
     }
-}
-
-/// The next message queued, skipping wake-ups; `None` if only wake-ups were.
-fn next_message<M>(rx: &Receiver<Envelope<M>>) -> Option<(M, Option<u64>)> {
-    loop {
-        match rx.try_recv() {
-            Ok(envelope) => {
-                if let Some(opened) = envelope.open() {
-                    return Some(opened);
-                }
-            }
-            Err(_) => return None,
-        }
-    }
-}
-
-/// How many spin hints the loop waits for one more message before it calls
-/// the mailbox dry (about a microsecond).
-const LINGER_SPINS: u32 = 64;
-
-/// Before ending a batch, waits a moment for the next message. Under a steady
-/// stream this merges what would be many one-message batches into one, so the
-/// batch's fixed costs (idle, settling the gate) are paid once, not per
-/// message; an idle mailbox costs one extra microsecond per batch.
-#[inline]
-fn linger<M>(rx: &Receiver<Envelope<M>>) -> bool {
-    for _ in 0..LINGER_SPINS {
-        std::hint::spin_loop();
-        if !rx.is_empty() {
-            return true;
-        }
-    }
-    false
 }
 
 impl<Mg: Manager> Supervisor<'_, Mg> {
@@ -272,7 +237,7 @@ impl<Mg: Manager> Supervisor<'_, Mg> {
     /// Whether the outside queue still wants the delivery with this tag
     /// handled (see [`SettleOutside::admit`]).
     fn admit(&mut self, tag: u64) -> bool {
-        let Some(outside) = self.handle.shared.outside.get() else {
+        let Some(outside) = self.handle.shared.mailbox.outside() else {
             return true;
         };
         match panic::catch_unwind(AssertUnwindSafe(|| outside.admit(tag))) {
@@ -300,7 +265,7 @@ impl<Mg: Manager> Supervisor<'_, Mg> {
     /// Tells the outside queue that the delivery with this tag failed.
     #[cold]
     fn delivery_failed(&mut self, tag: u64) {
-        if let Some(outside) = self.handle.shared.outside.get() {
+        if let Some(outside) = self.handle.shared.mailbox.outside() {
             let panic = &self.last_panic;
             if let Err(payload) =
                 panic::catch_unwind(AssertUnwindSafe(|| outside.failed(tag, panic)))
@@ -313,7 +278,7 @@ impl<Mg: Manager> Supervisor<'_, Mg> {
 
     /// Tells the outside queue that every delivery up to `tag` is done.
     fn settle_outside(&mut self, tag: u64) {
-        if let Some(outside) = self.handle.shared.outside.get()
+        if let Some(outside) = self.handle.shared.mailbox.outside()
             && let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| outside.settle(tag)))
         {
             let message = on_panic(self.handle, "settle", payload);
@@ -456,12 +421,12 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// is still counted; the panic is caught and counted too.
 fn discard_rest<Mg: Manager>(
     sup: &mut Supervisor<'_, Mg>,
-    rx: &Receiver<Envelope<Mg::Msg>>,
+    rx: &Inbox<Mg::Msg>,
     held: u64,
     carried: Option<(Mg::Msg, Option<u64>)>,
 ) {
     let handle = sup.handle;
-    let gate = &handle.shared.gate;
+    let gate = &handle.shared.mailbox.gate;
     let previous = reply::set_drop_mode(DropMode::Discarding);
     let discard = |msg: Option<Envelope<Mg::Msg>>| {
         if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(msg))) {
@@ -499,7 +464,7 @@ mod tests {
 
     use std::sync::{Arc, Mutex};
 
-    use crate::handle::SettleOutside;
+    use crate::mailbox::SettleOutside;
     use crate::{Backend, Context, Manager, Runtime};
 
     #[derive(Default)]
@@ -540,8 +505,11 @@ mod tests {
         for backend in Backend::ALL {
             let rt = Runtime::builder().backend(backend).build().unwrap();
             let record = Arc::new(Record::default());
-            let h = rt.spawn("outside", Worker(Arc::clone(&record))).unwrap();
-            assert!(h.shared.outside.set(Box::new(Arc::clone(&record))).is_ok());
+            let h = rt
+                .manager("outside")
+                .outside(Box::new(Arc::clone(&record)))
+                .spawn(Worker(Arc::clone(&record)))
+                .unwrap();
             h.deliver(1, 10).map_err(|_| ()).unwrap();
             h.join().unwrap();
             h.deliver(2, 11).map_err(|_| ()).unwrap();
@@ -586,13 +554,11 @@ mod tests {
             for backend in Backend::ALL {
                 let rt = Runtime::builder().backend(backend).build().unwrap();
                 let record = Arc::new(Record::default());
-                let h = rt.spawn("outside", Worker(Arc::clone(&record))).unwrap();
-                assert!(
-                    h.shared
-                        .outside
-                        .set(Box::new(OddOnly(Arc::clone(&record))))
-                        .is_ok()
-                );
+                let h = rt
+                    .manager("outside")
+                    .outside(Box::new(OddOnly(Arc::clone(&record))))
+                    .spawn(Worker(Arc::clone(&record)))
+                    .unwrap();
                 for (n, tag) in [(1, 1), (2, 2), (3, 3), (4, 4), (5, 7), (6, 9)] {
                     h.deliver(n, tag).map_err(|_| ()).unwrap();
                 }
@@ -653,8 +619,11 @@ mod tests {
         for backend in Backend::ALL {
             let rt = Runtime::builder().backend(backend).build().unwrap();
             let record = Arc::new(Record::default());
-            let h = rt.spawn("outside", Worker(Arc::clone(&record))).unwrap();
-            assert!(h.shared.outside.set(Box::new(Exploding)).is_ok());
+            let h = rt
+                .manager("outside")
+                .outside(Box::new(Exploding))
+                .spawn(Worker(Arc::clone(&record)))
+                .unwrap();
             h.deliver(1, 10).map_err(|_| ()).unwrap();
             h.join().unwrap();
             h.deliver(0, 11).map_err(|_| ()).unwrap(); // handler and failed() panic

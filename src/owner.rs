@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::error::{AskError, JoinError, SendError};
-use crate::handle::{Handle, deadline_after};
+use crate::handle::Handle;
 use crate::manager::{Context, Manager};
 use crate::reply::{self, HoldsSlot, Slot, Unanswered, Waiter};
+use crate::util::deadline_after;
 
 /// A closure to run on an owner's thread: what [`Owner::cast`] sends, and
 /// what comes back inside its error when the owner is stopped.

@@ -55,7 +55,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::sync::{deadline_after, lock, wait_until};
+use crate::sync::{lock, wait_until};
+use crate::util::{Backoff, deadline_after};
 
 /// Returned by the `put` methods of [`JoinableQueue`]; gives the item
 /// back.
@@ -205,46 +206,6 @@ enum Block {
     Until(Option<Instant>),
 }
 
-/// Brief spinning before a blocking put or get goes to sleep.
-///
-/// A producer and a consumer on different cores usually hand over within
-/// microseconds, far less than a sleep and wake-up on a condition
-/// variable costs; and a thread that has not registered as a waiter
-/// spares the other side a notification.
-#[derive(Debug)]
-struct Backoff {
-    step: u32,
-}
-
-impl Backoff {
-    /// Steps that busy-wait (`2^step` spin hints each).
-    const SPIN_STEPS: u32 = 6;
-    /// Steps after which the thread sleeps on the condition variable;
-    /// those past `SPIN_STEPS` yield the processor instead of spinning.
-    const MAX_STEPS: u32 = 10;
-
-    fn new() -> Self {
-        Self { step: 0 }
-    }
-
-    /// Whether to snooze once more rather than sleep: not past the step
-    /// limit, nor past the deadline.
-    fn should_spin(&self, deadline: Option<Instant>) -> bool {
-        self.step < Self::MAX_STEPS && deadline.is_none_or(|deadline| Instant::now() < deadline)
-    }
-
-    fn snooze(&mut self) {
-        if self.step < Self::SPIN_STEPS {
-            for _ in 0..1_u32 << self.step {
-                std::hint::spin_loop();
-            }
-        } else {
-            std::thread::yield_now();
-        }
-        self.step += 1;
-    }
-}
-
 struct State<T> {
     items: VecDeque<T>,
     unfinished_tasks: usize,
@@ -285,7 +246,7 @@ struct State<T> {
 /// ```
 /// use std::sync::Arc;
 /// use std::thread;
-/// use custody::JoinableQueue;
+/// use custody::queue::JoinableQueue;
 ///
 /// let queue = Arc::new(JoinableQueue::new(4));
 /// let consumer = {
@@ -329,7 +290,7 @@ impl<T> JoinableQueue<T> {
     /// # Examples
     ///
     /// ```
-    /// use custody::JoinableQueue;
+    /// use custody::queue::JoinableQueue;
     ///
     /// let bounded = JoinableQueue::<u32>::new(10);
     /// assert_eq!(bounded.maxsize(), 10);
@@ -362,7 +323,7 @@ impl<T> JoinableQueue<T> {
     /// # Examples
     ///
     /// ```
-    /// assert_eq!(custody::JoinableQueue::<()>::new(3).maxsize(), 3);
+    /// assert_eq!(custody::queue::JoinableQueue::<()>::new(3).maxsize(), 3);
     /// ```
     #[must_use]
     pub fn maxsize(&self) -> usize {
@@ -375,7 +336,7 @@ impl<T> JoinableQueue<T> {
     /// # Examples
     ///
     /// ```
-    /// let queue = custody::JoinableQueue::new(0);
+    /// let queue = custody::queue::JoinableQueue::new(0);
     /// queue.put('a').unwrap();
     /// assert_eq!(queue.qsize(), 1);
     /// ```
@@ -390,7 +351,7 @@ impl<T> JoinableQueue<T> {
     /// # Examples
     ///
     /// ```
-    /// let queue = custody::JoinableQueue::<u8>::new(0);
+    /// let queue = custody::queue::JoinableQueue::<u8>::new(0);
     /// assert!(queue.empty());
     /// ```
     #[doc(alias = "is_empty")]
@@ -405,7 +366,7 @@ impl<T> JoinableQueue<T> {
     /// # Examples
     ///
     /// ```
-    /// let queue = custody::JoinableQueue::new(1);
+    /// let queue = custody::queue::JoinableQueue::new(1);
     /// queue.put(()).unwrap();
     /// assert!(queue.full());
     /// ```
@@ -421,7 +382,7 @@ impl<T> JoinableQueue<T> {
     /// # Examples
     ///
     /// ```
-    /// let queue = custody::JoinableQueue::new(0);
+    /// let queue = custody::queue::JoinableQueue::new(0);
     /// queue.put(1).unwrap();
     /// queue.get().unwrap();
     /// assert_eq!(queue.unfinished_tasks(), 1);
@@ -439,7 +400,7 @@ impl<T> JoinableQueue<T> {
     /// # Examples
     ///
     /// ```
-    /// let queue = custody::JoinableQueue::<()>::new(0);
+    /// let queue = custody::queue::JoinableQueue::<()>::new(0);
     /// queue.shutdown(false);
     /// assert!(queue.is_shutdown());
     /// ```
@@ -460,7 +421,7 @@ impl<T> JoinableQueue<T> {
     /// # Examples
     ///
     /// ```
-    /// let queue = custody::JoinableQueue::new(0);
+    /// let queue = custody::queue::JoinableQueue::new(0);
     /// queue.put("job").unwrap();
     /// assert_eq!(queue.get(), Ok("job"));
     /// ```
@@ -485,7 +446,7 @@ impl<T> JoinableQueue<T> {
     /// use std::time::Duration;
     /// use custody::queue::PutError;
     ///
-    /// let queue = custody::JoinableQueue::new(1);
+    /// let queue = custody::queue::JoinableQueue::new(1);
     /// queue.put(1).unwrap();
     /// let err = queue.put_timeout(2, Duration::from_millis(5)).unwrap_err();
     /// assert!(matches!(err, PutError::Full(2)));
@@ -506,7 +467,7 @@ impl<T> JoinableQueue<T> {
     /// # Examples
     ///
     /// ```
-    /// let queue = custody::JoinableQueue::new(1);
+    /// let queue = custody::queue::JoinableQueue::new(1);
     /// assert!(queue.put_nowait(1).is_ok());
     /// assert!(queue.put_nowait(2).unwrap_err().is_full());
     /// ```
@@ -530,7 +491,7 @@ impl<T> JoinableQueue<T> {
     /// # Examples
     ///
     /// ```
-    /// let queue = custody::JoinableQueue::new(0);
+    /// let queue = custody::queue::JoinableQueue::new(0);
     /// queue.put(1).unwrap();
     /// queue.put(2).unwrap();
     /// assert_eq!(queue.get(), Ok(1));
@@ -557,7 +518,7 @@ impl<T> JoinableQueue<T> {
     /// use std::time::Duration;
     /// use custody::queue::GetError;
     ///
-    /// let queue = custody::JoinableQueue::<u8>::new(0);
+    /// let queue = custody::queue::JoinableQueue::<u8>::new(0);
     /// assert_eq!(queue.get_timeout(Duration::from_millis(5)), Err(GetError::Empty));
     /// ```
     #[doc(alias = "recv_timeout")]
@@ -577,7 +538,7 @@ impl<T> JoinableQueue<T> {
     /// ```
     /// use custody::queue::GetError;
     ///
-    /// let queue = custody::JoinableQueue::new(0);
+    /// let queue = custody::queue::JoinableQueue::new(0);
     /// assert_eq!(queue.get_nowait(), Err(GetError::Empty));
     /// queue.put(5).unwrap();
     /// assert_eq!(queue.get_nowait(), Ok(5));
@@ -600,7 +561,7 @@ impl<T> JoinableQueue<T> {
     /// # Examples
     ///
     /// ```
-    /// let queue = custody::JoinableQueue::new(0);
+    /// let queue = custody::queue::JoinableQueue::new(0);
     /// queue.put(String::from("job")).unwrap();
     /// {
     ///     let task = queue.get_guarded().unwrap();
@@ -626,7 +587,7 @@ impl<T> JoinableQueue<T> {
     /// ```
     /// use std::time::Duration;
     ///
-    /// let queue = custody::JoinableQueue::new(0);
+    /// let queue = custody::queue::JoinableQueue::new(0);
     /// queue.put(1).unwrap();
     /// let task = queue.get_guarded_timeout(Duration::from_millis(5)).unwrap();
     /// assert_eq!(*task, 1);
@@ -647,7 +608,7 @@ impl<T> JoinableQueue<T> {
     /// # Examples
     ///
     /// ```
-    /// let queue = custody::JoinableQueue::new(0);
+    /// let queue = custody::queue::JoinableQueue::new(0);
     /// assert!(queue.get_guarded_nowait().is_err());
     /// queue.put(vec![1, 2]).unwrap();
     /// let mut task = queue.get_guarded_nowait().unwrap();
@@ -675,7 +636,7 @@ impl<T> JoinableQueue<T> {
     /// # Examples
     ///
     /// ```
-    /// let queue = custody::JoinableQueue::new(0);
+    /// let queue = custody::queue::JoinableQueue::new(0);
     /// queue.put(1).unwrap();
     /// let _ = queue.get().unwrap();
     /// assert!(queue.task_done().is_ok());
@@ -701,7 +662,7 @@ impl<T> JoinableQueue<T> {
     /// # Examples
     ///
     /// ```
-    /// let queue = custody::JoinableQueue::new(0);
+    /// let queue = custody::queue::JoinableQueue::new(0);
     /// queue.put(1).unwrap();
     /// std::thread::scope(|s| {
     ///     s.spawn(|| {
@@ -728,7 +689,7 @@ impl<T> JoinableQueue<T> {
     /// ```
     /// use std::time::Duration;
     ///
-    /// let queue = custody::JoinableQueue::new(0);
+    /// let queue = custody::queue::JoinableQueue::new(0);
     /// assert!(queue.join_timeout(Duration::from_millis(5)).is_ok());
     /// queue.put(1).unwrap();
     /// assert!(queue.join_timeout(Duration::from_millis(5)).is_err());
@@ -758,7 +719,7 @@ impl<T> JoinableQueue<T> {
     /// ```
     /// use custody::queue::{GetError, PutError};
     ///
-    /// let queue = custody::JoinableQueue::new(0);
+    /// let queue = custody::queue::JoinableQueue::new(0);
     /// queue.put(1).unwrap();
     /// queue.put(2).unwrap();
     /// queue.shutdown(false);
@@ -951,7 +912,7 @@ impl<T> fmt::Debug for JoinableQueue<T> {
 /// # Examples
 ///
 /// ```
-/// let queue = custody::JoinableQueue::new(0);
+/// let queue = custody::queue::JoinableQueue::new(0);
 /// queue.put(10).unwrap();
 /// let mut task = queue.get_guarded().unwrap();
 /// *task += 1;
@@ -993,7 +954,7 @@ impl<'a, T> Task<'a, T> {
     /// # Examples
     ///
     /// ```
-    /// let queue = custody::JoinableQueue::new(0);
+    /// let queue = custody::queue::JoinableQueue::new(0);
     /// queue.put("work").unwrap();
     /// let task = queue.get_guarded().unwrap();
     /// task.done();
@@ -1009,7 +970,7 @@ impl<'a, T> Task<'a, T> {
     /// # Examples
     ///
     /// ```
-    /// let queue = custody::JoinableQueue::new(0);
+    /// let queue = custody::queue::JoinableQueue::new(0);
     /// queue.put(String::from("result")).unwrap();
     /// let item: String = queue.get_guarded().unwrap().into_inner();
     /// assert_eq!(item, "result");
@@ -1026,7 +987,7 @@ impl<'a, T> Task<'a, T> {
     /// # Examples
     ///
     /// ```
-    /// let queue = custody::JoinableQueue::new(0);
+    /// let queue = custody::queue::JoinableQueue::new(0);
     /// queue.put(1).unwrap();
     /// let task = queue.get_guarded().unwrap();
     /// assert!(std::ptr::eq(task.queue(), &queue));

@@ -38,9 +38,11 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use crate::error::ScheduleError;
 use crate::handle::{Handle, Shared};
 use crate::manager::{Context, Manager};
 use crate::manager_thread::panic_message;
+use crate::util::instant_after;
 
 /// The reserved name of each runtime's timer manager.
 pub(crate) const TIMERS: &str = "custody.timers";
@@ -584,49 +586,6 @@ impl Manager for Timers {
             );
         }
     }
-}
-
-/// A message could not be scheduled; what was to be sent comes back.
-#[derive(thiserror::Error, Clone, Copy, PartialEq, Eq)]
-pub enum ScheduleError<T> {
-    /// The target manager is stopping or stopped.
-    #[error("scheduling a message for a stopped manager")]
-    Stopped(T),
-    /// The runtime is shutting down or shut down: no timer manager runs.
-    #[error("scheduling a message after the runtime shut down")]
-    ShutDown(T),
-    /// `tell_every` was given a zero period.
-    #[error("a zero period for tell_every would never let the timer rest")]
-    ZeroPeriod(T),
-}
-
-impl<T> ScheduleError<T> {
-    /// What was to be sent (the message, or the closure making them).
-    pub fn into_inner(self) -> T {
-        match self {
-            ScheduleError::Stopped(t)
-            | ScheduleError::ShutDown(t)
-            | ScheduleError::ZeroPeriod(t) => t,
-        }
-    }
-}
-
-impl<T> fmt::Debug for ScheduleError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ScheduleError::Stopped(_) => "Stopped(..)",
-            ScheduleError::ShutDown(_) => "ShutDown(..)",
-            ScheduleError::ZeroPeriod(_) => "ZeroPeriod(..)",
-        })
-    }
-}
-
-/// `now + delay`, saturating far in the future for huge delays.
-fn instant_after(delay: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(delay)
-        .or_else(|| now.checked_add(Duration::from_secs(u64::from(u32::MAX))))
-        .unwrap_or(now)
 }
 
 impl<M: Send + 'static> Handle<M> {

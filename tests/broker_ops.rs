@@ -190,7 +190,7 @@ impl Manager for Probe {
     }
     fn idle(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
         self.db.idle(ctx);
-        let commits = self.db.database_stats().commits;
+        let commits = self.db.stats().commits;
         self.report
             .lock()
             .unwrap()

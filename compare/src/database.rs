@@ -161,7 +161,7 @@ fn manager(file: &DbFile, writers: usize, k: u64, pipelined: bool) -> Outcome {
         },
         || {},
     );
-    let stats = db.database_stats().expect("database stats");
+    let stats = db.stats().expect("database stats");
     assert_eq!(stats.failed_writes, 0, "database: failed writes");
     let rows = db
         .call(|conn| count_rows(conn))

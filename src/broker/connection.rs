@@ -25,6 +25,7 @@ use super::serve::{self, Served};
 use crate::error::SpawnError;
 use crate::manager::Manager;
 use crate::runtime::Runtime;
+use crate::util::deadline_after;
 
 /// The environment variable [`Broker::from_env`] reads.
 pub const URL_VAR: &str = "CUSTODY_AMQP_URL";
@@ -320,7 +321,7 @@ impl Node {
             format!("custody pid {}", std::process::id()),
         ));
         let connecting = Connection::connect_uri(self.uri.clone(), properties);
-        match block_until(deadline(settings.connect_timeout), connecting) {
+        match block_until(deadline_after(settings.connect_timeout), connecting) {
             None => Err(BrokerError::Unreachable {
                 host,
                 source: Box::new(io::Error::new(
@@ -752,7 +753,7 @@ impl Link {
 
     /// A deadline `confirm_timeout` from now.
     pub(crate) fn confirm_deadline(&self) -> Option<Instant> {
-        deadline(self.settings.confirm_timeout)
+        deadline_after(self.settings.confirm_timeout)
     }
 
     /// Waits until a connection is open, or `deadline` passes (`None`: no
@@ -1019,7 +1020,7 @@ impl Core {
         tracing::debug!("the AMQP broker connection is closed");
         if let (true, Some(connection)) = (graceful, connection) {
             let _ = block_until(
-                deadline(self.settings.confirm_timeout),
+                deadline_after(self.settings.confirm_timeout),
                 connection.close(200, ShortString::from("custody: closed")),
             );
         }
@@ -1032,7 +1033,7 @@ impl Core {
         loop {
             let mut reason = None;
             if listening {
-                match block_until(deadline(WATCH_POLL), events.next()) {
+                match block_until(deadline_after(WATCH_POLL), events.next()) {
                     Some(Some(lapin::Event::Error(e))) => reason = Some(e.to_string()),
                     // No more events: look at the state now and then.
                     Some(None) => listening = false,
@@ -1304,11 +1305,6 @@ pub(crate) fn limit_queue(name: &str) -> String {
 /// The queue a producer's done records arrive in.
 pub(crate) fn done_queue(producer: &str) -> String {
     format!("{DONE_QUEUE_PREFIX}{producer}")
-}
-
-/// `now + timeout`, or no deadline when that overflows.
-pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
-    Instant::now().checked_add(timeout)
 }
 
 /// Runs `fut` on this thread until it completes or `deadline` passes (`None`).

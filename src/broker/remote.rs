@@ -28,6 +28,7 @@ use super::error::{
 };
 use super::reply::{RemoteReply, WireAnswer};
 use super::serve::unique;
+use crate::util::deadline_after;
 
 /// How long an unused done queue outlives its producer (a producer that
 /// crashed cannot delete it): one hour.
@@ -422,7 +423,7 @@ impl<M: Serialize> RemoteHandle<M> {
     /// take the message; `join` does not wait for it.
     pub fn tell_timeout(&self, msg: M, timeout: Duration) -> Result<(), RemoteSendError<M>> {
         let (msg, id, body) = self.prepare(msg)?;
-        let deadline = connection::deadline(timeout);
+        let deadline = deadline_after(timeout);
         let flight = self.launch(msg, id, Arc::new(body), deadline, None)?;
         let mut confirmed = 0;
         let mut refused = Vec::new();
@@ -474,7 +475,7 @@ impl<M: Serialize> RemoteHandle<M> {
     {
         const WINDOW: usize = 1024;
         let timeout = self.remote.link.settings.confirm_timeout;
-        let next_deadline = || connection::deadline(timeout);
+        let next_deadline = || deadline_after(timeout);
         let mut refused = Vec::new();
         let mut confirmed = 0;
         let mut in_flight = Vec::with_capacity(WINDOW);
@@ -606,7 +607,7 @@ impl<M: Serialize> RemoteHandle<M> {
         R: DeserializeOwned,
         F: FnOnce(RemoteReply<R>) -> M,
     {
-        self.ask_until(make, connection::deadline(timeout), Some(timeout))
+        self.ask_until(make, deadline_after(timeout), Some(timeout))
     }
 
     fn ask_until<R, F>(
@@ -1064,7 +1065,7 @@ impl<M> RemoteHandle<M> {
     /// As [`join`](RemoteHandle::join), plus [`RemoteJoinError::Timeout`];
     /// `Disconnected` only once the connection is closed or lost for good.
     pub fn join_timeout(&self, timeout: Duration) -> Result<(), RemoteJoinError> {
-        self.join_until(connection::deadline(timeout))
+        self.join_until(deadline_after(timeout))
     }
 
     fn join_until(&self, deadline: Option<Instant>) -> Result<(), RemoteJoinError> {

@@ -58,11 +58,13 @@ use super::codec::{self, Checked, DoneRecord, Origin};
 use super::connection::{self, Broker, Link, block_until};
 use super::error::{BrokerError, InvalidDelivery};
 use super::reply::{self, AnswerSink, Binding, Target, WireAnswer};
-use crate::handle::{Handle, SettleOutside};
+use crate::handle::Handle;
+use crate::mailbox::SettleOutside;
 use crate::manager::Manager;
 use crate::manager_thread::panic_message;
 use crate::runtime::Runtime;
 use crate::stats::OutsideStats;
+use crate::util::deadline_after;
 
 /// A manager served from its broker queue; stops serving when dropped.
 ///
@@ -359,7 +361,8 @@ where
         reporter: Mutex::new(None),
         aborted: OnceLock::new(),
     });
-    let handle = match rt.manager(name).spawn(manager) {
+    let settler: Box<dyn SettleOutside> = Box::new(Settler(Arc::clone(&owner)));
+    let handle = match rt.manager(name).outside(settler).spawn(manager) {
         Ok(handle) => handle,
         Err(e) => {
             owner.close_channel();
@@ -371,10 +374,6 @@ where
         shared.upgrade().is_none_or(|shared| shared.is_aborted())
     }));
     let registered = Registered::new(&handle, &owner);
-    let settler: Box<dyn SettleOutside> = Box::new(Settler(Arc::clone(&owner)));
-    if handle.shared.outside.set(settler).is_err() {
-        unreachable!("a freshly spawned manager has no settler");
-    }
     match report_broker_dead_letters(&owner) {
         Ok(reporter) => {
             *owner
@@ -1277,7 +1276,7 @@ impl Owner {
                 return None;
             }
             // Waits one poll for a connection at most, to see a stop soon.
-            let wait = connection::deadline(RESTART_POLL);
+            let wait = deadline_after(RESTART_POLL);
             let channel = match open_channel(&self.link, &self.name, &self.queue, wait) {
                 Ok(channel) => channel,
                 Err(BrokerError::Disconnected { .. }) => continue,

@@ -25,6 +25,7 @@ use crate::sync_shim::atomic::{
     AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst, fence,
 };
 use crate::sync_shim::{Condvar, Mutex, time};
+use crate::util::Padded;
 
 /// Refuses every send.
 const CLOSED: u64 = 1 << 63;
@@ -32,19 +33,6 @@ const CLOSED: u64 = 1 << 63;
 /// (the first phase of a runtime's graceful shutdown).
 const OUTSIDE_CLOSED: u64 = 1 << 62;
 const COUNT: u64 = OUTSIDE_CLOSED - 1;
-
-/// Keeps a hot atomic on a cache line of its own (128 bytes covers the
-/// adjacent-line prefetch of x86 and the line size of Apple silicon).
-#[repr(align(128))]
-#[derive(Default)]
-pub(crate) struct Padded<T>(pub(crate) T);
-
-impl<T> std::ops::Deref for Padded<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
 
 pub(crate) struct Gate {
     /// Written by every send: alone on its line, so that the manager's own

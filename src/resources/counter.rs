@@ -1,8 +1,8 @@
 //! `Counter`: one `i64` owned by one manager thread.
 
-use std::ops::Deref;
+use std::time::Duration;
 
-use crate::{AskError, Context, Handle, Manager, Reply, Runtime, SendError, SpawnError};
+use crate::{AskError, Context, Handle, JoinError, Manager, Reply, Runtime, SendError, SpawnError};
 
 /// The messages a [`Counter`] accepts.
 ///
@@ -162,7 +162,38 @@ impl CounterHandle {
         self.handle.tell(CounterMsg::Reset)
     }
 
-    /// The underlying handle.
+    /// Waits until every message accepted so far has been handled (and,
+    /// for a resource that commits in its `idle`, committed).
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::join`].
+    pub fn join(&self) -> Result<(), JoinError> {
+        self.handle.join()
+    }
+
+    /// [`join`](CounterHandle::join) with a deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::join_timeout`].
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), JoinError> {
+        self.handle.join_timeout(timeout)
+    }
+
+    /// Stops the manager gracefully: it refuses new messages and exits
+    /// once everything accepted is handled. As [`Handle::stop`].
+    pub fn stop(&self) {
+        self.handle.stop();
+    }
+
+    /// The manager's name.
+    pub fn name(&self) -> &str {
+        self.handle.name()
+    }
+
+    /// The underlying handle: every other call ([`Handle::stats`] for the
+    /// runtime's counters of this manager, [`Handle::len`], ...).
     pub fn handle(&self) -> &Handle<CounterMsg> {
         &self.handle
     }
@@ -176,13 +207,5 @@ impl CounterHandle {
 impl From<Handle<CounterMsg>> for CounterHandle {
     fn from(handle: Handle<CounterMsg>) -> CounterHandle {
         CounterHandle { handle }
-    }
-}
-
-impl Deref for CounterHandle {
-    type Target = Handle<CounterMsg>;
-
-    fn deref(&self) -> &Handle<CounterMsg> {
-        &self.handle
     }
 }

@@ -43,9 +43,9 @@ pub use counter::{Counter, CounterHandle, CounterMsg};
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use database::{
     DEFAULT_MAX_BATCH_WRITES, Database, DatabaseBuilder, DatabaseError, DatabaseHandle,
-    DatabaseStats, DbMsg, RefusedWrite, Synchronous,
+    DatabaseMsg, DatabaseStats, RefusedWrite, Synchronous,
 };
-pub use printer::{PrintMsg, Printer, PrinterError, PrinterHandle, PrinterStats, SharedBuffer};
+pub use printer::{Printer, PrinterError, PrinterHandle, PrinterMsg, PrinterStats, SharedBuffer};
 #[cfg(all(feature = "amqp", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "amqp", feature = "sqlite"))))]
 pub use remote_database::{

@@ -2,12 +2,13 @@
 
 use std::fmt;
 use std::io::{self, BufWriter, Write};
-use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use thiserror::Error;
 
-use crate::{AskError, Context, Handle, Manager, Reply, Runtime, SendError, SpawnError};
+use std::time::Duration;
+
+use crate::{AskError, Context, Handle, JoinError, Manager, Reply, Runtime, SendError, SpawnError};
 
 /// The messages a [`Printer`] accepts.
 ///
@@ -18,19 +19,19 @@ use crate::{AskError, Context, Handle, Manager, Reply, Runtime, SendError, Spawn
 ///
 /// ```
 /// use custody::Runtime;
-/// use custody::resources::{PrintMsg, Printer, SharedBuffer};
+/// use custody::resources::{PrinterMsg, Printer, SharedBuffer};
 ///
 /// let rt = Runtime::new();
 /// let out = SharedBuffer::new();
 /// let printer = rt.spawn("printer", Printer::new(out.clone()))?;
-/// printer.tell(PrintMsg::Job(vec!["The count is 1".into(), "-----".into()]))?;
-/// printer.tell(PrintMsg::Line("done".into()))?;
-/// printer.ask(PrintMsg::Flush)??;
+/// printer.tell(PrinterMsg::Job(vec!["The count is 1".into(), "-----".into()]))?;
+/// printer.tell(PrinterMsg::Line("done".into()))?;
+/// printer.ask(PrinterMsg::Flush)??;
 /// assert_eq!(out.contents(), "The count is 1\n-----\ndone\n");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
-pub enum PrintMsg {
+pub enum PrinterMsg {
     /// One line (a newline is appended).
     Line(String),
     /// Lines printed together: no other job's line comes between them.
@@ -103,7 +104,7 @@ pub enum PrinterError {
 /// let printer = Printer::new(SharedBuffer::new()).spawn(&rt, "printer")?;
 /// printer.print_job(["a", "b"])?;
 /// printer.print("c")?;
-/// let stats = printer.printer_stats()?;
+/// let stats = printer.stats()?;
 /// assert_eq!((stats.jobs, stats.lines, stats.write_errors), (2, 3, 0));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -240,22 +241,22 @@ impl<W: Write + Send + 'static> Printer<W> {
 }
 
 impl<W: Write + Send + 'static> Manager for Printer<W> {
-    type Msg = PrintMsg;
+    type Msg = PrinterMsg;
 
-    fn handle(&mut self, msg: PrintMsg, _ctx: &mut Context<'_, PrintMsg>) {
+    fn handle(&mut self, msg: PrinterMsg, _ctx: &mut Context<'_, PrinterMsg>) {
         match msg {
-            PrintMsg::Line(line) => self.print_lines([line.as_str()]),
-            PrintMsg::Job(lines) => self.print_lines(lines.iter().map(String::as_str)),
-            PrintMsg::Flush(reply) => reply.send(self.flush_now()),
-            PrintMsg::Stats(reply) => reply.send(self.stats),
+            PrinterMsg::Line(line) => self.print_lines([line.as_str()]),
+            PrinterMsg::Job(lines) => self.print_lines(lines.iter().map(String::as_str)),
+            PrinterMsg::Flush(reply) => reply.send(self.flush_now()),
+            PrinterMsg::Stats(reply) => reply.send(self.stats),
         }
     }
 
-    fn idle(&mut self, _ctx: &mut Context<'_, PrintMsg>) {
+    fn idle(&mut self, _ctx: &mut Context<'_, PrinterMsg>) {
         self.flush_if_dirty();
     }
 
-    fn stopped(&mut self, _ctx: &mut Context<'_, PrintMsg>) {
+    fn stopped(&mut self, _ctx: &mut Context<'_, PrinterMsg>) {
         self.flush_if_dirty();
         if self.failed_since_flush > 0 {
             tracing::warn!(
@@ -277,7 +278,7 @@ impl<W: Write + Send + 'static> fmt::Debug for Printer<W> {
 
 /// The handle of a [`Printer`], with one method per message.
 ///
-/// It dereferences to the underlying [`Handle<PrintMsg>`], so
+/// It dereferences to the underlying [`Handle<PrinterMsg>`], so
 /// [`join`](Handle::join) (which also waits for the flush that follows the
 /// last batch) and the rest are there too.
 ///
@@ -297,7 +298,7 @@ impl<W: Write + Send + 'static> fmt::Debug for Printer<W> {
 /// ```
 #[derive(Clone, Debug)]
 pub struct PrinterHandle {
-    handle: Handle<PrintMsg>,
+    handle: Handle<PrinterMsg>,
 }
 
 impl PrinterHandle {
@@ -306,8 +307,8 @@ impl PrinterHandle {
     /// # Errors
     ///
     /// [`SendError`] if the printer is stopping or stopped.
-    pub fn print(&self, line: impl Into<String>) -> Result<(), SendError<PrintMsg>> {
-        self.handle.tell(PrintMsg::Line(line.into()))
+    pub fn print(&self, line: impl Into<String>) -> Result<(), SendError<PrinterMsg>> {
+        self.handle.tell(PrinterMsg::Line(line.into()))
     }
 
     /// Prints `lines` together, without waiting: no other job's line comes
@@ -316,13 +317,13 @@ impl PrinterHandle {
     /// # Errors
     ///
     /// [`SendError`] if the printer is stopping or stopped.
-    pub fn print_job<I>(&self, lines: I) -> Result<(), SendError<PrintMsg>>
+    pub fn print_job<I>(&self, lines: I) -> Result<(), SendError<PrinterMsg>>
     where
         I: IntoIterator,
         I::Item: Into<String>,
     {
         self.handle
-            .tell(PrintMsg::Job(lines.into_iter().map(Into::into).collect()))
+            .tell(PrinterMsg::Job(lines.into_iter().map(Into::into).collect()))
     }
 
     /// Waits until everything sent before is written and flushed.
@@ -333,7 +334,7 @@ impl PrinterHandle {
     /// `flush` (the count and the latest error are then reset),
     /// [`PrinterError::Runtime`] if the printer could not be asked.
     pub fn flush(&self) -> Result<(), PrinterError> {
-        self.handle.ask(PrintMsg::Flush)?
+        self.handle.ask(PrinterMsg::Flush)?
     }
 
     /// The printer's own counters. (The runtime's counters for this manager
@@ -342,32 +343,55 @@ impl PrinterHandle {
     /// # Errors
     ///
     /// As [`Handle::ask`].
-    pub fn printer_stats(&self) -> Result<PrinterStats, AskError> {
-        self.handle.ask(PrintMsg::Stats)
+    pub fn stats(&self) -> Result<PrinterStats, AskError> {
+        self.handle.ask(PrinterMsg::Stats)
     }
 
-    /// The underlying handle.
-    pub fn handle(&self) -> &Handle<PrintMsg> {
+    /// Waits until every message accepted so far has been handled (and,
+    /// for a resource that commits in its `idle`, committed).
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::join`].
+    pub fn join(&self) -> Result<(), JoinError> {
+        self.handle.join()
+    }
+
+    /// [`join`](PrinterHandle::join) with a deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::join_timeout`].
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), JoinError> {
+        self.handle.join_timeout(timeout)
+    }
+
+    /// Stops the manager gracefully: it refuses new messages and exits
+    /// once everything accepted is handled. As [`Handle::stop`].
+    pub fn stop(&self) {
+        self.handle.stop();
+    }
+
+    /// The manager's name.
+    pub fn name(&self) -> &str {
+        self.handle.name()
+    }
+
+    /// The underlying handle: every other call ([`Handle::stats`] for the
+    /// runtime's counters of this manager, [`Handle::len`], ...).
+    pub fn handle(&self) -> &Handle<PrinterMsg> {
         &self.handle
     }
 
     /// Unwraps the underlying handle.
-    pub fn into_handle(self) -> Handle<PrintMsg> {
+    pub fn into_handle(self) -> Handle<PrinterMsg> {
         self.handle
     }
 }
 
-impl From<Handle<PrintMsg>> for PrinterHandle {
-    fn from(handle: Handle<PrintMsg>) -> PrinterHandle {
+impl From<Handle<PrinterMsg>> for PrinterHandle {
+    fn from(handle: Handle<PrinterMsg>) -> PrinterHandle {
         PrinterHandle { handle }
-    }
-}
-
-impl Deref for PrinterHandle {
-    type Target = Handle<PrintMsg>;
-
-    fn deref(&self) -> &Handle<PrintMsg> {
-        &self.handle
     }
 }
 

@@ -44,7 +44,7 @@ use rusqlite::{Connection, ToSql};
 use serde::{Deserialize, Serialize};
 
 use super::database::{
-    CommitCheck, Database, DatabaseBuilder, DatabaseError, DatabaseStats, WriteOp,
+    CommitCheck, Database, DatabaseBuilder, DatabaseError, DatabaseStats, GroupCommit, WriteOp,
 };
 use crate::broker::{Ownership, RemoteReply};
 use crate::{Context, Manager};
@@ -333,7 +333,7 @@ pub enum RemoteDbMsg {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct RemoteDatabase {
-    db: Database,
+    db: GroupCommit,
     /// What the batch's writes came to, filled as the `Database` settles
     /// them, drained after each call into it.
     outcomes: Outcomes,
@@ -370,7 +370,8 @@ impl RemoteDatabase {
     /// # Errors
     ///
     /// [`DatabaseError::Sqlite`] if a table cannot be created or updated.
-    pub fn new(mut db: Database) -> Result<RemoteDatabase, DatabaseError> {
+    pub fn new(db: Database) -> Result<RemoteDatabase, DatabaseError> {
+        let mut db = db.into_engine();
         db.setup(&format!("{CREATE_APPLIED}; {CREATE_OWNER}"))?;
         if let Some(conn) = db.connection_between_batches() {
             add_applied_times(conn)?;
@@ -486,7 +487,7 @@ impl RemoteDatabase {
     }
 
     /// The underlying database's counters.
-    pub fn database_stats(&self) -> DatabaseStats {
+    pub fn stats(&self) -> DatabaseStats {
         self.db.stats()
     }
 }
@@ -922,7 +923,7 @@ impl RemoteDatabase {
                 self.drop_unsettled("the owner stopped at once");
                 return;
             }
-            if tries > 0 && shared.gate.is_closed() {
+            if tries > 0 && shared.mailbox.gate.is_closed() {
                 tracing::warn!(
                     held = self.retry.len(),
                     "stopping with writes held after transient failures: stopping at once, they go back to the queue"

@@ -1,4 +1,4 @@
-//! `Builder`: a runtime's configuration.
+//! `RuntimeBuilder`: a runtime's configuration.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use crate::mailbox::{Backend, Capacity};
 /// The smallest stack a manager thread may ask for.
 const MIN_STACK: usize = 16 * 1024;
 
-/// The default for [`Builder::max_batch`].
+/// The default for [`RuntimeBuilder::max_batch`].
 pub const DEFAULT_MAX_BATCH: usize = 1024;
 
 #[derive(Clone, Debug)]
@@ -41,13 +41,15 @@ pub(super) struct Config {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug)]
-pub struct Builder {
+pub struct RuntimeBuilder {
     config: Config,
+    /// Set by `fuzz_max_pause`, before or after `fuzz`.
+    fuzz_max_pause: Option<Duration>,
 }
 
-impl Default for Builder {
+impl Default for RuntimeBuilder {
     fn default() -> Self {
-        Builder {
+        RuntimeBuilder {
             config: Config {
                 backend: Backend::Crossbeam,
                 capacity: Capacity::Unbounded,
@@ -56,11 +58,12 @@ impl Default for Builder {
                 max_batch: DEFAULT_MAX_BATCH,
                 fuzz: None,
             },
+            fuzz_max_pause: None,
         }
     }
 }
 
-impl Builder {
+impl RuntimeBuilder {
     /// The mailbox backend of managers spawned without their own choice.
     pub fn backend(mut self, backend: Backend) -> Self {
         self.config.backend = backend;
@@ -97,14 +100,31 @@ impl Builder {
     /// the runtime is built, so a failing run can be replayed. Turns on
     /// [`fuzz::point`](crate::fuzz::point) for the whole process.
     pub fn fuzz(mut self, seed: u64) -> Self {
-        let max = self.config.fuzz.map_or(fuzz::DEFAULT_MAX_PAUSE, |f| f.1);
+        let max = self.fuzz_max_pause.unwrap_or(fuzz::DEFAULT_MAX_PAUSE);
         self.config.fuzz = Some((seed, max));
         self
     }
 
     /// The longest fuzz pause (default [`fuzz::DEFAULT_MAX_PAUSE`](crate::fuzz::DEFAULT_MAX_PAUSE)).
-    /// Only matters with [`fuzz`](Builder::fuzz).
+    /// Only matters with [`fuzz`](RuntimeBuilder::fuzz), called before or
+    /// after it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use custody::Runtime;
+    ///
+    /// // Either order: the pause bound is kept.
+    /// let rt = Runtime::builder()
+    ///     .fuzz_max_pause(Duration::from_micros(50))
+    ///     .fuzz(7)
+    ///     .build()?;
+    /// assert_eq!(rt.fuzz_max_pause(), Some(Duration::from_micros(50)));
+    /// # Ok::<(), custody::BuildError>(())
+    /// ```
     pub fn fuzz_max_pause(mut self, max: Duration) -> Self {
+        self.fuzz_max_pause = Some(max);
         if let Some(f) = self.config.fuzz.as_mut() {
             f.1 = max;
         }

@@ -9,6 +9,7 @@
 //! and are not waited for.
 
 mod builder;
+mod control;
 mod shutdown;
 mod signals;
 mod spawn;
@@ -17,22 +18,24 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use builder::Config;
-pub use builder::{Builder, DEFAULT_MAX_BATCH};
+pub use builder::{DEFAULT_MAX_BATCH, RuntimeBuilder};
 pub use shutdown::{ShutdownReport, StopRecord};
-pub use signals::{HandledSignals, SignalError};
+pub use signals::HandledSignals;
 pub use spawn::ManagerBuilder;
 use spawn::SpawnOptions;
 
 use crate::error::SpawnError;
-use crate::handle::{Control, Handle};
+use crate::handle::Handle;
 use crate::mailbox::{Backend, Capacity};
 use crate::manager::Manager;
 use crate::owner::Owner;
 use crate::schedule;
 use crate::stats::Stats;
 use crate::supervision::PanicPolicy;
+use control::Control;
 
 /// Ids for runtimes, unique in the process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -72,6 +75,7 @@ impl Inner {
             daemon: false,
             max_batch: self.config.max_batch,
             policy: PanicPolicy::Resume,
+            outside: None,
         }
     }
 
@@ -83,7 +87,7 @@ impl Inner {
         }
         let mut options = self.default_options(schedule::TIMERS.to_owned());
         options.capacity = Capacity::Unbounded;
-        let handle = self.register(&options, schedule::Timers::default(), None)?;
+        let handle = self.register(options, schedule::Timers::default(), None)?;
         *timers = Some(handle.clone());
         Ok(handle)
     }
@@ -152,14 +156,14 @@ impl Runtime {
 
     /// A runtime with the defaults: crossbeam-channel, unbounded mailboxes.
     pub fn new() -> Runtime {
-        Builder::default()
+        RuntimeBuilder::default()
             .build()
             .expect("the default configuration is valid")
     }
 
     /// Starts configuring a runtime.
-    pub fn builder() -> Builder {
-        Builder::default()
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
     }
 
     /// The default backend of this runtime.
@@ -170,6 +174,18 @@ impl Runtime {
     /// The default capacity of this runtime.
     pub fn capacity(&self) -> Capacity {
         self.inner.config.capacity
+    }
+
+    /// The seed of fuzz mode, if the runtime was built with
+    /// [`RuntimeBuilder::fuzz`].
+    pub fn fuzz_seed(&self) -> Option<u64> {
+        self.inner.config.fuzz.map(|(seed, _)| seed)
+    }
+
+    /// The longest fuzz pause, in fuzz mode
+    /// ([`RuntimeBuilder::fuzz_max_pause`]).
+    pub fn fuzz_max_pause(&self) -> Option<Duration> {
+        self.inner.config.fuzz.map(|(_, max)| max)
     }
 
     /// Spawns `manager` on its own thread with the runtime's defaults.

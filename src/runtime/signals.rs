@@ -16,6 +16,7 @@ use std::sync::{Arc, Weak};
 #[cfg(unix)]
 use super::Inner;
 use super::Runtime;
+use crate::error::SignalError;
 
 /// One handler set per process (signal dispositions are process-wide).
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -58,22 +59,6 @@ impl fmt::Display for HandledSignals {
             (false, false) => f.write_str("no signal"),
         }
     }
-}
-
-/// [`Runtime::shutdown_on_signals`] could not install its handlers.
-#[derive(thiserror::Error, Debug)]
-#[non_exhaustive]
-pub enum SignalError {
-    /// `shutdown_on_signals` was already called in this process (by this
-    /// runtime or another one).
-    #[error("the shutdown signal handlers are already installed in this process")]
-    AlreadyInstalled,
-    /// The operating system refused the handlers or their thread.
-    #[error("installing the shutdown signal handlers")]
-    System(#[source] std::io::Error),
-    /// This platform has no Unix signals.
-    #[error("shutdown on signals needs unix signals, which this platform lacks")]
-    Unsupported,
 }
 
 impl Runtime {

@@ -1,18 +1,20 @@
 //! `ManagerBuilder` and registration: how a manager gets its thread.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::{Entry, Inner, Runtime};
 use crate::deadlock::WaitNode;
 use crate::error::SpawnError;
 use crate::handle::{Handle, Shared};
-use crate::mailbox::{self, Backend, Capacity, Gate, Padded};
+use crate::mailbox::{Backend, Capacity, Mailbox, SettleOutside};
 use crate::manager::Manager;
 use crate::manager_thread::{self, Factory, Spec};
 use crate::owner::{Owned, Owner};
 use crate::stats::Counters;
 use crate::supervision::PanicPolicy;
+use crate::util::Padded;
 
 /// Options for one manager; made by [`Runtime::manager`].
 #[derive(Debug)]
@@ -23,7 +25,7 @@ pub struct ManagerBuilder<'rt> {
 }
 
 /// Everything about a manager but the manager itself.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct SpawnOptions {
     pub(super) name: String,
     pub(super) backend: Backend,
@@ -31,6 +33,18 @@ pub(super) struct SpawnOptions {
     pub(super) daemon: bool,
     pub(super) max_batch: usize,
     pub(super) policy: PanicPolicy,
+    /// For a manager served from an outside queue: the queue's settler,
+    /// part of the mailbox from the start.
+    pub(super) outside: Option<Outside>,
+}
+
+/// An outside queue's settler, on its way into a mailbox.
+pub(super) struct Outside(Box<dyn SettleOutside>);
+
+impl fmt::Debug for Outside {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Outside(..)")
+    }
 }
 
 impl ManagerBuilder<'_> {
@@ -58,6 +72,15 @@ impl ManagerBuilder<'_> {
         self
     }
 
+    /// Serves this manager from an outside queue (the broker mailbox):
+    /// `settler` learns which deliveries the manager has handled, and is
+    /// asked whether each may still be handled.
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // the broker mailbox uses it
+    pub(crate) fn outside(mut self, settler: Box<dyn SettleOutside>) -> Self {
+        self.options.outside = Some(Outside(settler));
+        self
+    }
+
     /// What to do when `handle` panics (default [`PanicPolicy::Resume`]).
     /// `Restart` needs [`spawn_with`](ManagerBuilder::spawn_with) or
     /// [`own_with`](ManagerBuilder::own_with).
@@ -76,7 +99,7 @@ impl ManagerBuilder<'_> {
         if matches!(self.options.policy, PanicPolicy::Restart { .. }) {
             return Err(SpawnError::NoFactory(self.options.name));
         }
-        self.runtime.inner.register(&self.options, manager, None)
+        self.runtime.inner.register(self.options, manager, None)
     }
 
     /// Spawns a manager built by `factory`, which is called again for a fresh
@@ -93,7 +116,7 @@ impl ManagerBuilder<'_> {
         let first = factory();
         self.runtime
             .inner
-            .register(&self.options, first, Some(Box::new(factory)))
+            .register(self.options, first, Some(Box::new(factory)))
     }
 
     /// Hands `resource` to a new owner thread.
@@ -107,7 +130,7 @@ impl ManagerBuilder<'_> {
         }
         self.runtime
             .inner
-            .register(&self.options, Owned(resource), None)
+            .register(self.options, Owned(resource), None)
             .map(Owner::new)
     }
 
@@ -126,7 +149,7 @@ impl ManagerBuilder<'_> {
         self.runtime
             .inner
             .register(
-                &self.options,
+                self.options,
                 first,
                 Some(Box::new(move || Owned(factory()))),
             )
@@ -137,7 +160,7 @@ impl ManagerBuilder<'_> {
 impl Inner {
     pub(super) fn register<Mg: Manager>(
         self: &Arc<Self>,
-        options: &SpawnOptions,
+        mut options: SpawnOptions,
         manager: Mg,
         factory: Option<Factory<Mg>>,
     ) -> Result<Handle<Mg::Msg>, SpawnError> {
@@ -160,15 +183,13 @@ impl Inner {
                 let _ = thread.join();
             }
         }
-        let (tx, rx) = mailbox::channel(options.backend, capacity);
+        let outside = options.outside.take().map(|Outside(settler)| settler);
+        let (mailbox, inbox) = Mailbox::open(options.backend, capacity, inner.id, outside);
         let shared = Arc::new(Shared {
-            tx,
-            gate: Gate::new(inner.id),
+            mailbox,
             runtime: Arc::downgrade(self),
             counters: Padded(Counters::default()),
-            abort: AtomicBool::new(false),
             fuzz: inner.config.fuzz.is_some(),
-            outside: OnceLock::new(),
             waits: Arc::new(WaitNode::new(&name)),
             name: name.clone(),
             backend: options.backend,
@@ -192,7 +213,7 @@ impl Inner {
             builder = builder.stack_size(bytes);
         }
         let thread = builder
-            .spawn(move || manager_thread::run(spec, rx, thread_handle))
+            .spawn(move || manager_thread::run(spec, inbox, thread_handle))
             .map_err(|source| SpawnError::Thread {
                 name: name.clone(),
                 source,

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::{deadline_after, lock, wait, wait_until};
+use super::{lock, wait, wait_until};
+use crate::util::deadline_after;
 
 /// Returned by [`Barrier::new`] and [`BarrierBuilder::build`] for an
 /// invalid configuration (Python raises `ValueError`).

@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use super::{deadline_after, lock, wait, wait_until};
+use super::{lock, wait, wait_until};
+use crate::util::deadline_after;
 
 #[derive(Debug, Default)]
 struct State {

@@ -11,7 +11,7 @@
 //!
 //! Methods that take a `timeout` in Python come in two flavours here: a
 //! blocking one without a timeout (`wait`, `acquire`) and a `*_timeout`
-//! variant taking a [`Duration`]. Timeouts are turned
+//! variant taking a [`Duration`](std::time::Duration). Timeouts are turned
 //! into a deadline once, so spurious wake-ups never extend the total wait.
 //!
 //! All types are `Send + Sync` and are meant to be shared by reference
@@ -44,7 +44,7 @@ pub use semaphore::{BoundedSemaphore, ReleaseError, Semaphore, SemaphoreGuard};
 pub use timer::{Timer, TimerJoinError};
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Locks `mutex`, ignoring poisoning.
 ///
@@ -53,12 +53,6 @@ use std::time::{Duration, Instant};
 /// the protected data is still valid.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Turns a timeout into a deadline. `None` means "never" (the timeout is
-/// so large that the deadline is not representable).
-pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
-    Instant::now().checked_add(timeout)
 }
 
 /// Blocks on `condvar` until notified (or spuriously woken).

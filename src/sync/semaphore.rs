@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::{deadline_after, lock, wait_until};
+use super::{lock, wait_until};
+use crate::util::deadline_after;
 
 /// Returned by [`BoundedSemaphore::release`] and
 /// [`BoundedSemaphore::release_n`] when the release would raise the value

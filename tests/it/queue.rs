@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::bounded as within;
-use custody::JoinableQueue;
+use custody::queue::JoinableQueue;
 use custody::queue::{GetError, JoinTimeoutError, PutError, Task, TaskDoneError};
 
 /// Generous bound for anything that must happen "eventually".

@@ -104,8 +104,8 @@ fn a_counter_spawned_with_options_works_through_from() {
                 .spawn(Counter::new())
                 .unwrap();
             let counter = CounterHandle::from(handle);
-            assert_eq!(counter.backend(), other);
-            counter.tell(CounterMsg::Add(4)).unwrap();
+            assert_eq!(counter.handle().backend(), other);
+            counter.handle().tell(CounterMsg::Add(4)).unwrap();
             counter.add(4).unwrap();
             assert_eq!(counter.get().unwrap(), 8);
         },
@@ -119,7 +119,7 @@ fn a_stopped_counter_refuses_messages() {
         let counter = Counter::new().spawn(&rt, "counter").unwrap();
         counter.add(1).unwrap();
         rt.shutdown();
-        assert!(counter.has_exited());
+        assert!(counter.handle().has_exited());
         assert!(matches!(
             counter.add(1).unwrap_err().into_inner(),
             CounterMsg::Add(1)

@@ -113,7 +113,7 @@ fn block(db: &DatabaseHandle) -> (mpsc::Sender<()>, JoinHandle<()>) {
 
 /// Waits until `n` messages are queued behind the blocking call.
 fn wait_queued(db: &DatabaseHandle, n: usize) {
-    while db.len() < n {
+    while db.handle().len() < n {
         thread::sleep(Duration::from_millis(1));
     }
 }
@@ -124,7 +124,7 @@ fn queue_ask<T: Send + 'static>(
     db: &DatabaseHandle,
     ask: impl FnOnce(&DatabaseHandle) -> T + Send + 'static,
 ) -> JoinHandle<T> {
-    let before = db.len();
+    let before = db.handle().len();
     let asker = {
         let db = db.clone();
         thread::spawn(move || ask(&db))
@@ -193,7 +193,7 @@ fn acknowledged_rows_are_exactly_the_rows_on_disk() {
                 failed += failures;
             }
             assert_eq!(failed, WRITERS * (WRITES / 7), "every duplicate fails");
-            let stats = db.database_stats().unwrap();
+            let stats = db.stats().unwrap();
             assert_eq!(stats.committed_writes, acked.len() as u64);
             assert_eq!(stats.failed_writes, failed as u64);
             assert!(stats.commits >= 1);
@@ -214,7 +214,7 @@ fn a_failing_statement_fails_only_its_own_caller_in_a_batch() {
             let db = temp.spawn(&rt);
             let (sql, params) = insert(1);
             db.execute(sql, params).unwrap();
-            let commits_before = db.database_stats().unwrap().commits;
+            let commits_before = db.stats().unwrap().commits;
 
             let (release, blocker) = block(&db);
             let good_a = queue_ask(&db, |db| {
@@ -252,7 +252,7 @@ fn a_failing_statement_fails_only_its_own_caller_in_a_batch() {
             assert!(is_sqlite_error(&half_done.join().unwrap(), "UNIQUE"));
             assert_eq!(good_c.join().unwrap().unwrap(), 1);
 
-            let stats = db.database_stats().unwrap();
+            let stats = db.stats().unwrap();
             assert_eq!(
                 stats.commits - commits_before,
                 1,
@@ -274,7 +274,7 @@ fn a_panicking_write_does_not_lose_the_rest_of_its_batch() {
             let temp = TempDb::new("panic", backend);
             let rt = runtime(backend);
             let db = temp.spawn(&rt);
-            let commits_before = db.database_stats().unwrap().commits;
+            let commits_before = db.stats().unwrap().commits;
 
             let (release, blocker) = block(&db);
             let before = queue_ask(&db, |db| {
@@ -306,7 +306,7 @@ fn a_panicking_write_does_not_lose_the_rest_of_its_batch() {
             assert_eq!(after.join().unwrap().unwrap(), 1);
             db.join().unwrap();
 
-            let stats = db.database_stats().unwrap();
+            let stats = db.stats().unwrap();
             assert_eq!(stats.panicked_writes, 1);
             assert_eq!(
                 stats.commits - commits_before,
@@ -355,7 +355,7 @@ fn told_writes_are_committed_when_join_returns() {
         // Read by another connection while the manager still runs: what join
         // waited for is committed.
         assert_eq!(temp.ids_on_disk().len() as i64, THREADS * WRITES);
-        let stats = db.database_stats().unwrap();
+        let stats = db.stats().unwrap();
         assert_eq!(stats.committed_writes, (THREADS * WRITES) as u64);
         assert_eq!(stats.failed_told_writes, 1);
     });
@@ -379,7 +379,7 @@ fn max_batch_forces_a_commit() {
         release.send(()).unwrap();
         blocker.join().unwrap();
         db.join().unwrap();
-        let stats = db.database_stats().unwrap();
+        let stats = db.stats().unwrap();
         assert_eq!(stats.commits, 3, "batches of 4, 4 and 2");
         assert_eq!(stats.committed_writes, 10);
     });
@@ -410,7 +410,7 @@ fn a_call_commits_the_open_batch_first_and_runs_outside_it() {
             blocker.join().unwrap();
             assert_eq!(seen.join().unwrap().unwrap().unwrap(), (3, true));
             db.join().unwrap();
-            let stats = db.database_stats().unwrap();
+            let stats = db.stats().unwrap();
             assert_eq!(stats.commits, 2, "one before the call, one after");
             assert_eq!(ids(&db), BTreeSet::from([0, 1, 2, 3]));
         },
@@ -469,7 +469,7 @@ fn transaction_control_is_refused_inside_writes() {
         })
         .unwrap();
         assert_eq!(ids(&db), BTreeSet::from([3]));
-        assert_eq!(db.database_stats().unwrap().failed_writes, 7);
+        assert_eq!(db.stats().unwrap().failed_writes, 7);
     });
 }
 
@@ -566,7 +566,7 @@ fn handles_and_errors_have_the_auto_traits() {
     fn error<T: std::error::Error + Send + Sync + 'static>() {}
     send_sync::<DatabaseHandle>();
     send::<Database>();
-    send::<custody::resources::DbMsg>();
+    send::<custody::resources::DatabaseMsg>();
     error::<DatabaseError>();
     error::<RefusedWrite<(String, Vec<rusqlite::types::Value>)>>();
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 
 use super::{each_backend, runtime};
-use custody::resources::{PrintMsg, Printer, PrinterError, PrinterHandle, SharedBuffer};
+use custody::resources::{Printer, PrinterError, PrinterHandle, PrinterMsg, SharedBuffer};
 
 const WRITERS: usize = 8;
 
@@ -106,7 +106,7 @@ fn jobs_from_eight_writers_never_interleave_and_are_flushed_by_join() {
             printer.join().unwrap();
             assert_whole_jobs(&out.lines(), 0..400);
 
-            let stats = printer.printer_stats().unwrap();
+            let stats = printer.stats().unwrap();
             let lines: usize = (0..400).map(job_len).sum::<usize>() * WRITERS;
             assert_eq!(stats.jobs, 400 * WRITERS as u64);
             assert_eq!(stats.lines, lines as u64);
@@ -127,7 +127,7 @@ fn output_is_flushed_by_runtime_shutdown() {
         print_from_writers(&printer, 0..200);
         let report = rt.shutdown();
         assert_eq!(report.total_unhandled(), 0);
-        assert!(printer.has_exited());
+        assert!(printer.handle().has_exited());
         assert_whole_jobs(&out.lines(), 0..200);
     });
 }
@@ -142,7 +142,8 @@ fn flush_waits_for_earlier_output() {
             .unwrap();
         printer.print_job(["The count is 1", "-----"]).unwrap();
         printer
-            .tell(PrintMsg::Line("The count is 2".into()))
+            .handle()
+            .tell(PrinterMsg::Line("The count is 2".into()))
             .unwrap();
         printer.flush().unwrap();
         assert_eq!(out.contents(), "The count is 1\n-----\nThe count is 2\n");
@@ -201,7 +202,7 @@ fn write_errors_are_counted_and_reported_without_a_panic() {
             printer.print("kept").unwrap();
             printer.flush().unwrap();
             assert_eq!(out.contents(), "kept\n");
-            assert_eq!(printer.printer_stats().unwrap().write_errors, 3);
+            assert_eq!(printer.stats().unwrap().write_errors, 3);
             assert_eq!(printer.handle().stats().panicked, 0);
             assert_eq!(failures_left.load(Ordering::SeqCst), 0);
         },

@@ -1,0 +1,232 @@
+//! What a database call can fail with, and a refused told write.
+
+use std::fmt;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::{AskError, SpawnError};
+
+/// Why a database request failed.
+///
+/// # Examples
+///
+/// ```
+/// use custody::Runtime;
+/// use custody::resources::{Database, DatabaseError};
+///
+/// let rt = Runtime::new();
+/// let db = Database::in_memory()
+///     .init_sql("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+///     .spawn(&rt, "db")?;
+/// db.execute("INSERT INTO t VALUES (1)", vec![])?;
+/// let duplicate = db.execute("INSERT INTO t VALUES (1)", vec![]).unwrap_err();
+/// assert!(matches!(duplicate, DatabaseError::Sqlite(_)));
+/// assert!(duplicate.to_string().contains("UNIQUE"));
+/// # Ok::<(), DatabaseError>(())
+/// ```
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DatabaseError {
+    /// SQLite refused the statement or closure (its savepoint was rolled
+    /// back), or opening or setting up the connection failed.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// The write succeeded but committing its batch failed, so it was rolled
+    /// back with the rest of the batch.
+    #[error("committing the write batch failed, so this write was rolled back")]
+    Commit(#[source] Arc<rusqlite::Error>),
+    /// The batch's transaction was lost before it could commit (SQLite rolls
+    /// a transaction back by itself after some I/O and memory errors), so
+    /// this write is not committed.
+    #[error("the write batch was abandoned before its commit: {reason}")]
+    BatchAborted {
+        /// What happened to the batch.
+        reason: &'static str,
+    },
+    /// The database could not be switched to write-ahead logging.
+    #[error("the database could not be switched to WAL mode: its journal mode is `{mode}`")]
+    NotWal {
+        /// The journal mode SQLite reported.
+        mode: String,
+    },
+    /// The init SQL began a transaction and did not end it.
+    #[error("the init SQL left a transaction open")]
+    InitLeftTransaction,
+    /// A fire-and-forget write was refused: the manager is stopping or
+    /// stopped. The told methods return a [`RefusedWrite`], which holds the
+    /// write; this variant is what it becomes when converted (by `?` in a
+    /// function returning `DatabaseError`), which drops the write.
+    #[error("manager `{manager}` is stopped")]
+    Stopped {
+        /// The manager's name.
+        manager: String,
+    },
+    /// The manager could not be asked (stopped, or the request panicked).
+    #[error(transparent)]
+    Runtime(#[from] AskError),
+    /// The manager could not be spawned.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+}
+
+impl DatabaseError {
+    /// Whether the failure says nothing about the write itself, so that the
+    /// same write may succeed when tried again: SQLite was busy or locked
+    /// (another connection held the write lock past the busy timeout), an
+    /// I/O error, a full disk, no memory, a file that could not be opened,
+    /// or a batch rolled back because of something other than this write
+    /// ([`BatchAborted`](DatabaseError::BatchAborted)). A failed statement
+    /// (a constraint, a syntax error, a type) is not transient: it would
+    /// fail again.
+    ///
+    /// A `RemoteDatabase` (features `amqp` and `sqlite`) holds a write
+    /// that failed this way and runs it again, instead of settling it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::Runtime;
+    /// use custody::resources::Database;
+    ///
+    /// let rt = Runtime::new();
+    /// let db = Database::in_memory()
+    ///     .init_sql("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    ///     .spawn(&rt, "db")?;
+    /// db.execute("INSERT INTO t VALUES (1)", vec![])?;
+    /// let duplicate = db.execute("INSERT INTO t VALUES (1)", vec![]).unwrap_err();
+    /// assert!(!duplicate.is_transient()); // it would fail again
+    /// # Ok::<(), custody::resources::DatabaseError>(())
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DatabaseError::Sqlite(error) => is_transient_sqlite(error),
+            DatabaseError::Commit(error) => is_transient_sqlite(error),
+            DatabaseError::BatchAborted { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// SQLite's result codes for failures of the moment rather than of the
+/// statement.
+fn is_transient_sqlite(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+                | ErrorCode::OutOfMemory
+                | ErrorCode::CannotOpen
+                | ErrorCode::FileLockingProtocolFailed
+        )
+    )
+}
+
+/// A told write ([`tell_execute`](super::DatabaseHandle::tell_execute) or
+/// [`tell_write`](super::DatabaseHandle::tell_write)) that the database manager
+/// refused; the write comes back: `(sql, params)` for `tell_execute`, the
+/// closure for `tell_write`.
+///
+/// Its `Debug` does not need `T: Debug` (closures are not), and it converts
+/// into [`DatabaseError::Stopped`] for `?`, dropping the write: call
+/// [`into_inner`](RefusedWrite::into_inner) first to keep it.
+///
+/// # Examples
+///
+/// ```
+/// use custody::{Runtime, sql_values};
+/// use custody::resources::{Database, RefusedWrite};
+///
+/// let rt = Runtime::new();
+/// let db = Database::in_memory().spawn(&rt, "db")?;
+/// db.stop();
+/// db.join()?;
+/// let refused = db.tell_execute("INSERT INTO t VALUES (?1)", sql_values![7]).unwrap_err();
+/// assert!(matches!(&refused, RefusedWrite::Stopped { manager, .. } if manager == "db"));
+/// assert_eq!(refused.to_string(), "database manager `db` is stopped: the told write was refused");
+/// let (sql, params) = refused.into_inner();
+/// assert_eq!(sql, "INSERT INTO t VALUES (?1)");
+/// assert_eq!(params, sql_values![7]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Error)]
+#[non_exhaustive]
+pub enum RefusedWrite<T> {
+    /// The manager is stopping or stopped.
+    #[error("database manager `{manager}` is stopped: the told write was refused")]
+    Stopped {
+        /// The manager's name.
+        manager: String,
+        /// The write that was not sent.
+        write: T,
+    },
+    /// Told from a manager into the database's full bounded mailbox while the
+    /// database waits (through a chain of asks) on that manager: waiting for
+    /// room would never end.
+    #[error("telling database manager `{manager}` would deadlock: {}", cycle.join(" -> "))]
+    Deadlock {
+        /// The manager's name.
+        manager: String,
+        /// The write that was not sent.
+        write: T,
+        /// The managers around the cycle, the sender first and last.
+        cycle: Vec<String>,
+    },
+}
+
+impl<T> RefusedWrite<T> {
+    /// The write that was not sent.
+    pub fn into_inner(self) -> T {
+        match self {
+            RefusedWrite::Stopped { write, .. } | RefusedWrite::Deadlock { write, .. } => write,
+        }
+    }
+
+    /// The write that was not sent, borrowed.
+    pub fn write(&self) -> &T {
+        match self {
+            RefusedWrite::Stopped { write, .. } | RefusedWrite::Deadlock { write, .. } => write,
+        }
+    }
+
+    /// The name of the manager that refused it.
+    pub fn manager(&self) -> &str {
+        match self {
+            RefusedWrite::Stopped { manager, .. } | RefusedWrite::Deadlock { manager, .. } => {
+                manager
+            }
+        }
+    }
+}
+
+impl<T> fmt::Debug for RefusedWrite<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefusedWrite::Stopped { manager, .. } => f
+                .debug_struct("Stopped")
+                .field("manager", manager)
+                .finish_non_exhaustive(),
+            RefusedWrite::Deadlock { manager, cycle, .. } => f
+                .debug_struct("Deadlock")
+                .field("manager", manager)
+                .field("cycle", cycle)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl<T> From<RefusedWrite<T>> for DatabaseError {
+    /// Keeps the reason and drops the write.
+    fn from(refused: RefusedWrite<T>) -> DatabaseError {
+        match refused {
+            RefusedWrite::Stopped { manager, .. } => DatabaseError::Stopped { manager },
+            RefusedWrite::Deadlock { cycle, .. } => {
+                DatabaseError::Runtime(AskError::Deadlock { cycle })
+            }
+        }
+    }
+}
