@@ -101,6 +101,9 @@
 //! when a manager asks itself, at once instead of hanging.
 
 #![forbid(unsafe_code)]
+// docs.rs builds with `--cfg docsrs` (Cargo.toml's [package.metadata.docs.rs])
+// on nightly, and marks feature-gated items with the feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -109,6 +112,7 @@
 )]
 
 #[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub mod broker;
 mod current;
 mod deadlock;

@@ -16,7 +16,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Queues, builder, connect, unique_name};
+#[cfg(feature = "sqlite")]
+use common::unique_name;
+use common::{Queues, builder, connect};
 use custody::broker::{
     Broker, BrokerError, RemoteAskError, RemoteJoinError, RemoteReply, RemoteSendError,
 };
@@ -781,8 +783,10 @@ fn a_remote_ask_whose_handler_panics_ends_in_an_error() {
 }
 
 /// Removes a SQLite file and its companions when dropped, pass or fail.
+#[cfg(feature = "sqlite")]
 struct DbFile(std::path::PathBuf);
 
+#[cfg(feature = "sqlite")]
 impl DbFile {
     fn new(label: &str) -> DbFile {
         DbFile(std::env::temp_dir().join(format!("custody-{}.db", unique_name(label))))
@@ -802,6 +806,7 @@ impl DbFile {
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl Drop for DbFile {
     fn drop(&mut self) {
         for suffix in ["", "-wal", "-shm", "-journal"] {
@@ -814,6 +819,7 @@ impl Drop for DbFile {
 
 /// A `RemoteDatabase` on `path` with the table `writes (n)`, which has no
 /// unique key: a write applied twice would show as two rows.
+#[cfg(feature = "sqlite")]
 fn remote_database(path: &std::path::Path) -> custody::resources::RemoteDatabase {
     custody::resources::RemoteDatabase::open(
         custody::resources::Database::builder(path)
@@ -822,6 +828,7 @@ fn remote_database(path: &std::path::Path) -> custody::resources::RemoteDatabase
     .unwrap()
 }
 
+#[cfg(feature = "sqlite")]
 fn insert(n: u64) -> custody::resources::RemoteWrite {
     custody::resources::RemoteWrite::new(
         "INSERT INTO writes (n) VALUES (?1)",
@@ -829,6 +836,7 @@ fn insert(n: u64) -> custody::resources::RemoteWrite {
     )
 }
 
+#[cfg(feature = "sqlite")]
 #[test]
 fn a_remote_database_applies_a_write_id_once() {
     use custody::resources::{RemoteDbMsg, RemoteWrite};
@@ -891,20 +899,24 @@ fn a_remote_database_applies_a_write_id_once() {
 
 /// The environment variable that makes `db_owner_process_for_the_kill_test`
 /// act: `NAME|PATH`.
+#[cfg(feature = "sqlite")]
 const DB_CHILD_VAR: &str = "CUSTODY_BROKER_TEST_DB_OWNER";
 
 /// Writes the killed owner handles before it stalls.
+#[cfg(feature = "sqlite")]
 const STALL_AFTER: u64 = 120;
 
 /// A `RemoteDatabase` that, once it has handled `STALL_AFTER` writes,
 /// stalls in `idle` right after the commit and before the broker's ack: a
 /// kill then leaves committed writes unacknowledged, and the standby gets
 /// them again.
+#[cfg(feature = "sqlite")]
 struct StallAfterCommit {
     db: custody::resources::RemoteDatabase,
     handled: u64,
 }
 
+#[cfg(feature = "sqlite")]
 impl Manager for StallAfterCommit {
     type Msg = custody::resources::RemoteDbMsg;
     fn handle(&mut self, msg: Self::Msg, ctx: &mut Context<'_, Self::Msg>) {
@@ -924,6 +936,7 @@ impl Manager for StallAfterCommit {
 /// Not a scenario of its own: the database owner process that
 /// `a_remote_database_is_exactly_once_when_its_owner_is_killed` starts and
 /// kills. Started by anything else, it returns at once.
+#[cfg(feature = "sqlite")]
 #[test]
 fn db_owner_process_for_the_kill_test() {
     let Ok(arg) = std::env::var(DB_CHILD_VAR) else {
@@ -943,6 +956,7 @@ fn db_owner_process_for_the_kill_test() {
     drop(served);
 }
 
+#[cfg(feature = "sqlite")]
 #[test]
 fn a_remote_database_is_exactly_once_when_its_owner_is_killed() {
     use custody::resources::RemoteDbMsg;

@@ -20,14 +20,18 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+#[cfg(feature = "sqlite")]
+use std::io::BufRead;
+use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Queues, builder, connect, unique_name, url};
+#[cfg(feature = "sqlite")]
+use common::unique_name;
+use common::{Queues, builder, connect, url};
 use custody::broker::{
     Broker, BrokerBuilder, DeadLetter, RemoteAskError, RemoteHandle, RemoteJoinError, RemoteReply,
 };
@@ -818,8 +822,10 @@ fn small_batch_db_owner_process() {
 }
 
 /// Kills the child process when dropped, pass or fail.
+#[cfg(feature = "sqlite")]
 struct KillOnDrop(std::process::Child);
 
+#[cfg(feature = "sqlite")]
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();

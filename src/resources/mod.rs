@@ -40,12 +40,14 @@ mod remote_database;
 
 pub use counter::{Counter, CounterHandle, CounterMsg};
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use database::{
     DEFAULT_MAX_BATCH_WRITES, Database, DatabaseBuilder, DatabaseError, DatabaseHandle,
     DatabaseMsg, DatabaseStats, RefusedWrite, Synchronous,
 };
 pub use printer::{Printer, PrinterError, PrinterHandle, PrinterMsg, PrinterStats, SharedBuffer};
 #[cfg(all(feature = "amqp", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "amqp", feature = "sqlite"))))]
 pub use remote_database::{
     DEFAULT_APPLIED_HORIZON, DEFAULT_PRUNE_INTERVAL, RemoteDatabase, RemoteDbMsg, RemoteWrite,
     SqlValue,
@@ -54,4 +56,5 @@ pub use remote_database::{
 /// that closures can name `Connection`, `types::Value` and friends without a
 /// separate dependency.
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use rusqlite;

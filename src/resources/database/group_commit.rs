@@ -327,7 +327,7 @@ impl GroupCommit {
 
     /// Rolls the open batch back, failing its held writes with
     /// [`DatabaseError::BatchAborted`] and `reason`.
-    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // RemoteDatabase uses it
+    #[cfg(feature = "amqp")] // only RemoteDatabase uses it
     pub(crate) fn abandon_batch(&mut self, reason: &'static str) {
         self.restore();
         if self.in_transaction {
@@ -337,14 +337,13 @@ impl GroupCommit {
 
     /// The connection, when no batch is open (for work of its own
     /// transaction); `None` while a batch is open.
-    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // RemoteDatabase uses it
+    #[cfg(feature = "amqp")] // only RemoteDatabase uses it
     pub(crate) fn connection_between_batches(&mut self) -> Option<&Connection> {
         self.restore();
         (!self.in_transaction).then_some(&self.conn)
     }
 
     /// The counters.
-    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // RemoteDatabase uses it
     pub(crate) fn stats(&self) -> DatabaseStats {
         self.stats
     }
@@ -355,7 +354,7 @@ impl GroupCommit {
     }
 
     /// Runs `sql` (outside any batch) on the connection, for setup.
-    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // RemoteDatabase uses it
+    #[cfg(feature = "amqp")] // only RemoteDatabase uses it
     pub(crate) fn setup(&mut self, sql: &str) -> rusqlite::Result<()> {
         self.settle();
         self.conn.execute_batch(sql)

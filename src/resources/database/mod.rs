@@ -64,6 +64,7 @@ use crate::{Context, Manager, Runtime, SpawnError};
 /// assert_eq!(params, vec![Value::Integer(7), Value::Text("seven".into()), Value::Null]);
 /// ```
 #[macro_export]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 macro_rules! sql_values {
     ($($value:expr),* $(,)?) => {
         ::std::vec![$($crate::resources::rusqlite::types::Value::from($value)),*]
@@ -197,7 +198,7 @@ impl Database {
 
     /// The group-commit engine, for a manager that runs it under its own
     /// messages (`RemoteDatabase`).
-    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // RemoteDatabase uses it
+    #[cfg(feature = "amqp")] // only RemoteDatabase uses it
     pub(crate) fn into_engine(self) -> GroupCommit {
         self.engine
     }

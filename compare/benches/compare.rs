@@ -1,28 +1,14 @@
-//! The `compare` example's workloads under criterion, at a few sizes each:
-//! the same code (the example's modules are compiled in here), with
-//! criterion's statistics instead of a median of a few runs.
+//! The compare tool's workloads under criterion, at a few sizes each: the
+//! same code (`custody_compare`'s modules), with criterion's statistics
+//! instead of a median of a few runs.
 //!
-//! Run: `cargo bench --bench compare` (or `-- counter` for one group).
+//! Run: `cargo bench -p custody-compare` (or `-- counter` for one group).
 
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
-#[allow(dead_code)]
-#[path = "../examples/compare/ask.rs"]
-mod ask;
-#[allow(dead_code)]
-#[path = "../examples/compare/counter.rs"]
-mod counter;
-#[allow(dead_code)]
-#[path = "../examples/compare/database.rs"]
-mod database;
-#[allow(dead_code)]
-#[path = "../examples/compare/measure.rs"]
-mod measure;
-#[allow(dead_code)]
-#[path = "../examples/compare/printer.rs"]
-mod printer;
+use custody_compare::{ask, counter, database, printer};
 
 /// Benchmarks `designs` of one workload at `threads` threads and each of
 /// `sizes` (operations per thread); every iteration is one whole run.

@@ -5,23 +5,17 @@
 //! nanoseconds per operation, operations per second, and the ratio to the
 //! workload's reference design at the same thread count.
 //!
-//! Run: `cargo run --release --example compare -- --help`
-
-mod ask;
-#[cfg(feature = "amqp")]
-mod broker;
-mod counter;
-mod database;
-mod measure;
-mod printer;
-mod report;
+//! Run: `cargo run --release -p custody-compare -- --help`
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use report::{Machine, Reference, Row};
+#[cfg(feature = "amqp")]
+use custody_compare::broker;
+use custody_compare::report::{self, Machine, Reference, Row};
+use custody_compare::{ask, counter, database, measure, printer};
 
 /// One workload: its designs (the reference first), the thread counts it is
 /// measured at, and one run of a design.
@@ -180,7 +174,7 @@ enum Command {
 }
 
 const USAGE: &str = "\
-Usage: cargo run --release --example compare -- [OPTIONS]
+Usage: cargo run --release -p custody-compare -- [OPTIONS]
 
 When does a manager thread beat a lock, on this machine? Measures each
 workload with locks, atomics, bare channels and custody managers, and prints
@@ -462,7 +456,7 @@ fn main() -> ExitCode {
         Ok(Command::Run(options)) => options,
         Err(message) => {
             eprintln!("compare: {message}");
-            eprintln!("Try `cargo run --release --example compare -- --help`.");
+            eprintln!("Try `cargo run --release -p custody-compare -- --help`.");
             return ExitCode::from(2);
         }
     };
