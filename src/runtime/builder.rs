@@ -244,6 +244,13 @@ impl RuntimeBuilder {
     /// [`BuildError::ThreadName`] for a prefix with a NUL byte,
     /// [`BuildError::StackSize`] for a stack under 16 KiB.
     ///
+    /// # Panics
+    ///
+    /// Only with [`fuzz`](RuntimeBuilder::fuzz): the seed is printed to
+    /// standard error with `eprintln!`, which panics if that write fails (a
+    /// standard error redirected to a closed pipe or a full disk). Without
+    /// fuzz mode, `build` does not panic.
+    ///
     /// # Examples
     ///
     /// ```
