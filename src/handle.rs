@@ -300,6 +300,31 @@ impl<M: Send + 'static> Handle<M> {
     /// [`SendTimeoutError::Stopped`] if the manager is stopping or stopped,
     /// [`SendTimeoutError::Deadlock`] as [`tell`](Handle::tell); the message
     /// comes back in each.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use custody::{Capacity, Job, Runtime};
+    ///
+    /// let rt = Runtime::new();
+    /// let slow = rt.manager("slow").capacity(Capacity::bounded(1)?).own(())?;
+    /// let (busy, is_busy) = mpsc::channel();
+    /// let (go, wait) = mpsc::channel::<()>();
+    /// slow.cast(move |_| {
+    ///     busy.send(()).unwrap();
+    ///     wait.recv().ok();
+    /// })?;
+    /// is_busy.recv()?; // the manager is inside the first job
+    /// let wait_a_bit = Duration::from_millis(1);
+    /// slow.handle().tell_timeout(Job::new(|_| {}), wait_a_bit)?; // fills the one slot
+    /// let full = slow.handle().tell_timeout(Job::new(|_| {}), wait_a_bit).unwrap_err();
+    /// assert!(full.is_timeout()); // the job comes back: `full.into_inner()`
+    /// go.send(())?;
+    /// slow.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn tell_timeout(&self, msg: M, timeout: Duration) -> Result<(), SendTimeoutError<M>> {
         self.post(msg, Wait::Until(deadline_after(timeout)))
             .map_err(|r| match r {
@@ -353,6 +378,32 @@ impl<M: Send + 'static> Handle<M> {
     ///
     /// As [`ask`](Handle::ask), plus [`AskError::Timeout`]. A request that
     /// timed out may still be handled later; its answer is then dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use custody::{AskError, Context, Manager, Reply, Runtime};
+    ///
+    /// struct Slow(mpsc::Receiver<()>);
+    /// impl Manager for Slow {
+    ///     type Msg = Reply<&'static str>;
+    ///     fn handle(&mut self, reply: Self::Msg, _ctx: &mut Context<'_, Self::Msg>) {
+    ///         self.0.recv().ok(); // waits for the go-ahead
+    ///         reply.send("done");
+    ///     }
+    /// }
+    ///
+    /// let (go, wait) = mpsc::channel();
+    /// let rt = Runtime::new();
+    /// let slow = rt.spawn("slow", Slow(wait))?;
+    /// let late = slow.ask_timeout(|reply| reply, Duration::from_millis(1));
+    /// assert!(matches!(late, Err(AskError::Timeout { manager }) if manager == "slow"));
+    /// go.send(())?;
+    /// slow.join()?; // the request was still handled; its answer was dropped
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn ask_timeout<R, F>(&self, make: F, timeout: Duration) -> Result<R, AskError>
     where
         R: Send + 'static,
@@ -454,6 +505,26 @@ impl<M: Send + 'static> Handle<M> {
     ///
     /// As [`join`](Handle::join), plus [`JoinError::Timeout`] with the number
     /// of messages still unfinished.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use custody::{JoinError, Runtime};
+    ///
+    /// let rt = Runtime::new();
+    /// let slow = rt.own("slow", ())?;
+    /// let (go, wait) = mpsc::channel::<()>();
+    /// slow.cast(move |_| {
+    ///     wait.recv().ok();
+    /// })?;
+    /// let early = slow.handle().join_timeout(Duration::from_millis(1));
+    /// assert!(matches!(early, Err(JoinError::Timeout { unfinished: 1, .. })));
+    /// go.send(())?;
+    /// slow.handle().join_timeout(Duration::from_secs(60))?; // returns once the job is done
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn join_timeout(&self, timeout: Duration) -> Result<(), JoinError> {
         self.join_until(deadline_after(timeout))
     }
@@ -491,53 +562,234 @@ impl<M: Send + 'static> Handle<M> {
     }
 
     /// Messages waiting in the mailbox (not counting the one being handled).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let slow = rt.own("slow", ())?;
+    /// let (busy, is_busy) = mpsc::channel();
+    /// let (go, wait) = mpsc::channel::<()>();
+    /// slow.cast(move |_| {
+    ///     busy.send(()).unwrap();
+    ///     wait.recv().ok();
+    /// })?;
+    /// is_busy.recv()?; // the manager is inside the first job
+    /// slow.cast(|_| {})?;
+    /// slow.cast(|_| {})?;
+    /// assert_eq!(slow.handle().len(), 2); // the job in hand is not counted
+    /// go.send(())?;
+    /// slow.join()?;
+    /// assert_eq!(slow.handle().len(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.shared.mailbox.tx.len()
     }
 
     /// Whether the mailbox holds no waiting message.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let slow = rt.own("slow", ())?;
+    /// let (busy, is_busy) = mpsc::channel();
+    /// let (go, wait) = mpsc::channel::<()>();
+    /// slow.cast(move |_| {
+    ///     busy.send(()).unwrap();
+    ///     wait.recv().ok();
+    /// })?;
+    /// is_busy.recv()?; // the manager is inside the first job
+    /// assert!(slow.handle().is_empty()); // the job in hand is not waiting
+    /// slow.cast(|_| {})?;
+    /// assert!(!slow.handle().is_empty());
+    /// go.send(())?;
+    /// slow.join()?;
+    /// assert!(slow.handle().is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Messages accepted and not yet handled (queued, or in the current batch).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let slow = rt.own("slow", ())?;
+    /// let (busy, is_busy) = mpsc::channel();
+    /// let (go, wait) = mpsc::channel::<()>();
+    /// slow.cast(move |_| {
+    ///     busy.send(()).unwrap();
+    ///     wait.recv().ok();
+    /// })?;
+    /// is_busy.recv()?; // the manager is inside the first job
+    /// slow.cast(|_| {})?;
+    /// assert_eq!(slow.handle().unfinished(), 2); // the job in hand and the queued one
+    /// assert_eq!(slow.handle().len(), 1);
+    /// go.send(())?;
+    /// slow.join()?;
+    /// assert_eq!(slow.handle().unfinished(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn unfinished(&self) -> u64 {
         self.shared.mailbox.gate.unfinished()
     }
 
     /// Stops the manager gracefully: later sends are refused, messages already
     /// accepted are still handled, then its `stopped` hook runs and its thread
-    /// ends. Returns at once; [`join`](Handle::join) waits for the drain.
+    /// ends. Returns at once; [`join`](Handle::join) waits for the drain
+    /// (the `stopped` hook may still be running when it returns:
+    /// [`has_exited`](Handle::has_exited) tells when the thread has finished).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let (tx, rx) = mpsc::channel();
+    /// let out = rt.own("out", tx)?;
+    /// out.cast(|tx| tx.send(1).unwrap())?;
+    /// out.handle().stop();
+    /// assert!(out.cast(|tx| tx.send(2).unwrap()).is_err()); // refused, handed back
+    /// out.join()?; // the message accepted before the stop is still handled
+    /// assert_eq!(rx.try_iter().collect::<Vec<_>>(), [1]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stop(&self) {
         self.shared.stop();
     }
 
     /// Whether the manager refuses new messages (stopping or stopped).
+    ///
+    /// During a runtime's graceful shutdown, sends from threads that are not
+    /// the runtime's managers are refused before this turns `true` (each
+    /// manager is closed to everyone only when its turn to drain comes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::resources::Counter;
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let counter = Counter::new().spawn(&rt, "counter")?;
+    /// assert!(!counter.handle().is_stopped());
+    /// counter.handle().stop();
+    /// assert!(counter.handle().is_stopped()); // at once, while it may still drain
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_stopped(&self) -> bool {
         self.shared.mailbox.gate.is_closed()
     }
 
-    /// Whether the manager's thread has finished.
+    /// Whether the manager's thread has finished: its `stopped` hook has run
+    /// and the manager has been dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::resources::Counter;
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let counter = Counter::new().spawn(&rt, "counter")?;
+    /// assert!(!counter.handle().has_exited());
+    /// rt.shutdown(); // joins the manager's thread
+    /// assert!(counter.handle().has_exited());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn has_exited(&self) -> bool {
         self.shared.mailbox.gate.has_exited()
     }
 
     /// The manager's name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::resources::Counter;
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let hits = Counter::new().spawn(&rt, "hits")?;
+    /// assert_eq!(hits.handle().name(), "hits");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.shared.name
     }
 
     /// The manager's mailbox backend.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::resources::Counter;
+    /// use custody::{Backend, Runtime};
+    ///
+    /// let rt = Runtime::new();
+    /// let default = rt.spawn("default", Counter::new())?;
+    /// let flume = rt.manager("flume").backend(Backend::Flume).spawn(Counter::new())?;
+    /// assert_eq!(default.backend(), rt.backend());
+    /// assert_eq!(flume.backend(), Backend::Flume);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn backend(&self) -> Backend {
         self.shared.backend
     }
 
     /// The manager's mailbox capacity.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::resources::Counter;
+    /// use custody::{Capacity, Runtime};
+    ///
+    /// let rt = Runtime::new();
+    /// let open = rt.spawn("open", Counter::new())?;
+    /// let bounded = rt.manager("bounded").capacity(Capacity::bounded(32)?).spawn(Counter::new())?;
+    /// assert_eq!(open.capacity(), Capacity::Unbounded);
+    /// assert_eq!(bounded.capacity(), Capacity::Bounded(32));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn capacity(&self) -> Capacity {
         self.shared.capacity
     }
 
     /// A snapshot of this manager's counters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::resources::Counter;
+    /// use custody::{ManagerState, Runtime};
+    ///
+    /// let rt = Runtime::new();
+    /// let counter = Counter::new().spawn(&rt, "counter")?;
+    /// counter.add(1)?;
+    /// counter.add(2)?;
+    /// counter.join()?; // after a join the counts cover every message it waited for
+    /// let stats = counter.handle().stats();
+    /// assert_eq!((stats.name.as_str(), stats.handled, stats.queued), ("counter", 2, 0));
+    /// assert_eq!(stats.state, ManagerState::Running);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> ManagerStats {
         self.shared.stats(false)
     }

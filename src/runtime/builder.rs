@@ -10,7 +10,22 @@ use crate::mailbox::{Backend, Capacity};
 /// The smallest stack a manager thread may ask for.
 const MIN_STACK: usize = 16 * 1024;
 
-/// The default for [`RuntimeBuilder::max_batch`].
+/// The default for [`RuntimeBuilder::max_batch`]: a manager settles its
+/// batch (runs `idle`, wakes joiners) after at most this many messages.
+///
+/// # Examples
+///
+/// ```
+/// use custody::{DEFAULT_MAX_BATCH, Runtime};
+///
+/// assert_eq!(DEFAULT_MAX_BATCH, 1024);
+/// // Smaller batches: joiners are woken sooner under a steady stream.
+/// let rt = Runtime::builder().max_batch(DEFAULT_MAX_BATCH / 16).build()?;
+/// let n = rt.own("n", 0u32)?;
+/// n.cast(|n| *n += 1)?;
+/// assert_eq!(n.call(|n| *n)?, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const DEFAULT_MAX_BATCH: usize = 1024;
 
 #[derive(Clone, Debug)]
@@ -64,32 +79,108 @@ impl Default for RuntimeBuilder {
 }
 
 impl RuntimeBuilder {
-    /// The mailbox backend of managers spawned without their own choice.
+    /// The mailbox backend of managers spawned without their own choice
+    /// (default [`Backend::Crossbeam`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Backend, Runtime};
+    ///
+    /// let rt = Runtime::builder().backend(Backend::Flume).build()?;
+    /// let n = rt.own("n", 0u32)?;
+    /// assert_eq!(n.handle().backend(), Backend::Flume);
+    /// let own_choice = rt.manager("c").backend(Backend::Crossbeam).own(0u32)?;
+    /// assert_eq!(own_choice.handle().backend(), Backend::Crossbeam);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn backend(mut self, backend: Backend) -> Self {
         self.config.backend = backend;
         self
     }
 
-    /// The mailbox capacity of managers spawned without their own choice.
+    /// The mailbox capacity of managers spawned without their own choice
+    /// (default [`Capacity::Unbounded`]). Checked by
+    /// [`build`](RuntimeBuilder::build).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{BuildError, Capacity, CapacityError, Runtime};
+    ///
+    /// let rt = Runtime::builder().capacity(Capacity::bounded(128)?).build()?;
+    /// let n = rt.own("n", 0u32)?;
+    /// assert_eq!(n.handle().capacity(), Capacity::Bounded(128));
+    /// let zero = Runtime::builder().capacity(Capacity::Bounded(0)).build();
+    /// assert!(matches!(zero, Err(BuildError::Capacity(CapacityError::Zero))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn capacity(mut self, capacity: Capacity) -> Self {
         self.config.capacity = capacity;
         self
     }
 
-    /// A prefix for manager thread names (the thread is named prefix + name).
+    /// A prefix for manager thread names (the thread is named prefix + name;
+    /// default: no prefix). Checked by [`build`](RuntimeBuilder::build).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{BuildError, Runtime};
+    ///
+    /// let rt = Runtime::builder().thread_name_prefix("db-").build()?;
+    /// let pool = rt.own("pool", ())?;
+    /// let name = pool.call(|_| std::thread::current().name().map(str::to_owned))?;
+    /// assert_eq!(name.as_deref(), Some("db-pool"));
+    /// let nul = Runtime::builder().thread_name_prefix("a\0b").build();
+    /// assert!(matches!(nul, Err(BuildError::ThreadName(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn thread_name_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.config.thread_prefix = prefix.into();
         self
     }
 
-    /// The stack size of manager threads, in bytes.
+    /// The stack size of manager threads, in bytes (default: the standard
+    /// library's). Checked by [`build`](RuntimeBuilder::build): at least
+    /// 16 KiB.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{BuildError, Runtime};
+    ///
+    /// let rt = Runtime::builder().stack_size(512 * 1024).build()?;
+    /// let deep = rt.own("deep", [0u8; 4096])?;
+    /// assert_eq!(deep.call(|buf| buf.len())?, 4096);
+    /// let tiny = Runtime::builder().stack_size(1024).build();
+    /// assert!(matches!(tiny, Err(BuildError::StackSize(1024))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.config.stack_size = Some(bytes);
         self
     }
 
     /// The most messages a manager handles before it settles the batch (and
-    /// wakes joiners) even if more are queued. 0 is taken as 1.
+    /// wakes joiners) even if more are queued. 0 is taken as 1. Default
+    /// [`DEFAULT_MAX_BATCH`]; [`ManagerBuilder::max_batch`](crate::ManagerBuilder::max_batch)
+    /// sets it for one manager.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::builder().max_batch(0).build()?; // taken as 1
+    /// let n = rt.own("n", 0u32)?;
+    /// for _ in 0..3 {
+    ///     n.cast(|n| *n += 1)?;
+    /// }
+    /// n.join()?;
+    /// assert_eq!(n.call(|n| *n)?, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_batch(mut self, n: usize) -> Self {
         self.config.max_batch = n.max(1);
         self
@@ -99,6 +190,20 @@ impl RuntimeBuilder {
     /// handled message (see [`fuzz`](crate::fuzz)). The seed is printed when
     /// the runtime is built, so a failing run can be replayed. Turns on
     /// [`fuzz::point`](crate::fuzz::point) for the whole process.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Runtime, fuzz};
+    ///
+    /// let seed = fuzz::seed_from_env(); // CUSTODY_FUZZ_SEED, or the clock
+    /// let rt = Runtime::builder().fuzz(seed).build()?;
+    /// assert_eq!(rt.fuzz_seed(), Some(seed));
+    /// let n = rt.own("n", 0u32)?;
+    /// n.cast(|n| *n += 1)?; // may pause here, and before the manager handles it
+    /// assert_eq!(n.call(|n| *n)?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn fuzz(mut self, seed: u64) -> Self {
         let max = self.fuzz_max_pause.unwrap_or(fuzz::DEFAULT_MAX_PAUSE);
         self.config.fuzz = Some((seed, max));
@@ -138,6 +243,25 @@ impl RuntimeBuilder {
     /// [`BuildError::Capacity`] for a zero or oversized capacity,
     /// [`BuildError::ThreadName`] for a prefix with a NUL byte,
     /// [`BuildError::StackSize`] for a stack under 16 KiB.
+    ///
+    /// # Panics
+    ///
+    /// Only with [`fuzz`](RuntimeBuilder::fuzz): the seed is printed to
+    /// standard error with `eprintln!`, which panics if that write fails (a
+    /// standard error redirected to a closed pipe or a full disk). Without
+    /// fuzz mode, `build` does not panic.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{BuildError, Capacity, Runtime};
+    ///
+    /// let rt = Runtime::builder().capacity(Capacity::bounded(64)?).build()?;
+    /// assert_eq!(rt.capacity(), Capacity::Bounded(64));
+    /// let err = Runtime::builder().stack_size(0).build().unwrap_err();
+    /// assert!(matches!(err, BuildError::StackSize(0)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn build(self) -> Result<Runtime, BuildError> {
         let mut config = self.config;
         config.capacity = config.capacity.validate()?;

@@ -118,6 +118,53 @@ impl Inner {
 /// assert_eq!(report.total_unhandled(), 0);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// # Dropping
+///
+/// Dropping a `Runtime` calls [`shutdown`](Runtime::shutdown). On a thread
+/// that is not one of the runtime's managers, the drop blocks until that
+/// graceful shutdown has completed:
+///
+/// 1. Later spawns fail with [`SpawnError::ShutDown`], and sends from
+///    threads that are not this runtime's managers are refused (the message
+///    comes back in the error). Managers can still send to each other.
+/// 2. The non-daemon managers are stopped one at a time, last spawned first.
+///    Each is closed (from then on it refuses every send), handles every
+///    message it had already accepted, runs its `stopped` hook and is
+///    dropped, and its thread is joined before the next manager is closed.
+///    A manager still open accepts messages from those draining before it,
+///    and handles them too. The drop therefore blocks for as long as those
+///    handlers and hooks take: one that never returns (waiting on a lock or
+///    channel that nothing will release) makes the drop never return.
+/// 3. Daemon managers, which kept serving the others meanwhile, are then
+///    told to stop at once: each finishes the message in hand and discards
+///    (and counts) what is queued. They are not waited for: their threads may
+///    still be running when the drop returns.
+///
+/// Scheduled messages not yet due are not waited for. If a shutdown has
+/// already completed ([`shutdown`](Runtime::shutdown),
+/// [`shutdown_now`](Runtime::shutdown_now), a signal), the drop returns at
+/// once; if one is under way on another thread, the drop waits for it.
+/// Dropped on one of its own manager threads (a manager held the last
+/// `Arc<Runtime>`), the drop cannot join that thread: it starts the shutdown
+/// on a thread of its own and returns at once. [`Handle`]s do not keep the
+/// runtime alive: once it is shut down, their sends are refused.
+///
+/// ```
+/// use std::sync::mpsc;
+/// use custody::Runtime;
+///
+/// let (done, handled) = mpsc::channel();
+/// let rt = Runtime::new();
+/// let log = rt.own("log", done)?;
+/// for i in 0..3 {
+///     log.cast(move |done| done.send(i).unwrap())?;
+/// }
+/// drop(rt); // blocks until `log` has handled all three, and stopped
+/// assert_eq!(handled.try_iter().collect::<Vec<_>>(), [0, 1, 2]);
+/// assert!(log.cast(|done| done.send(3).unwrap()).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Runtime {
     inner: Arc<Inner>,
 }
@@ -154,7 +201,20 @@ impl Runtime {
         }
     }
 
-    /// A runtime with the defaults: crossbeam-channel, unbounded mailboxes.
+    /// A runtime with the defaults: crossbeam-channel, unbounded mailboxes,
+    /// batches of up to [`DEFAULT_MAX_BATCH`], no fuzz mode. The same as
+    /// `Runtime::builder().build()`, which cannot fail with the defaults.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Backend, Capacity, Runtime};
+    ///
+    /// let rt = Runtime::new();
+    /// assert_eq!(rt.backend(), Backend::Crossbeam);
+    /// assert_eq!(rt.capacity(), Capacity::Unbounded);
+    /// assert_eq!(rt.fuzz_seed(), None);
+    /// ```
     pub fn new() -> Runtime {
         RuntimeBuilder::default()
             .build()
@@ -162,28 +222,87 @@ impl Runtime {
     }
 
     /// Starts configuring a runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Capacity, Runtime};
+    ///
+    /// let rt = Runtime::builder().capacity(Capacity::bounded(16)?).build()?;
+    /// let n = rt.own("n", 0u32)?;
+    /// assert_eq!(n.handle().capacity(), Capacity::Bounded(16));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder::default()
     }
 
-    /// The default backend of this runtime.
+    /// The default backend of this runtime: that of managers spawned without
+    /// their own choice ([`ManagerBuilder::backend`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Backend, Runtime};
+    ///
+    /// let rt = Runtime::builder().backend(Backend::Flume).build()?;
+    /// assert_eq!(rt.backend(), Backend::Flume);
+    /// let n = rt.own("n", 0u32)?;
+    /// assert_eq!(n.handle().backend(), Backend::Flume);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn backend(&self) -> Backend {
         self.inner.config.backend
     }
 
-    /// The default capacity of this runtime.
+    /// The default capacity of this runtime: that of managers spawned without
+    /// their own choice ([`ManagerBuilder::capacity`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Capacity, Runtime};
+    ///
+    /// let rt = Runtime::builder().capacity(Capacity::bounded(8)?).build()?;
+    /// assert_eq!(rt.capacity(), Capacity::Bounded(8));
+    /// let roomy = rt.manager("roomy").capacity(Capacity::Unbounded).own(())?;
+    /// assert_eq!(roomy.handle().capacity(), Capacity::Unbounded);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn capacity(&self) -> Capacity {
         self.inner.config.capacity
     }
 
     /// The seed of fuzz mode, if the runtime was built with
     /// [`RuntimeBuilder::fuzz`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::Runtime;
+    ///
+    /// assert_eq!(Runtime::new().fuzz_seed(), None);
+    /// let fuzzed = Runtime::builder().fuzz(42).build()?;
+    /// assert_eq!(fuzzed.fuzz_seed(), Some(42)); // print it to replay a failing run
+    /// # Ok::<(), custody::BuildError>(())
+    /// ```
     pub fn fuzz_seed(&self) -> Option<u64> {
         self.inner.config.fuzz.map(|(seed, _)| seed)
     }
 
     /// The longest fuzz pause, in fuzz mode
     /// ([`RuntimeBuilder::fuzz_max_pause`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Runtime, fuzz};
+    ///
+    /// assert_eq!(Runtime::new().fuzz_max_pause(), None);
+    /// let fuzzed = Runtime::builder().fuzz(7).build()?;
+    /// assert_eq!(fuzzed.fuzz_max_pause(), Some(fuzz::DEFAULT_MAX_PAUSE));
+    /// # Ok::<(), custody::BuildError>(())
+    /// ```
     pub fn fuzz_max_pause(&self) -> Option<Duration> {
         self.inner.config.fuzz.map(|(_, max)| max)
     }
@@ -196,6 +315,26 @@ impl Runtime {
     /// [`SpawnError::InvalidName`], [`SpawnError::ShutDown`] after
     /// [`shutdown`](Runtime::shutdown), [`SpawnError::Thread`] if the OS
     /// refuses the thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Context, Manager, Reply, Runtime, SpawnError};
+    ///
+    /// struct Upper;
+    /// impl Manager for Upper {
+    ///     type Msg = (String, Reply<String>);
+    ///     fn handle(&mut self, (s, reply): Self::Msg, _ctx: &mut Context<'_, Self::Msg>) {
+    ///         reply.send(s.to_uppercase());
+    ///     }
+    /// }
+    ///
+    /// let rt = Runtime::new();
+    /// let upper = rt.spawn("upper", Upper)?;
+    /// assert_eq!(upper.ask(|reply| ("hi".to_owned(), reply))?, "HI");
+    /// assert!(matches!(rt.spawn("", Upper), Err(SpawnError::InvalidName(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn spawn<Mg: Manager>(
         &self,
         name: impl Into<String>,
@@ -212,6 +351,22 @@ impl Runtime {
     /// # Errors
     ///
     /// As [`spawn`](Runtime::spawn).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::resources::{Counter, CounterMsg};
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let hits = rt.spawn_daemon("hits", Counter::new())?;
+    /// hits.tell(CounterMsg::Add(1))?;
+    /// assert!(rt.stats().managers[0].daemon);
+    /// let report = rt.shutdown(); // does not wait for `hits`
+    /// assert!(report.managers[0].daemon);
+    /// assert!(hits.is_stopped());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn spawn_daemon<Mg: Manager>(
         &self,
         name: impl Into<String>,
@@ -226,6 +381,21 @@ impl Runtime {
     /// # Errors
     ///
     /// As [`spawn`](Runtime::spawn).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let ages = rt.own("ages", HashMap::new())?;
+    /// ages.cast(|m| {
+    ///     m.insert("ada", 36);
+    /// })?;
+    /// assert_eq!(ages.call(|m| m.get("ada").copied())?, Some(36));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn own<R: Send + 'static>(
         &self,
         name: impl Into<String>,
@@ -258,6 +428,26 @@ impl Runtime {
     }
 
     /// A snapshot of every manager's counters, in spawn order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{ManagerState, Runtime};
+    ///
+    /// let rt = Runtime::new();
+    /// let a = rt.own("a", 0u32)?;
+    /// let b = rt.own("b", 0u32)?;
+    /// a.cast(|n| *n += 1)?;
+    /// a.join()?;
+    /// b.stop();
+    /// let stats = rt.stats();
+    /// let names: Vec<_> = stats.managers.iter().map(|m| m.name.as_str()).collect();
+    /// assert_eq!(names, ["a", "b"]);
+    /// assert_eq!(stats.get("a").unwrap().handled, 1);
+    /// assert_eq!(stats.get("a").unwrap().state, ManagerState::Running);
+    /// assert_ne!(stats.get("b").unwrap().state, ManagerState::Running);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         Stats {
             managers: self
@@ -311,13 +501,32 @@ impl Runtime {
     /// while a graceful shutdown is in progress: it cuts it short. From inside
     /// one of the runtime's managers it returns at once, as
     /// [`shutdown`](Runtime::shutdown) does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{AskError, Runtime};
+    ///
+    /// let rt = Runtime::new();
+    /// let jobs = rt.own("jobs", 0u32)?;
+    /// let me = jobs.handle().clone();
+    /// // Keeps the manager busy until the immediate stop below.
+    /// jobs.cast(move |_| while !me.is_stopped() { std::thread::yield_now() })?;
+    /// jobs.cast(|n| *n += 1)?;
+    /// let report = rt.shutdown_now();
+    /// assert!(report.is_complete());
+    /// assert_eq!(report.total_unhandled(), 1); // the queued job was discarded
+    /// assert!(matches!(jobs.call(|n| *n), Err(AskError::Stopped { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown_now(&self) -> ShutdownReport {
         self.inner.shutdown(true)
     }
 }
 
 /// Dropping a `Runtime` shuts it down gracefully: it blocks until every
-/// non-daemon manager has drained and stopped (see [`Runtime::shutdown`]).
+/// non-daemon manager has drained and stopped (see [`Runtime::shutdown`],
+/// and [Dropping](Runtime#dropping) for exactly what it waits for).
 /// Dropped on one of its own manager threads, it starts the shutdown and
 /// returns at once instead.
 impl Drop for Runtime {

@@ -127,6 +127,21 @@ impl Inner {
 }
 
 /// What one manager left behind when the runtime shut down.
+///
+/// # Examples
+///
+/// ```
+/// use custody::Runtime;
+///
+/// let rt = Runtime::new();
+/// let _store = rt.own("store", ())?;
+/// let _clock = rt.manager("clock").daemon(true).own(())?;
+/// let report = rt.shutdown();
+/// let records: Vec<_> = report.managers.iter().map(|m| (m.name.as_str(), m.daemon)).collect();
+/// assert_eq!(records, [("store", false), ("clock", true)]); // in spawn order
+/// assert_eq!(report.managers[0].unhandled, 0); // a graceful shutdown drains
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StopRecord {
@@ -179,11 +194,47 @@ impl ShutdownReport {
 
     /// Whether the shutdown has completed; `false` for the report of a
     /// shutdown asked for from inside one of the runtime's managers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let _n = rt.own("n", 0u32)?;
+    /// let report = rt.shutdown(); // from outside the runtime: waits
+    /// assert!(report.is_complete());
+    /// assert_eq!(rt.shutdown(), report); // a later call returns the same report
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// The report of a shutdown asked for from a manager is in progress; see
+    /// [`Runtime::shutdown`] for an example.
     pub fn is_complete(&self) -> bool {
         self.complete
     }
 
-    /// Messages discarded unhandled, over all managers.
+    /// Messages discarded unhandled, over all managers: by an immediate stop
+    /// ([`Runtime::shutdown_now`], [`PanicPolicy::Stop`](crate::PanicPolicy::Stop)),
+    /// or by a daemon stopped at the end of a graceful shutdown.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let jobs = rt.own("jobs", ())?;
+    /// let me = jobs.handle().clone();
+    /// // Keeps the manager busy until the immediate stop below.
+    /// jobs.cast(move |_| while !me.is_stopped() { std::thread::yield_now() })?;
+    /// jobs.cast(|_| {})?;
+    /// jobs.cast(|_| {})?;
+    /// let report = rt.shutdown_now();
+    /// assert_eq!(report.total_unhandled(), 2); // the two queued jobs
+    /// assert_eq!(report.managers[0].unhandled, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn total_unhandled(&self) -> u64 {
         self.managers.iter().map(|m| m.unhandled).sum()
     }
@@ -243,6 +294,23 @@ impl Runtime {
     /// Called from one of this runtime's own managers it returns at once with
     /// an in-progress report: the shutdown joins that manager's thread, so it
     /// cannot complete while the manager waits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use custody::Runtime;
+    ///
+    /// let rt = Arc::new(Runtime::new());
+    /// let n = rt.own("n", 0u32)?;
+    /// n.cast(|n| *n += 1)?;
+    /// let other = Arc::clone(&rt);
+    /// let stopper = std::thread::spawn(move || other.shutdown());
+    /// let report = rt.wait(); // returns once that shutdown has completed
+    /// assert!(report.is_complete());
+    /// assert_eq!(report, stopper.join().unwrap());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn wait(&self) -> ShutdownReport {
         self.inner.wait()
     }
