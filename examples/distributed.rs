@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use custody::Runtime;
 use custody::broker::Broker;
 use custody::resources::rusqlite::{self, Connection};
-use custody::resources::{Database, DatabaseError, RemoteDatabase, RemoteDbMsg, RemoteWrite};
+use custody::resources::{Database, DatabaseError, RemoteDatabase, RemoteDatabaseMsg, RemoteWrite};
 
 const PRODUCERS: u32 = 3;
 const WRITES_PER_PRODUCER: u32 = 600;
@@ -118,7 +118,7 @@ fn own(name: &str, db: &Path) -> Result<(), String> {
 fn produce(name: &str, k: u32, count: u32) -> Result<(), String> {
     let broker = Broker::from_env().map_err(|e| e.to_string())?;
     let ledger = broker
-        .remote_handle::<RemoteDbMsg>(name)
+        .remote_handle::<RemoteDatabaseMsg>(name)
         .map_err(|e| e.to_string())?;
     let mut confirmed = 0;
     let mut next = 0;
@@ -126,7 +126,7 @@ fn produce(name: &str, k: u32, count: u32) -> Result<(), String> {
         let end = (next + CHUNK).min(count);
         let writes = (next..end).map(|i| {
             let id = format!("{k}.{i}");
-            RemoteDbMsg::Execute(RemoteWrite::with_id(
+            RemoteDatabaseMsg::Execute(RemoteWrite::with_id(
                 id.clone(),
                 "INSERT INTO writes (id, producer) VALUES (?1, ?2)",
                 vec![id.into(), k.into()],

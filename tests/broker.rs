@@ -839,7 +839,7 @@ fn insert(n: u64) -> custody::resources::RemoteWrite {
 #[cfg(feature = "sqlite")]
 #[test]
 fn a_remote_database_applies_a_write_id_once() {
-    use custody::resources::{RemoteDbMsg, RemoteWrite};
+    use custody::resources::{RemoteDatabaseMsg, RemoteWrite};
     within(|| {
         let queues = Queues::new("db-once");
         let file = DbFile::new("db-once");
@@ -849,25 +849,27 @@ fn a_remote_database_applies_a_write_id_once() {
             .serve(&rt, &queues.name, remote_database(&file.0))
             .unwrap();
         let sender = connect(builder());
-        let db = sender.remote_handle::<RemoteDbMsg>(&queues.name).unwrap();
+        let db = sender
+            .remote_handle::<RemoteDatabaseMsg>(&queues.name)
+            .unwrap();
         let write = insert(1);
         // Told twice, then asked twice: one row.
-        db.tell(RemoteDbMsg::Execute(write.clone())).unwrap();
-        db.tell(RemoteDbMsg::Execute(write.clone())).unwrap();
+        db.tell(RemoteDatabaseMsg::Execute(write.clone())).unwrap();
+        db.tell(RemoteDatabaseMsg::Execute(write.clone())).unwrap();
         db.join().unwrap();
         assert_eq!(
-            db.ask(|r| RemoteDbMsg::ExecuteAsk(write.clone(), r))
+            db.ask(|r| RemoteDatabaseMsg::ExecuteAsk(write.clone(), r))
                 .unwrap(),
             Ok(0)
         );
         let other = insert(2);
         assert_eq!(
-            db.ask(|r| RemoteDbMsg::ExecuteAsk(other.clone(), r))
+            db.ask(|r| RemoteDatabaseMsg::ExecuteAsk(other.clone(), r))
                 .unwrap(),
             Ok(1)
         );
         assert_eq!(
-            db.ask(|r| RemoteDbMsg::ExecuteAsk(other.clone(), r))
+            db.ask(|r| RemoteDatabaseMsg::ExecuteAsk(other.clone(), r))
                 .unwrap(),
             Ok(0)
         );
@@ -877,18 +879,21 @@ fn a_remote_database_applies_a_write_id_once() {
         // once the table exists, the same id applies.
         let bad = RemoteWrite::with_id("late", "INSERT INTO later (n) VALUES (1)", vec![]);
         let err = db
-            .ask(|r| RemoteDbMsg::ExecuteAsk(bad.clone(), r))
+            .ask(|r| RemoteDatabaseMsg::ExecuteAsk(bad.clone(), r))
             .unwrap()
             .unwrap_err();
         assert!(err.contains("later"), "{err}");
         let create = RemoteWrite::new("CREATE TABLE later (n INTEGER)", vec![]);
         // (The count SQLite reports for DDL is not meaningful.)
         assert!(
-            db.ask(|r| RemoteDbMsg::ExecuteAsk(create, r))
+            db.ask(|r| RemoteDatabaseMsg::ExecuteAsk(create, r))
                 .unwrap()
                 .is_ok()
         );
-        assert_eq!(db.ask(|r| RemoteDbMsg::ExecuteAsk(bad, r)).unwrap(), Ok(1));
+        assert_eq!(
+            db.ask(|r| RemoteDatabaseMsg::ExecuteAsk(bad, r)).unwrap(),
+            Ok(1)
+        );
         assert_eq!(file.counts(), (2, 2, 4));
         db.join().unwrap();
         served.stop();
@@ -918,7 +923,7 @@ struct StallAfterCommit {
 
 #[cfg(feature = "sqlite")]
 impl Manager for StallAfterCommit {
-    type Msg = custody::resources::RemoteDbMsg;
+    type Msg = custody::resources::RemoteDatabaseMsg;
     fn handle(&mut self, msg: Self::Msg, ctx: &mut Context<'_, Self::Msg>) {
         self.handled += 1;
         self.db.handle(msg, ctx);
@@ -959,7 +964,7 @@ fn db_owner_process_for_the_kill_test() {
 #[cfg(feature = "sqlite")]
 #[test]
 fn a_remote_database_is_exactly_once_when_its_owner_is_killed() {
-    use custody::resources::RemoteDbMsg;
+    use custody::resources::RemoteDatabaseMsg;
     use std::io::BufRead;
     use std::process::{Command, Stdio};
 
@@ -1000,12 +1005,15 @@ fn a_remote_database_is_exactly_once_when_its_owner_is_killed() {
             .unwrap();
         // The producer: distinct ids, a chunk at a time.
         let sender = connect(builder());
-        let db = sender.remote_handle::<RemoteDbMsg>(&queues.name).unwrap();
+        let db = sender
+            .remote_handle::<RemoteDatabaseMsg>(&queues.name)
+            .unwrap();
         let producer = {
             let db = db.clone();
             std::thread::spawn(move || {
                 for start in (0..N).step_by(CHUNK as usize) {
-                    let writes = (start..start + CHUNK).map(|n| RemoteDbMsg::Execute(insert(n)));
+                    let writes =
+                        (start..start + CHUNK).map(|n| RemoteDatabaseMsg::Execute(insert(n)));
                     db.tell_all(writes).unwrap();
                     std::thread::sleep(Duration::from_millis(10));
                 }

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use custody::broker::{Broker, BrokerBuilder, BrokerError, RemoteHandle};
-use custody::resources::{Database, RemoteDatabase, RemoteDbMsg, RemoteWrite, SqlValue};
+use custody::resources::{Database, RemoteDatabase, RemoteDatabaseMsg, RemoteWrite, SqlValue};
 use custody::{Context, Manager, Runtime};
 
 /// The nodes' URLs, comma-separated, in the order of the script's numbers.
@@ -309,9 +309,9 @@ fn insert(n: u64) -> RemoteWrite {
     )
 }
 
-fn number(msg: &RemoteDbMsg) -> u64 {
+fn number(msg: &RemoteDatabaseMsg) -> u64 {
     let write = match msg {
-        RemoteDbMsg::Execute(write) | RemoteDbMsg::ExecuteAsk(write, _) => write,
+        RemoteDatabaseMsg::Execute(write) | RemoteDatabaseMsg::ExecuteAsk(write, _) => write,
         other => panic!("not a write: {other:?}"),
     };
     write.id[1..].parse().unwrap()
@@ -333,21 +333,21 @@ struct Counted {
 }
 
 impl Manager for Counted {
-    type Msg = RemoteDbMsg;
-    fn handle(&mut self, msg: RemoteDbMsg, ctx: &mut Context<'_, RemoteDbMsg>) {
+    type Msg = RemoteDatabaseMsg;
+    fn handle(&mut self, msg: RemoteDatabaseMsg, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.seen.handled.fetch_add(1, Ordering::SeqCst);
         if self.killed.get().is_some() {
             self.seen.first_after_kill.get_or_init(Instant::now);
         }
         self.db.handle(msg, ctx);
     }
-    fn idle(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn idle(&mut self, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.idle(ctx);
     }
-    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.stopped(ctx);
     }
-    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.recover(panic, ctx);
     }
 }
@@ -457,12 +457,12 @@ struct Produced {
 /// last handle and checks that join tells the truth: every write confirmed
 /// through that handle is applied.
 fn produce(name: &str, prefer: Node, first: u64, traffic: &Traffic, db: &DbFile) -> Produced {
-    let connect = || -> (Broker, RemoteHandle<RemoteDbMsg>) {
+    let connect = || -> (Broker, RemoteHandle<RemoteDatabaseMsg>) {
         let broker = prefer
             .first()
             .connect()
             .unwrap_or_else(|e| panic!("no node answers: {e}"));
-        let handle = broker.remote_handle::<RemoteDbMsg>(name).unwrap();
+        let handle = broker.remote_handle::<RemoteDatabaseMsg>(name).unwrap();
         (broker, handle)
     };
     let (mut broker, mut handle) = connect();
@@ -475,7 +475,7 @@ fn produce(name: &str, prefer: Node, first: u64, traffic: &Traffic, db: &DbFile)
         next += traffic.size.chunk;
         produced.sent.extend(&todo);
         while !todo.is_empty() {
-            match handle.tell_all(todo.iter().map(|&n| RemoteDbMsg::Execute(insert(n)))) {
+            match handle.tell_all(todo.iter().map(|&n| RemoteDatabaseMsg::Execute(insert(n)))) {
                 Ok(()) => {
                     traffic.confirmed(todo.len() as u64);
                     confirmed_here.append(&mut todo);
@@ -572,7 +572,7 @@ fn fault_scenario(fault: Fault) {
         let db = scenario_db;
         // Declared through node 1: its leader is placed there.
         let declarer = Node(1).connect();
-        drop(declarer.remote_handle::<RemoteDbMsg>(&name).unwrap());
+        drop(declarer.remote_handle::<RemoteDatabaseMsg>(&name).unwrap());
         let lead = leader(&name);
         let members = cluster(&["members", &format!("custody.{name}")]);
         assert_eq!(members.lines().count(), 3, "replicas: {members}");
@@ -628,7 +628,9 @@ fn fault_scenario(fault: Fault) {
         };
         // The probe's handle is on a node that survives.
         let probe_broker = survivor.connect();
-        let probe_db = probe_broker.remote_handle::<RemoteDbMsg>(&name).unwrap();
+        let probe_db = probe_broker
+            .remote_handle::<RemoteDatabaseMsg>(&name)
+            .unwrap();
 
         stream.wait_confirmed(size.before);
         let owner_before = owner_seen.handled.load(Ordering::SeqCst);
@@ -957,7 +959,7 @@ impl Asked {
 /// answered is applied.
 fn ask_stream(name: &str, node: Node, first: u64, traffic: &Traffic, db: &DbFile) -> Asked {
     let broker = node.connect();
-    let handle = broker.remote_handle::<RemoteDbMsg>(name).unwrap();
+    let handle = broker.remote_handle::<RemoteDatabaseMsg>(name).unwrap();
     let mut asked = Asked::default();
     let mut n = first;
     while !traffic.done() {
@@ -965,7 +967,7 @@ fn ask_stream(name: &str, node: Node, first: u64, traffic: &Traffic, db: &DbFile
         let sent = Instant::now();
         loop {
             match handle.ask_timeout(
-                |reply| RemoteDbMsg::ExecuteAsk(write.clone(), reply),
+                |reply| RemoteDatabaseMsg::ExecuteAsk(write.clone(), reply),
                 Duration::from_secs(2),
             ) {
                 Ok(Ok(_)) => break,
@@ -1000,11 +1002,11 @@ fn ask_stream(name: &str, node: Node, first: u64, traffic: &Traffic, db: &DbFile
 
 /// Asks for write `n` until it is answered; the time from `fault` to the
 /// answer. The write is the same each time, so retries apply it once.
-fn probe_n(db: &RemoteHandle<RemoteDbMsg>, n: u64, fault: Instant) -> Duration {
+fn probe_n(db: &RemoteHandle<RemoteDatabaseMsg>, n: u64, fault: Instant) -> Duration {
     let write = insert(n);
     loop {
         match db.ask_timeout(
-            |reply| RemoteDbMsg::ExecuteAsk(write.clone(), reply),
+            |reply| RemoteDatabaseMsg::ExecuteAsk(write.clone(), reply),
             Duration::from_secs(2),
         ) {
             Ok(Ok(_)) => return fault.elapsed(),
@@ -1242,7 +1244,7 @@ fn holds_within(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// checked to have three replicas. The leader, and the two others.
 fn declare(name: &str) -> (Node, Node, Node) {
     let declarer = Node(1).connect();
-    drop(declarer.remote_handle::<RemoteDbMsg>(name).unwrap());
+    drop(declarer.remote_handle::<RemoteDatabaseMsg>(name).unwrap());
     let members = cluster(&["members", &format!("custody.{name}")]);
     assert_eq!(members.lines().count(), 3, "replicas: {members}");
     let lead = leader(name);
@@ -1283,20 +1285,20 @@ impl Reporting {
 }
 
 impl Manager for Reporting {
-    type Msg = RemoteDbMsg;
-    fn handle(&mut self, msg: RemoteDbMsg, ctx: &mut Context<'_, RemoteDbMsg>) {
+    type Msg = RemoteDatabaseMsg;
+    fn handle(&mut self, msg: RemoteDatabaseMsg, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.handle(msg, ctx);
         self.report();
     }
-    fn idle(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn idle(&mut self, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.idle(ctx);
         self.report();
     }
-    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.stopped(ctx);
         self.report();
     }
-    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.recover(panic, ctx);
     }
 }
@@ -1473,7 +1475,11 @@ fn serve_stamped(
     db: &DbFile,
     owner: &str,
     fault: &Arc<OnceLock<Instant>>,
-) -> (Runtime, custody::broker::Served<RemoteDbMsg>, Arc<Seen>) {
+) -> (
+    Runtime,
+    custody::broker::Served<RemoteDatabaseMsg>,
+    Arc<Seen>,
+) {
     let rt = Runtime::new();
     let seen = Arc::new(Seen::default());
     let served = broker
@@ -1551,7 +1557,9 @@ fn network_scenario(fault: NetFault) {
             )
         };
         let probe_broker = standby_node.connect();
-        let probe_db = probe_broker.remote_handle::<RemoteDbMsg>(&name).unwrap();
+        let probe_db = probe_broker
+            .remote_handle::<RemoteDatabaseMsg>(&name)
+            .unwrap();
         stream.wait_confirmed(size.before);
 
         // The owner is the active one.
@@ -1682,7 +1690,9 @@ fn a_frozen_owner_commits_nothing_after_the_standby_on_another_node_took_over() 
             )
         };
         let probe_broker = standby_node.connect();
-        let probe_db = probe_broker.remote_handle::<RemoteDbMsg>(&name).unwrap();
+        let probe_db = probe_broker
+            .remote_handle::<RemoteDatabaseMsg>(&name)
+            .unwrap();
         stream.wait_confirmed(size.before);
 
         assert_eq!(
@@ -1807,7 +1817,9 @@ fn owners_killed_at_random_moments_lose_and_duplicate_nothing() {
             )
         };
         let probe_broker = Node(1).connect();
-        let probe_db = probe_broker.remote_handle::<RemoteDbMsg>(&name).unwrap();
+        let probe_db = probe_broker
+            .remote_handle::<RemoteDatabaseMsg>(&name)
+            .unwrap();
         stream.wait_confirmed(size.before);
         let mut kills: Vec<(Instant, Duration, String, Node)> = Vec::new();
         for k in 0..size.kills {
@@ -1923,8 +1935,8 @@ fn gate_open(state: &(Mutex<(bool, bool)>, std::sync::Condvar)) {
 }
 
 impl Manager for Gate {
-    type Msg = RemoteDbMsg;
-    fn handle(&mut self, msg: RemoteDbMsg, ctx: &mut Context<'_, RemoteDbMsg>) {
+    type Msg = RemoteDatabaseMsg;
+    fn handle(&mut self, msg: RemoteDatabaseMsg, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         {
             let (lock, cond) = &*self.state;
             let mut state = lock.lock().unwrap();
@@ -1935,13 +1947,13 @@ impl Manager for Gate {
         }
         self.db.handle(msg, ctx);
     }
-    fn idle(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn idle(&mut self, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.idle(ctx);
     }
-    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.stopped(ctx);
     }
-    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.recover(panic, ctx);
     }
 }
@@ -1978,7 +1990,7 @@ fn a_standby_whose_ownership_round_trip_fails_during_a_takeover_serves_again() {
         let proxy_a = common::proxy::Proxy::to(&node.url());
         let proxy_b = common::proxy::Proxy::to(&node.url());
         let sender = node.connect();
-        let handle = sender.remote_handle::<RemoteDbMsg>(&name).unwrap();
+        let handle = sender.remote_handle::<RemoteDatabaseMsg>(&name).unwrap();
         // A: the active owner, blocked in its first message with its
         // prefetch window full.
         let rt_a = Runtime::new();
@@ -2001,7 +2013,7 @@ fn a_standby_whose_ownership_round_trip_fails_during_a_takeover_serves_again() {
         let served_b = owner_b.serve(&rt_b, &name, b).unwrap();
         let n = 50;
         handle
-            .tell_all((0..n).map(|i| RemoteDbMsg::Execute(insert(i))))
+            .tell_all((0..n).map(|i| RemoteDatabaseMsg::Execute(insert(i))))
             .unwrap();
         assert!(holds_within(Duration::from_secs(10), || gate_reached(
             &a_gate

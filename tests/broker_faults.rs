@@ -775,7 +775,7 @@ struct StallInHandle {
 
 #[cfg(feature = "sqlite")]
 impl Manager for StallInHandle {
-    type Msg = custody::resources::RemoteDbMsg;
+    type Msg = custody::resources::RemoteDatabaseMsg;
     fn handle(&mut self, msg: Self::Msg, ctx: &mut Context<'_, Self::Msg>) {
         self.db.handle(msg, ctx);
         self.handled += 1;
@@ -836,7 +836,7 @@ impl Drop for KillOnDrop {
 #[cfg(feature = "sqlite")]
 #[test]
 fn a_database_served_in_batches_below_the_prefetch_loses_no_write_when_its_owner_is_killed() {
-    use custody::resources::RemoteDbMsg;
+    use custody::resources::RemoteDatabaseMsg;
     use std::process::{Command, Stdio};
 
     within(|| {
@@ -844,9 +844,11 @@ fn a_database_served_in_batches_below_the_prefetch_loses_no_write_when_its_owner
         let queues = Queues::new("db-kill-batches");
         let file = DbFile::new("db-kill-batches");
         let sender = connect(builder());
-        let db = sender.remote_handle::<RemoteDbMsg>(&queues.name).unwrap();
+        let db = sender
+            .remote_handle::<RemoteDatabaseMsg>(&queues.name)
+            .unwrap();
         // Queued before the owner starts: its batches are full.
-        db.tell_all((0..N).map(|n| RemoteDbMsg::Execute(insert(n))))
+        db.tell_all((0..N).map(|n| RemoteDatabaseMsg::Execute(insert(n))))
             .unwrap();
         let child = Command::new(std::env::current_exe().unwrap())
             .args([

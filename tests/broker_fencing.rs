@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use common::proxy::Proxy;
 use common::{Queues, builder, connect, unique_name};
 use custody::broker::{Broker, RemoteHandle};
-use custody::resources::{Database, RemoteDatabase, RemoteDbMsg, RemoteWrite};
+use custody::resources::{Database, RemoteDatabase, RemoteDatabaseMsg, RemoteWrite};
 use custody::{Backend, Context, Manager, Runtime};
 
 /// Whether to run at full size.
@@ -140,8 +140,8 @@ fn stamped_db(builder: custody::resources::DatabaseBuilder, owner: &str) -> Remo
     .unwrap()
 }
 
-fn insert(n: u64) -> RemoteDbMsg {
-    RemoteDbMsg::Execute(RemoteWrite::new(
+fn insert(n: u64) -> RemoteDatabaseMsg {
+    RemoteDatabaseMsg::Execute(RemoteWrite::new(
         "INSERT INTO writes (n) VALUES (?1)",
         vec![i64::try_from(n).unwrap().into()],
     ))
@@ -249,8 +249,8 @@ impl Observed {
 }
 
 impl Manager for Observed {
-    type Msg = RemoteDbMsg;
-    fn handle(&mut self, msg: RemoteDbMsg, ctx: &mut Context<'_, RemoteDbMsg>) {
+    type Msg = RemoteDatabaseMsg;
+    fn handle(&mut self, msg: RemoteDatabaseMsg, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         let handled = {
             let mut r = self.report.lock().unwrap();
             r.handled += 1;
@@ -268,7 +268,7 @@ impl Manager for Observed {
         self.db.handle(msg, ctx);
         self.note();
     }
-    fn idle(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn idle(&mut self, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.idle(ctx);
         self.note();
         if let Some(latch) = self.latch.take() {
@@ -276,11 +276,11 @@ impl Manager for Observed {
             self.report.lock().unwrap().latch_opened = Some(Instant::now());
         }
     }
-    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.stopped(ctx);
         self.note();
     }
-    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.recover(panic, ctx);
     }
 }
@@ -347,8 +347,8 @@ impl ChildOwner {
 }
 
 impl Manager for ChildOwner {
-    type Msg = RemoteDbMsg;
-    fn handle(&mut self, msg: RemoteDbMsg, ctx: &mut Context<'_, RemoteDbMsg>) {
+    type Msg = RemoteDatabaseMsg;
+    fn handle(&mut self, msg: RemoteDatabaseMsg, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.handled += 1;
         if let Some(at) = self.resumed_at {
             self.handled_after_resume += 1;
@@ -362,7 +362,7 @@ impl Manager for ChildOwner {
             let _ = std::io::stdin().lock().lines().next();
         }
     }
-    fn idle(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn idle(&mut self, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.idle(ctx);
         self.print_rejections();
         if self.mode == "freeze" && !self.frozen {
@@ -379,7 +379,7 @@ impl Manager for ChildOwner {
             println!("resumed");
         }
     }
-    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.stopped(ctx);
         self.print_rejections();
         println!(
@@ -391,7 +391,7 @@ impl Manager for ChildOwner {
             self.resumed_at.map_or(0, |at| at.elapsed().as_micros()),
         );
     }
-    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.recover(panic, ctx);
     }
 }
@@ -565,7 +565,7 @@ fn field(line: &str, key: &str) -> u64 {
 }
 
 /// Sends the first `first` writes, then the rest once `then` returns.
-fn send_in_two(db: &RemoteHandle<RemoteDbMsg>, n: u64, first: u64) -> impl FnOnce() + '_ {
+fn send_in_two(db: &RemoteHandle<RemoteDatabaseMsg>, n: u64, first: u64) -> impl FnOnce() + '_ {
     db.tell_all((0..first).map(insert)).unwrap();
     move || db.tell_all((first..n).map(insert)).unwrap()
 }
@@ -580,7 +580,9 @@ fn a_frozen_owner_commits_nothing_after_its_standby_took_over() {
         let queues = Queues::new("fence-frozen");
         let file = DbFile::new("fence-frozen");
         let sender = connect(builder());
-        let db = sender.remote_handle::<RemoteDbMsg>(&queues.name).unwrap();
+        let db = sender
+            .remote_handle::<RemoteDatabaseMsg>(&queues.name)
+            .unwrap();
         let rest = send_in_two(&db, n, 10);
         let mut a = ChildProcess::start("freeze", &queues.name, &file, backend);
         a.expect("serving");
@@ -683,7 +685,9 @@ fn an_owner_cut_off_stops_at_once_and_drops_what_it_had_not_settled() {
         let queues = Queues::new("fence-cut");
         let file = DbFile::new("fence-cut");
         let sender = connect(builder());
-        let db = sender.remote_handle::<RemoteDbMsg>(&queues.name).unwrap();
+        let db = sender
+            .remote_handle::<RemoteDatabaseMsg>(&queues.name)
+            .unwrap();
         db.tell_all((0..n).map(insert)).unwrap();
         let proxy = Proxy::start();
         let rt_a = Runtime::builder()
@@ -784,7 +788,9 @@ fn an_owner_partitioned_without_knowing_it_cannot_commit_after_the_takeover() {
         let queues = Queues::new("fence-silent");
         let file = DbFile::new("fence-silent");
         let sender = connect(builder());
-        let db = sender.remote_handle::<RemoteDbMsg>(&queues.name).unwrap();
+        let db = sender
+            .remote_handle::<RemoteDatabaseMsg>(&queues.name)
+            .unwrap();
         let rest = send_in_two(&db, n, 10);
         let proxy = Proxy::start();
         let rt_a = Runtime::builder()
@@ -1017,7 +1023,9 @@ fn a_standby_locked_out_by_a_frozen_owners_transaction_loses_no_write() {
         let queues = Queues::new("fence-locked");
         let file = DbFile::new("fence-locked");
         let sender = connect(builder());
-        let db = sender.remote_handle::<RemoteDbMsg>(&queues.name).unwrap();
+        let db = sender
+            .remote_handle::<RemoteDatabaseMsg>(&queues.name)
+            .unwrap();
         db.tell_all((0..n).map(insert)).unwrap();
         let a = ChildProcess::start("stall", &queues.name, &file, backend);
         a.expect("serving");
@@ -1093,7 +1101,9 @@ fn an_owner_that_stepped_down_reconnects_and_serves_again_with_a_new_claim() {
         let queues = Queues::new("fence-again");
         let file = DbFile::new("fence-again");
         let sender = connect(builder());
-        let db = sender.remote_handle::<RemoteDbMsg>(&queues.name).unwrap();
+        let db = sender
+            .remote_handle::<RemoteDatabaseMsg>(&queues.name)
+            .unwrap();
         let rest = send_in_two(&db, n, 10);
         let proxy = Proxy::start();
         let rt_a = Runtime::builder()

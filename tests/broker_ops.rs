@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use common::{Queues, builder, connect, unique_name, url};
 use custody::broker::{BROKER_LIMIT_MARGIN, BrokerError, QueueMismatch};
-use custody::resources::{Database, RemoteDatabase, RemoteDbMsg, RemoteWrite};
+use custody::resources::{Database, RemoteDatabase, RemoteDatabaseMsg, RemoteWrite};
 use custody::{Backend, Context, Manager, Runtime};
 
 /// The bound on one scenario.
@@ -184,11 +184,11 @@ struct Probe {
 }
 
 impl Manager for Probe {
-    type Msg = RemoteDbMsg;
-    fn handle(&mut self, msg: RemoteDbMsg, ctx: &mut Context<'_, RemoteDbMsg>) {
+    type Msg = RemoteDatabaseMsg;
+    fn handle(&mut self, msg: RemoteDatabaseMsg, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.handle(msg, ctx);
     }
-    fn idle(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn idle(&mut self, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.idle(ctx);
         let commits = self.db.stats().commits;
         self.report
@@ -196,10 +196,10 @@ impl Manager for Probe {
             .unwrap()
             .push((commits, self.db.pruned_ids()));
     }
-    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.stopped(ctx);
     }
-    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn recover(&mut self, panic: &str, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.recover(panic, ctx);
     }
 }
@@ -215,8 +215,8 @@ fn unix_millis_ago(ago: Duration) -> i64 {
 }
 
 /// A write inserting its own id into `t`.
-fn write_of(id: &str) -> RemoteDbMsg {
-    RemoteDbMsg::Execute(RemoteWrite::with_id(
+fn write_of(id: &str) -> RemoteDatabaseMsg {
+    RemoteDatabaseMsg::Execute(RemoteWrite::with_id(
         id,
         "INSERT INTO t (id) VALUES (?1)",
         vec![id.into()],
@@ -277,7 +277,7 @@ fn applied_ids_older_than_the_horizon_are_pruned_inside_a_batch_commit_and_newer
                 },
             )
             .unwrap();
-        let sender = broker.remote_handle::<RemoteDbMsg>(&name).unwrap();
+        let sender = broker.remote_handle::<RemoteDatabaseMsg>(&name).unwrap();
 
         // One write, one batch: the old ids go at its commit, the only one.
         sender.tell(write_of("new-1")).unwrap();

@@ -49,8 +49,8 @@ pub use printer::{Printer, PrinterError, PrinterHandle, PrinterMsg, PrinterStats
 #[cfg(all(feature = "amqp", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "amqp", feature = "sqlite"))))]
 pub use remote_database::{
-    DEFAULT_APPLIED_HORIZON, DEFAULT_PRUNE_INTERVAL, RemoteDatabase, RemoteDbMsg, RemoteWrite,
-    SqlValue,
+    DEFAULT_APPLIED_HORIZON, DEFAULT_PRUNE_INTERVAL, RemoteDatabase, RemoteDatabaseMsg,
+    RemoteWrite, SqlValue,
 };
 /// The SQLite bindings the [`Database`] manager is built on, re-exported so
 /// that closures can name `Connection`, `types::Value` and friends without a

@@ -222,25 +222,25 @@ fn fresh_id() -> String {
 }
 
 /// A message for a [`RemoteDatabase`], sent through a
-/// [`RemoteHandle<RemoteDbMsg>`](crate::broker::RemoteHandle).
+/// [`RemoteHandle<RemoteDatabaseMsg>`](crate::broker::RemoteHandle).
 ///
 /// # Examples
 ///
 /// ```no_run
 /// use custody::broker::Broker;
-/// use custody::resources::{RemoteDbMsg, RemoteWrite};
+/// use custody::resources::{RemoteDatabaseMsg, RemoteWrite};
 ///
-/// let db = Broker::from_env()?.remote_handle::<RemoteDbMsg>("ledger")?;
+/// let db = Broker::from_env()?.remote_handle::<RemoteDatabaseMsg>("ledger")?;
 /// let write = RemoteWrite::new("INSERT INTO entries (amount) VALUES (?1)", vec![10.into()]);
-/// db.tell(RemoteDbMsg::Execute(write.clone()))?;
+/// db.tell(RemoteDatabaseMsg::Execute(write.clone()))?;
 /// // The same write again (a retry): applied once all the same, and the
 /// // ask answers 0 rows changed.
-/// assert_eq!(db.ask(|reply| RemoteDbMsg::ExecuteAsk(write, reply))?, Ok(0));
+/// assert_eq!(db.ask(|reply| RemoteDatabaseMsg::ExecuteAsk(write, reply))?, Ok(0));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Serialize, Deserialize)]
 #[non_exhaustive]
-pub enum RemoteDbMsg {
+pub enum RemoteDatabaseMsg {
     /// Apply the write unless its id was applied before. A transient failure
     /// ([`DatabaseError::is_transient`]) holds the write and runs it again;
     /// any other failure (the statement itself) is logged and counted in the
@@ -252,7 +252,7 @@ pub enum RemoteDbMsg {
 }
 
 /// A [`Database`] served remotely, with exactly-once effects: its messages
-/// are [`RemoteDbMsg`]s, and each write's id is recorded in the table
+/// are [`RemoteDatabaseMsg`]s, and each write's id is recorded in the table
 /// `custody_applied` in the same transaction as the write, so that a write
 /// delivered again after a crash changes nothing.
 ///
@@ -838,7 +838,7 @@ impl RemoteDatabase {
 
     /// Claims the database for this owner: asks the broker, bumps the epoch
     /// in a transaction of its own, asks the broker again.
-    fn claim(&mut self, ctx: &Context<'_, RemoteDbMsg>) -> Claim {
+    fn claim(&mut self, ctx: &Context<'_, RemoteDatabaseMsg>) -> Claim {
         // A superseded owner learns it here, before it touches the epoch.
         // (Claims are made only by a served manager: not served any more,
         // its serving has ended.)
@@ -913,7 +913,7 @@ impl RemoteDatabase {
     /// Commits the batch, then runs held writes again until none is left,
     /// the owner is superseded or stopped at once, or a stop is asked for
     /// (which stops at once, leaving them to the queue).
-    fn settle(&mut self, ctx: &Context<'_, RemoteDbMsg>) {
+    fn settle(&mut self, ctx: &Context<'_, RemoteDatabaseMsg>) {
         self.settle_batch();
         self.absorb();
         let mut tries: u32 = 0;
@@ -971,12 +971,12 @@ fn backoff(tries: u32) -> Duration {
 }
 
 impl Manager for RemoteDatabase {
-    type Msg = RemoteDbMsg;
+    type Msg = RemoteDatabaseMsg;
 
-    fn handle(&mut self, msg: RemoteDbMsg, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn handle(&mut self, msg: RemoteDatabaseMsg, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         let (write, reply) = match msg {
-            RemoteDbMsg::Execute(write) => (write, None),
-            RemoteDbMsg::ExecuteAsk(write, reply) => (write, Some(reply)),
+            RemoteDatabaseMsg::Execute(write) => (write, None),
+            RemoteDatabaseMsg::ExecuteAsk(write, reply) => (write, Some(reply)),
         };
         let pending = Pending {
             seq: self.next_seq,
@@ -1015,11 +1015,11 @@ impl Manager for RemoteDatabase {
 
     /// Commits the batch (running held writes again until they commit); the
     /// broker acknowledges it only after this.
-    fn idle(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn idle(&mut self, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.settle(ctx);
     }
 
-    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn stopped(&mut self, ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         if self.fence.is_served() && ctx.handle().shared.is_aborted() {
             // Stopped at once (the channel lost for good): nothing
             // handled since the last `idle` may commit; the broker gives
@@ -1030,7 +1030,7 @@ impl Manager for RemoteDatabase {
         self.settle(ctx);
     }
 
-    fn recover(&mut self, _panic: &str, _ctx: &mut Context<'_, RemoteDbMsg>) {
+    fn recover(&mut self, _panic: &str, _ctx: &mut Context<'_, RemoteDatabaseMsg>) {
         self.db.recover_after_panic();
     }
 }
