@@ -291,7 +291,7 @@ pub enum BuildError {
     /// The thread name prefix contains a NUL byte.
     #[error("thread name prefix {0:?} contains a NUL byte")]
     ThreadName(String),
-    /// The stack size is below the minimum (16 KiB).
+    /// The stack size is below the minimum (64 KiB).
     #[error("stack size {0} is below the minimum of 16384 bytes")]
     StackSize(usize),
 }

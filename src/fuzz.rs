@@ -60,7 +60,9 @@ pub(crate) fn enable(seed: u64, max_pause: Duration) {
     GENERATION.fetch_add(1, Relaxed);
     ENABLED.store(true, Relaxed);
     tracing::info!(seed, "fuzz mode on");
-    eprintln!("custody: fuzz mode on, seed {seed} (replay with CUSTODY_FUZZ_SEED={seed})");
+    crate::util::to_stderr(format_args!(
+        "custody: fuzz mode on, seed {seed} (replay with CUSTODY_FUZZ_SEED={seed})\n"
+    ));
 }
 
 /// Switches [`point`] off again for the whole process (runtimes built with

@@ -6,6 +6,8 @@
 //! model-checked through `sync_shim`) and the manager loop's microsecond
 //! `linger` (`mailbox/mod.rs`), whose costs are measured on their own.
 
+use std::fmt;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// `now + timeout`, or no deadline (`None`, wait forever) when that
@@ -73,4 +75,11 @@ impl<T> std::ops::Deref for Padded<T> {
     fn deref(&self) -> &T {
         &self.0
     }
+}
+
+/// Writes to standard error, ignoring a failed write (a closed pipe, a full
+/// disk): `eprintln!` would panic, and the library's notices (the fuzz
+/// seed, the signal thread's messages) must not.
+pub(crate) fn to_stderr(args: fmt::Arguments<'_>) {
+    let _ = std::io::stderr().lock().write_fmt(args);
 }

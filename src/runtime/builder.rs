@@ -7,8 +7,10 @@ use crate::error::BuildError;
 use crate::fuzz;
 use crate::mailbox::{Backend, Capacity};
 
-/// The smallest stack a manager thread may ask for.
-const MIN_STACK: usize = 16 * 1024;
+/// The smallest stack a manager thread may ask for: enough to unwind a
+/// handler's panic with a backtrace printed (`RUST_BACKTRACE=1` needs about
+/// 32 KiB here; 16 KiB overflowed and aborted the process), twice over.
+const MIN_STACK: usize = 64 * 1024;
 
 /// The default for [`RuntimeBuilder::max_batch`]: a manager settles its
 /// batch (runs `idle`, wakes joiners) after at most this many messages.
@@ -143,7 +145,7 @@ impl RuntimeBuilder {
 
     /// The stack size of manager threads, in bytes (default: the standard
     /// library's). Checked by [`build`](RuntimeBuilder::build): at least
-    /// 16 KiB.
+    /// 64 KiB (a smaller stack could not unwind a panic with a backtrace).
     ///
     /// # Examples
     ///
@@ -242,14 +244,7 @@ impl RuntimeBuilder {
     ///
     /// [`BuildError::Capacity`] for a zero or oversized capacity,
     /// [`BuildError::ThreadName`] for a prefix with a NUL byte,
-    /// [`BuildError::StackSize`] for a stack under 16 KiB.
-    ///
-    /// # Panics
-    ///
-    /// Only with [`fuzz`](RuntimeBuilder::fuzz): the seed is printed to
-    /// standard error with `eprintln!`, which panics if that write fails (a
-    /// standard error redirected to a closed pipe or a full disk). Without
-    /// fuzz mode, `build` does not panic.
+    /// [`BuildError::StackSize`] for a stack under 64 KiB.
     ///
     /// # Examples
     ///

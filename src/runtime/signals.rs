@@ -137,6 +137,7 @@ mod unix {
     use signal_hook::iterator::Signals;
 
     use super::{Arc, HandledSignals, Inner, SignalError, Weak};
+    use crate::util::to_stderr;
 
     /// Registers the handlers and starts the thread that reads them.
     pub(super) fn install(inner: Weak<Inner>) -> Result<HandledSignals, SignalError> {
@@ -187,9 +188,9 @@ mod unix {
                 } else {
                     "a second SIGTERM"
                 };
-                eprintln!(
-                    "custody: {name} received: shutting down gracefully ({again} stops at once)"
-                );
+                to_stderr(format_args!(
+                    "custody: {name} received: shutting down gracefully ({again} stops at once)\n"
+                ));
                 // A thread of its own keeps this one free for a second signal.
                 let graceful = Arc::clone(&inner);
                 let spawned = thread::Builder::new()
@@ -198,16 +199,18 @@ mod unix {
                         graceful.shutdown(false);
                     });
                 if let Err(e) = spawned {
-                    eprintln!(
-                        "custody: could not start the graceful shutdown ({e}); stopping at once"
-                    );
-                    eprint!("{}", inner.shutdown(true));
+                    to_stderr(format_args!(
+                        "custody: could not start the graceful shutdown ({e}); stopping at once\n"
+                    ));
+                    to_stderr(format_args!("{}", inner.shutdown(true)));
                 }
             } else {
                 // Said first: once the shutdown completes, `wait` returns and
                 // the program may end before the report is printed.
-                eprintln!("custody: {name} received, the second signal: stopping at once");
-                eprint!("{}", inner.shutdown(true));
+                to_stderr(format_args!(
+                    "custody: {name} received, the second signal: stopping at once\n"
+                ));
+                to_stderr(format_args!("{}", inner.shutdown(true)));
             }
         }
     }
