@@ -46,6 +46,34 @@ fn a_bad_builder_is_refused() {
         Runtime::builder().stack_size(100).build(),
         Err(BuildError::StackSize(100))
     ));
+    // Too small to unwind a handler's panic with a backtrace.
+    assert!(matches!(
+        Runtime::builder().stack_size(32 * 1024).build(),
+        Err(BuildError::StackSize(32768))
+    ));
+}
+
+/// On the smallest stack allowed, a handler's panic is caught like any
+/// other (the panic hook's backtrace, when asked for, fits too).
+#[test]
+fn a_manager_on_the_smallest_stack_survives_a_handler_panic() {
+    struct Panicky(std::sync::Arc<std::sync::atomic::AtomicU32>);
+    impl custody::Manager for Panicky {
+        type Msg = u32;
+        fn handle(&mut self, n: u32, _ctx: &mut custody::Context<'_, u32>) {
+            assert_ne!(n, 1, "a handler panic on the smallest stack");
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let rt = Runtime::builder().stack_size(64 * 1024).build().unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let h = rt.spawn("small-stack", Panicky(done.clone())).unwrap();
+    h.tell(1).unwrap();
+    h.tell(2).unwrap();
+    h.join().unwrap();
+    assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(h.stats().panicked, 1);
+    assert!(!h.has_exited());
 }
 
 fn a_duplicate_name_is_refused_while_the_first_runs(backend: Backend) {
