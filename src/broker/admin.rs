@@ -5,8 +5,9 @@ use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use lapin::types::ShortString;
 
 use super::codec::{self, ERROR_HEADER};
-use super::connection::{self, Broker, block_until};
+use super::connection::{Broker, block_until};
 use super::error::BrokerError;
+use super::names;
 
 /// A message taken from a dead-letter queue `custody.<name>.dead`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,10 +41,10 @@ impl Broker {
         name: &str,
         max: usize,
     ) -> Result<Vec<DeadMessage>, BrokerError> {
-        connection::check_name(name)?;
+        names::check_name(name)?;
         let link = &*self.link;
         let channel = link.open_channel(link.confirm_deadline())?;
-        let queue = connection::dead_queue(name);
+        let queue = names::dead_queue(name);
         let mut taken = Vec::new();
         while taken.len() < max {
             let got = link.run(
@@ -81,14 +82,14 @@ impl Broker {
     ///
     /// [`BrokerError::InvalidName`], or a failed or timed-out deletion.
     pub fn delete_queues(&self, name: &str) -> Result<(), BrokerError> {
-        connection::check_name(name)?;
+        names::check_name(name)?;
         let link = &*self.link;
         let channel = link.open_channel(link.confirm_deadline())?;
         for queue in [
-            connection::mailbox_queue(name),
-            connection::dead_queue(name),
-            super::serve::charges_queue(name),
-            connection::limit_queue(name),
+            names::mailbox_queue(name),
+            names::dead_queue(name),
+            super::names::charges_queue(name),
+            names::limit_queue(name),
         ] {
             link.run(
                 || format!("deleting queue `{queue}`"),

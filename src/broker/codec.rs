@@ -7,8 +7,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::connection::{DONE_QUEUE_PREFIX, MAX_QUEUE_NAME};
 use super::error::{Field, FieldProblem, InvalidDelivery};
+use super::names::{DONE_QUEUE_PREFIX, MAX_QUEUE_NAME};
 use super::reply::Target;
 
 /// The content type of every message a `RemoteHandle` publishes.
@@ -426,7 +426,7 @@ mod tests {
     }
 
     fn connection_done_queue_len(producer_len: usize) -> usize {
-        super::super::connection::done_queue(&"p".repeat(producer_len)).len()
+        super::super::names::done_queue(&"p".repeat(producer_len)).len()
     }
 
     #[test]

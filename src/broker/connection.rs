@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::error::{BrokerError, QueueMismatch, parse_inequivalent_arg};
+use super::names;
 use super::remote::RemoteHandle;
 use super::serve::{self, Served};
 use crate::error::SpawnError;
@@ -31,15 +32,6 @@ use crate::util::deadline_after;
 pub const URL_VAR: &str = "CUSTODY_AMQP_URL";
 /// The URL [`Broker::from_env`] uses when [`URL_VAR`] is not set.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// The longest manager name: `custody.<name>.dead` must fit in 255 bytes.
-const MAX_NAME: usize = 200;
-
-/// The longest queue name AMQP allows (a short string), in bytes.
-pub(crate) const MAX_QUEUE_NAME: usize = 255;
-
-/// What a producer's done queue is named after: `custody.done.<producer-id>`.
-pub(crate) const DONE_QUEUE_PREFIX: &str = "custody.done.";
 
 /// The default for [`BrokerBuilder::max_body`]: 16 MiB.
 pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
@@ -900,7 +892,7 @@ impl Link {
     /// Declares the durable quorum queue of manager `name`, single active
     /// consumer, with its delivery limit and its dead-letter queue.
     pub(crate) fn declare_mailbox(&self, channel: &Channel, name: &str) -> Result<(), BrokerError> {
-        let dead = dead_queue(name);
+        let dead = names::dead_queue(name);
         let mut dead_args = FieldTable::default();
         dead_args.insert("x-queue-type".into(), long_string("quorum"));
         self.run(
@@ -914,7 +906,7 @@ impl Link {
         .map_err(|e| self.mismatch(e, &dead, &dead_args))?;
         // Where the broker dead-letters on its own (its backstop limit):
         // the owners move each one to `dead`, telling its producer and asker.
-        let limit = limit_queue(name);
+        let limit = names::limit_queue(name);
         self.run(
             || format!("declaring queue `{limit}`"),
             channel.queue_declare(
@@ -924,7 +916,7 @@ impl Link {
             ),
         )
         .map_err(|e| self.mismatch(e, &limit, &dead_args))?;
-        let queue = mailbox_queue(name);
+        let queue = names::mailbox_queue(name);
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), long_string("quorum"));
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
@@ -1278,35 +1270,6 @@ pub(crate) fn url_from_env() -> String {
         .unwrap_or_else(|| DEFAULT_URL.to_owned())
 }
 
-/// Checks that a manager name makes valid queue names.
-pub(crate) fn check_name(name: &str) -> Result<(), BrokerError> {
-    if name.is_empty() || name.len() > MAX_NAME || name.contains('\0') {
-        Err(BrokerError::InvalidName(name.to_owned()))
-    } else {
-        Ok(())
-    }
-}
-
-/// The queue a manager named `name` is served from.
-pub(crate) fn mailbox_queue(name: &str) -> String {
-    format!("custody.{name}")
-}
-
-/// Where messages of `custody.<name>` that could not be handled end.
-pub(crate) fn dead_queue(name: &str) -> String {
-    format!("custody.{name}.dead")
-}
-
-/// The queue the broker dead-letters the messages of manager `name` to.
-pub(crate) fn limit_queue(name: &str) -> String {
-    format!("custody.{name}.limit")
-}
-
-/// The queue a producer's done records arrive in.
-pub(crate) fn done_queue(producer: &str) -> String {
-    format!("{DONE_QUEUE_PREFIX}{producer}")
-}
-
 /// Runs `fut` on this thread until it completes or `deadline` passes (`None`).
 pub(crate) fn block_until<F: Future>(deadline: Option<Instant>, fut: F) -> Option<F::Output> {
     futures_lite::future::block_on(futures_lite::future::or(async { Some(fut.await) }, async {
@@ -1397,14 +1360,6 @@ mod tests {
             mask_password("amqps://guest:s3cret@host:5671/%2f"),
             "amqps://guest:***@host:5671/%2f"
         );
-    }
-
-    #[test]
-    fn names_must_make_valid_queue_names() {
-        assert!(check_name("jobs").is_ok());
-        assert!(check_name("").is_err());
-        assert!(check_name(&"x".repeat(MAX_NAME + 1)).is_err());
-        assert!(dead_queue(&"x".repeat(MAX_NAME)).len() <= 255);
     }
 
     #[test]

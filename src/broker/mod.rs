@@ -264,6 +264,7 @@ mod book;
 mod codec;
 mod connection;
 mod error;
+mod names;
 mod remote;
 mod reply;
 mod serve;

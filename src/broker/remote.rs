@@ -22,10 +22,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::codec::{self, DoneRecord};
-use super::connection::{self, Broker, Link, block_until, error_chain};
+use super::connection::{Broker, Link, block_until, error_chain};
 use super::error::{
     BrokerError, DeadLetter, RemoteAskError, RemoteJoinError, RemoteSendError, TellAllError,
 };
+use super::names;
 use super::reply::{RemoteReply, WireAnswer};
 use super::serve::unique;
 use crate::util::deadline_after;
@@ -372,13 +373,13 @@ impl Remote {
 
 impl<M: Serialize> RemoteHandle<M> {
     pub(crate) fn new(broker: &Broker, name: &str) -> Result<RemoteHandle<M>, BrokerError> {
-        connection::check_name(name)?;
+        names::check_name(name)?;
         let link = Arc::clone(&broker.link);
         let producer = producer_id();
-        let done_queue = connection::done_queue(&producer);
+        let done_queue = names::done_queue(&producer);
         let remote = Remote {
             name: name.to_owned(),
-            queue: connection::mailbox_queue(name),
+            queue: names::mailbox_queue(name),
             producer,
             done_queue,
             next_id: AtomicU64::new(0),

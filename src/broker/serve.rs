@@ -58,6 +58,7 @@ use super::book::{Answering, Book, Open};
 use super::codec::{self, Checked, DoneRecord, Origin};
 use super::connection::{self, Broker, Link, block_until};
 use super::error::{BrokerError, InvalidDelivery};
+use super::names;
 use super::reply::{self, AnswerSink, Binding, Target, WireAnswer};
 use crate::handle::Handle;
 use crate::mailbox::SettleOutside;
@@ -228,11 +229,6 @@ struct Charges {
     by_id: BTreeMap<String, u32>,
 }
 
-/// The queue holding the owners' durable record of charges.
-pub(crate) fn charges_queue(name: &str) -> String {
-    format!("{}.charges", connection::mailbox_queue(name))
-}
-
 /// The queue's counters, written by the consumer and manager threads.
 #[derive(Default)]
 struct Counts {
@@ -271,11 +267,11 @@ where
     Mg: Manager,
     Mg::Msg: DeserializeOwned,
 {
-    connection::check_name(name)?;
+    names::check_name(name)?;
     let link = Arc::clone(&broker.link);
-    let queue = connection::mailbox_queue(name);
+    let queue = names::mailbox_queue(name);
     let channel = open_channel(&link, name, &queue, link.confirm_deadline())?;
-    let charges_queue = charges_queue(name);
+    let charges_queue = names::charges_queue(name);
     let mut charges_args = FieldTable::default();
     charges_args.insert(
         "x-queue-type".into(),
@@ -304,7 +300,7 @@ where
         serving: AtomicBool::new(true),
         name: name.to_owned(),
         queue: queue.clone(),
-        dead_queue: connection::dead_queue(name),
+        dead_queue: names::dead_queue(name),
         book: Mutex::new(Book::default()),
         emptied: Condvar::new(),
         charges_queue,
@@ -404,7 +400,7 @@ fn open_channel(
 /// serving, or is lost for good.
 fn report_broker_dead_letters(owner: &Owner) -> Result<Arc<Owner>, BrokerError> {
     let link = &owner.link;
-    let limit_queue = connection::limit_queue(&owner.name);
+    let limit_queue = names::limit_queue(&owner.name);
     let channel = open_channel(link, &owner.name, &limit_queue, link.confirm_deadline())?;
     let reporter = Arc::new(Owner {
         link: Arc::clone(link),
@@ -1503,7 +1499,7 @@ impl Owner {
                     continue;
                 }
             };
-            let queue = connection::done_queue(&producer);
+            let queue = names::done_queue(&producer);
             // Checked on delivery; were it not, the record could never go.
             let Ok(name) = ShortString::try_new(queue.as_str()) else {
                 tracing::error!(
