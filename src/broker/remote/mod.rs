@@ -1,13 +1,12 @@
 //! The sender side: `RemoteHandle<M>`, a typed address of a manager served
 //! from a broker queue, possibly in another process.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,17 +16,19 @@ use lapin::options::{
     QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Acker, Channel, Confirmation};
+use lapin::{Channel, Confirmation};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-use super::codec::{self, DoneRecord};
+mod ask;
+mod join;
+
+use ask::Asks;
+use join::Joins;
+
+use super::codec;
 use super::connection::{Broker, Link, block_until, error_chain};
-use super::error::{
-    BrokerError, DeadLetter, RemoteAskError, RemoteJoinError, RemoteSendError, TellAllError,
-};
+use super::error::{BrokerError, RemoteSendError, TellAllError};
 use super::names;
-use super::reply::{RemoteReply, WireAnswer};
 use super::serve::unique;
 use crate::util::deadline_after;
 
@@ -129,128 +130,6 @@ struct Session {
 impl Session {
     fn is_open(&self) -> bool {
         self.channel.status().connected()
-    }
-}
-
-/// What an ask waits for.
-enum Answer {
-    /// The answer's body.
-    Body(Vec<u8>),
-    /// The channel the answer was to come on is gone.
-    Lost(String),
-}
-
-/// The asks of one handle waiting for answers.
-#[derive(Default)]
-struct Asks {
-    /// By correlation id: the session the request went out on, and where
-    /// its answer goes.
-    waiting: Mutex<HashMap<String, (u64, mpsc::SyncSender<Answer>)>>,
-}
-
-impl Asks {
-    fn waiting(&self) -> MutexGuard<'_, HashMap<String, (u64, mpsc::SyncSender<Answer>)>> {
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn on_delivery(&self, session: u64, delivery: DeliveryResult) {
-        match delivery {
-            Ok(Some(delivery)) => {
-                let Some(id) = delivery.properties.correlation_id().as_ref() else {
-                    return;
-                };
-                // An ask that gave up is no longer waiting: its answer is dropped.
-                if let Some((_, tx)) = self.waiting().remove(id.as_str()) {
-                    let _ = tx.try_send(Answer::Body(delivery.data));
-                }
-            }
-            // The channel is gone: every ask waiting on it ends.
-            Ok(None) | Err(_) => {
-                let reason = match delivery {
-                    Err(e) => error_chain(&e),
-                    _ => "the reply consumer was cancelled".to_owned(),
-                };
-                self.waiting().retain(|_, (on, tx)| {
-                    if *on == session {
-                        let _ = tx.try_send(Answer::Lost(reason.clone()));
-                        false
-                    } else {
-                        true
-                    }
-                });
-            }
-        }
-    }
-}
-
-/// The join state, fed by the done-queue consumer.
-#[derive(Default)]
-struct Joins {
-    state: Mutex<JoinState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct JoinState {
-    /// Ids being published or confirmed, not yet reported done.
-    outstanding: HashSet<String>,
-    /// Reported dead-lettered since the last join.
-    dead: Vec<DeadLetter>,
-    /// Why no more done records can arrive.
-    lost: Option<String>,
-    /// The session whose done-queue consumer runs, if one does.
-    consuming: Option<u64>,
-}
-
-impl Joins {
-    fn state(&self) -> MutexGuard<'_, JoinState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn forget(&self, id: &str) {
-        if self.state().outstanding.remove(id) {
-            self.changed.notify_all();
-        }
-    }
-
-    /// Takes one delivery of the done-queue consumer of `session`; the acker
-    /// of a record taken, to acknowledge it with (after it was recorded: a
-    /// record lost with a connection is delivered again).
-    fn on_delivery(&self, session: u64, delivery: DeliveryResult) -> Option<Acker> {
-        match delivery {
-            Ok(Some(delivery)) => {
-                match codec::decode::<DoneRecord>(&delivery.data) {
-                    Ok(record) => self.record(record),
-                    Err(e) => tracing::warn!(error = %e, "ignoring an undecodable done record"),
-                }
-                Some(delivery.acker)
-            }
-            // The channel is lost (or the consumer cancelled): the next join
-            // opens a new one, which consumes again.
-            Ok(None) | Err(_) => {
-                let mut state = self.state();
-                if state.consuming == Some(session) {
-                    state.consuming = None;
-                }
-                drop(state);
-                self.changed.notify_all();
-                None
-            }
-        }
-    }
-
-    fn record(&self, record: DoneRecord) {
-        let mut state = self.state();
-        for id in &record.done {
-            state.outstanding.remove(id);
-        }
-        for (id, reason) in record.dead {
-            if state.outstanding.remove(&id) {
-                state.dead.push(DeadLetter { id, reason });
-            }
-        }
-        drop(state);
-        self.changed.notify_all();
     }
 }
 
@@ -565,232 +444,6 @@ impl<M: Serialize> RemoteHandle<M> {
         }
     }
 
-    /// Asks the manager and waits for its answer: builds the request around
-    /// a [`RemoteReply`] placeholder (`ask(Msg::Get)`, or
-    /// `ask(|reply| Msg::Get { key, reply })`), publishes it like `tell`
-    /// with the direct reply-to queue as `reply_to`, and waits, without a
-    /// deadline, for the answer. The answer is sent once the request's batch
-    /// is settled: when it arrives, the request was handled and the owner's
-    /// `idle` hook ran; the request is acknowledged right after. An owner
-    /// that dies in between leaves the request to the next owner, which
-    /// answers again: the first answer is returned, a later one dropped. The
-    /// request counts for `join` like a told message.
-    ///
-    /// During a reconnect, the request waits for the new connection until
-    /// the confirm timeout. The answer comes back on the connection the
-    /// request went out on: if that one is lost first, the ask ends with
-    /// `Disconnected` (the request may still be handled), never a hang.
-    ///
-    /// # Errors
-    ///
-    /// [`RemoteAskError`]: `NotSent` (with the reason the publish failed),
-    /// `Unreachable` (no connection came in time: not sent), `NoReply`,
-    /// `DeadLettered` (undecodable, or a handler that panicked on every
-    /// delivery), `Decode` (an answer of another type), `Disconnected`.
-    pub fn ask<R, F>(&self, make: F) -> Result<R, RemoteAskError>
-    where
-        R: DeserializeOwned,
-        F: FnOnce(RemoteReply<R>) -> M,
-    {
-        self.ask_until(make, None, None)
-    }
-
-    /// Like [`ask`](RemoteHandle::ask), ending with
-    /// [`RemoteAskError::Timeout`] when no answer arrived within `timeout`
-    /// (waiting for a connection and the publish confirm included). The
-    /// request may still be handled; its late answer is dropped.
-    ///
-    /// # Errors
-    ///
-    /// As [`ask`](RemoteHandle::ask), plus `Timeout`.
-    pub fn ask_timeout<R, F>(&self, make: F, timeout: Duration) -> Result<R, RemoteAskError>
-    where
-        R: DeserializeOwned,
-        F: FnOnce(RemoteReply<R>) -> M,
-    {
-        self.ask_until(make, deadline_after(timeout), Some(timeout))
-    }
-
-    fn ask_until<R, F>(
-        &self,
-        make: F,
-        deadline: Option<Instant>,
-        timeout: Option<Duration>,
-    ) -> Result<R, RemoteAskError>
-    where
-        R: DeserializeOwned,
-        F: FnOnce(RemoteReply<R>) -> M,
-    {
-        let remote = &*self.remote;
-        let queue = || remote.queue.clone();
-        let send_deadline = match (deadline, remote.link.confirm_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let msg = make(RemoteReply::placeholder());
-        let (msg, id, body) = self.prepare(msg).map_err(|e| RemoteAskError::NotSent {
-            queue: queue(),
-            reason: e.to_string(),
-        })?;
-        let session = match self.answering_session(send_deadline) {
-            Ok(session) => session,
-            Err(e) => {
-                remote.joins.forget(&id);
-                return Err(e);
-            }
-        };
-        let (tx, rx) = mpsc::sync_channel(1);
-        remote.asks.waiting().insert(id.clone(), (session.id, tx));
-        // Removes the waiting entry however this ends: a late answer is dropped.
-        let _waiting = Forget(&remote.asks, &id);
-        let props = codec::message_properties(&id, &remote.producer)
-            .with_reply_to(ShortString::from(DIRECT_REPLY_TO))
-            .with_correlation_id(ShortString::from(id.as_str()));
-        let outcome = block_until(send_deadline, async {
-            session
-                .channel
-                .basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(remote.queue.as_str()),
-                    mandatory(),
-                    &body,
-                    props,
-                )
-                .await?
-                .await
-        });
-        let waited = timeout.unwrap_or(remote.link.settings.confirm_timeout);
-        if let Err(e) = self.conclude(msg, &id, outcome, waited) {
-            return Err(match e {
-                RemoteSendError::Timeout { .. } if timeout.is_some() => RemoteAskError::Timeout {
-                    queue: queue(),
-                    waited,
-                },
-                RemoteSendError::Disconnected { reason, .. } => RemoteAskError::Disconnected {
-                    queue: queue(),
-                    reason: format!("the request may have gone out: {reason}"),
-                },
-                e => RemoteAskError::NotSent {
-                    queue: queue(),
-                    reason: e.to_string(),
-                },
-            });
-        }
-        let body = loop {
-            // In slices: the answer's channel is looked at between them, in
-            // case its loss went unreported.
-            let slice = match deadline {
-                None => ANSWER_SLICE,
-                Some(at) => {
-                    let left = at.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(RemoteAskError::Timeout {
-                            queue: queue(),
-                            waited,
-                        });
-                    }
-                    left.min(ANSWER_SLICE)
-                }
-            };
-            match rx.recv_timeout(slice) {
-                Ok(Answer::Body(body)) => break body,
-                Ok(Answer::Lost(reason)) => {
-                    return Err(RemoteAskError::Disconnected {
-                        queue: queue(),
-                        reason: format!("the answer was to come on the lost channel: {reason}"),
-                    });
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) if session.is_open() => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    // One last look: an answer that beat the loss.
-                    if let Ok(Answer::Body(body)) = rx.try_recv() {
-                        break body;
-                    }
-                    return Err(RemoteAskError::Disconnected {
-                        queue: queue(),
-                        reason: "the answer was to come on a channel since lost".to_owned(),
-                    });
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(RemoteAskError::Disconnected {
-                        queue: queue(),
-                        reason: "the reply consumer ended".to_owned(),
-                    });
-                }
-            }
-        };
-        match codec::decode::<WireAnswer<R>>(&body) {
-            Ok(WireAnswer::Value(value)) => Ok(value),
-            Ok(WireAnswer::NoReply) => Err(RemoteAskError::NoReply { queue: queue() }),
-            Ok(WireAnswer::DeadLettered(reason)) => Err(RemoteAskError::DeadLettered {
-                queue: queue(),
-                reason,
-            }),
-            Err(reason) => Err(RemoteAskError::Decode {
-                queue: queue(),
-                reason,
-            }),
-        }
-    }
-
-    /// A session consuming `amq.rabbitmq.reply-to` (started once per
-    /// channel): the broker requires it before a request naming it is
-    /// published.
-    fn answering_session(&self, deadline: Option<Instant>) -> Result<Arc<Session>, RemoteAskError> {
-        let remote = &*self.remote;
-        loop {
-            let session = remote
-                .session(deadline)
-                .map_err(|e| RemoteAskError::Unreachable {
-                    queue: remote.queue.clone(),
-                    reason: error_chain(&e),
-                })?;
-            let mut answering = session
-                .answering
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if *answering {
-                drop(answering);
-                return Ok(session);
-            }
-            let consumed = remote.link.run(
-                || format!("consuming `{DIRECT_REPLY_TO}`"),
-                session.channel.basic_consume(
-                    ShortString::from(DIRECT_REPLY_TO),
-                    ShortString::from(format!("{}.answers.{}", remote.done_queue, session.id)),
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        ..BasicConsumeOptions::default()
-                    },
-                    FieldTable::default(),
-                ),
-            );
-            match consumed {
-                Ok(consumer) => {
-                    let asks = Arc::clone(&remote.asks);
-                    let id = session.id;
-                    consumer.set_delegate(move |delivery: DeliveryResult| {
-                        asks.on_delivery(id, delivery);
-                        std::future::ready(())
-                    });
-                    *answering = true;
-                    drop(answering);
-                    return Ok(session);
-                }
-                // Lost meanwhile: a new channel, if one comes in time.
-                Err(_)
-                    if (!session.is_open() || !remote.link.is_connected())
-                        && !remote.link.is_final() => {}
-                Err(e) => {
-                    return Err(RemoteAskError::Disconnected {
-                        queue: remote.queue.clone(),
-                        reason: error_chain(&e),
-                    });
-                }
-            }
-        }
-    }
-
     /// Starts publishing a prepared message on the current channel, waiting
     /// for a connection until `deadline`; `cut` says why an earlier publish
     /// of it was cut short, if one was.
@@ -1039,129 +692,6 @@ impl<M: Serialize> RemoteHandle<M> {
 }
 
 impl<M> RemoteHandle<M> {
-    /// Blocks until the owner has reported every message this handle (or a
-    /// clone) got confirmed as handled: its batch was handled, its `idle`
-    /// hook ran, and it is about to be acknowledged. Waits for an owner to
-    /// start if none runs. Having no deadline, it does not wait for a lost
-    /// connection to be replaced: use
-    /// [`join_timeout`](RemoteHandle::join_timeout) to wait across a
-    /// reconnect.
-    ///
-    /// # Errors
-    ///
-    /// [`RemoteJoinError::DeadLettered`] if some of them were dead-lettered
-    /// instead (undecodable, or a handler that panicked on every delivery);
-    /// [`RemoteJoinError::Disconnected`] if the connection is lost (the
-    /// done records sent meanwhile wait in the done queue: a later `join`
-    /// gets them).
-    pub fn join(&self) -> Result<(), RemoteJoinError> {
-        self.join_until(None)
-    }
-
-    /// Like [`join`](RemoteHandle::join), giving up after `timeout`; waits
-    /// across a reconnect within it.
-    ///
-    /// # Errors
-    ///
-    /// As [`join`](RemoteHandle::join), plus [`RemoteJoinError::Timeout`];
-    /// `Disconnected` only once the connection is closed or lost for good.
-    pub fn join_timeout(&self, timeout: Duration) -> Result<(), RemoteJoinError> {
-        self.join_until(deadline_after(timeout))
-    }
-
-    fn join_until(&self, deadline: Option<Instant>) -> Result<(), RemoteJoinError> {
-        let remote = &*self.remote;
-        let joins = &*remote.joins;
-        loop {
-            {
-                let mut state = joins.state();
-                loop {
-                    if state.outstanding.is_empty() {
-                        if state.dead.is_empty() {
-                            return Ok(());
-                        }
-                        return Err(RemoteJoinError::DeadLettered {
-                            queue: remote.queue.clone(),
-                            dead: std::mem::take(&mut state.dead),
-                        });
-                    }
-                    if let Some(reason) = &state.lost {
-                        return Err(RemoteJoinError::Disconnected {
-                            queue: remote.queue.clone(),
-                            reason: reason.clone(),
-                            outstanding: state.outstanding.len(),
-                        });
-                    }
-                    if state.consuming.is_none() {
-                        // No done-queue consumer: a new channel below.
-                        break;
-                    }
-                    let slice = match deadline {
-                        None => ANSWER_SLICE,
-                        Some(at) => {
-                            let left = at.saturating_duration_since(Instant::now());
-                            if left.is_zero() {
-                                return Err(RemoteJoinError::Timeout {
-                                    queue: remote.queue.clone(),
-                                    outstanding: state.outstanding.len(),
-                                });
-                            }
-                            left.min(ANSWER_SLICE)
-                        }
-                    };
-                    state = joins
-                        .changed
-                        .wait_timeout(state, slice)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                    let seen = state.consuming;
-                    if seen.is_some() {
-                        // Not under the join state's lock: a new session
-                        // takes the session lock, then this one.
-                        drop(state);
-                        let gone = remote.is_lost();
-                        state = joins.state();
-                        if gone && state.consuming == seen {
-                            // Its channel is lost, the loss not reported yet.
-                            state.consuming = None;
-                        }
-                    }
-                }
-            }
-            // The records sent meanwhile wait in the durable done queue; a
-            // new channel consumes it again.
-            let reopened = remote.session(deadline);
-            let mut state = joins.state();
-            match reopened {
-                Ok(session) => {
-                    if state.consuming.is_none() && session.is_open() {
-                        // An open channel whose done-queue consumer the
-                        // broker cancelled: the done queue is gone.
-                        state.lost =
-                            Some("the done queue consumer was cancelled by the broker".to_owned());
-                        drop(state);
-                        joins.changed.notify_all();
-                    }
-                }
-                Err(BrokerError::Disconnected {
-                    reconnecting: true, ..
-                }) if deadline.is_some() => {
-                    return Err(RemoteJoinError::Timeout {
-                        queue: remote.queue.clone(),
-                        outstanding: state.outstanding.len(),
-                    });
-                }
-                Err(e) => {
-                    return Err(RemoteJoinError::Disconnected {
-                        queue: remote.queue.clone(),
-                        reason: error_chain(&e),
-                        outstanding: state.outstanding.len(),
-                    });
-                }
-            }
-        }
-    }
-
     /// Messages confirmed (or being sent) and not yet reported done.
     pub fn outstanding(&self) -> usize {
         self.remote.joins.state().outstanding.len()
@@ -1212,22 +742,6 @@ impl Drop for Remote {
                 .channel
                 .close(200, ShortString::from("custody: handle dropped")),
         );
-    }
-}
-
-/// The queue name of RabbitMQ's direct reply-to.
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
-
-/// How long a wait for an answer or a done record goes before it looks
-/// whether its channel is still there.
-const ANSWER_SLICE: Duration = Duration::from_secs(1);
-
-/// Removes an ask from the waiting ones when it ends.
-struct Forget<'a>(&'a Asks, &'a str);
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        self.0.waiting().remove(self.1);
     }
 }
 
