@@ -488,6 +488,7 @@ impl Manager for Announcer {
 /// `a_hot_standby_takes_over_when_the_owner_is_killed` starts and kills.
 /// Started by anything else, it returns at once.
 #[test]
+#[ignore = "an owner process started by a test of this file"]
 fn owner_process_for_the_kill_test() {
     let Ok(name) = std::env::var(CHILD_VAR) else {
         return;
@@ -527,6 +528,7 @@ fn a_hot_standby_takes_over_when_the_owner_is_killed() {
         }
         let child = Command::new(std::env::current_exe().unwrap())
             .args([
+                "--ignored",
                 "--exact",
                 "owner_process_for_the_kill_test",
                 "--nocapture",
@@ -943,6 +945,7 @@ impl Manager for StallAfterCommit {
 /// kills. Started by anything else, it returns at once.
 #[cfg(feature = "sqlite")]
 #[test]
+#[ignore = "an owner process started by a test of this file"]
 fn db_owner_process_for_the_kill_test() {
     let Ok(arg) = std::env::var(DB_CHILD_VAR) else {
         return;
@@ -975,6 +978,7 @@ fn a_remote_database_is_exactly_once_when_its_owner_is_killed() {
         let file = DbFile::new("db-kill");
         let child = Command::new(std::env::current_exe().unwrap())
             .args([
+                "--ignored",
                 "--exact",
                 "db_owner_process_for_the_kill_test",
                 "--nocapture",
@@ -1047,6 +1051,7 @@ const CALC_CHILD_VAR: &str = "CUSTODY_BROKER_TEST_CALC_OWNER";
 /// `tell_ask_join_and_ask_timeout_between_two_processes`. Started by anything
 /// else, it returns at once.
 #[test]
+#[ignore = "an owner process started by a test of this file"]
 fn calc_owner_process() {
     let Ok(name) = std::env::var(CALC_CHILD_VAR) else {
         return;
@@ -1069,6 +1074,7 @@ fn tell_ask_join_and_ask_timeout_between_two_processes() {
         let queues = Queues::new("procs");
         let child = Command::new(std::env::current_exe().unwrap())
             .args([
+                "--ignored",
                 "--exact",
                 "calc_owner_process",
                 "--nocapture",
