@@ -70,24 +70,19 @@
 //! `RemoteDatabase` claims the database with an owner epoch confirmed by the
 //! broker, and checks it inside every batch's transaction, so no batch of a
 //! superseded owner commits after the new owner's first (its commit is
-//! rejected and it stops serving). **The effects of other managers (a
+//! rejected and it steps down). **The effects of other managers (a
 //! counter, a printer, a call to another service) are at least once across
 //! an owner change**: a superseded owner may act on the deliveries it held,
-//! which the new owner gets again. Measured on a 2-core machine against
-//! RabbitMQ 3.10 on the same host, with a 2 s heartbeat and reconnecting
-//! off: a closed connection is noticed at once (the old owner handled at
-//! most one more
-//! message and stopped serving 10 ms after the cut; the standby handled
-//! its first message 4 to 9 ms after it); a frozen owner acts on nothing
-//! while frozen, the standby takes over about 5.7 s after the SIGSTOP, and
-//! once resumed the old owner notices at once (at most one more message,
-//! stopped within 3 ms); behind a silent network the old owner goes on
-//! with what it holds until its heartbeat check gives up, about two and a
-//! half heartbeat intervals (4.9 s with a 2 s heartbeat, so about 12 s with
-//! the default 5 s; it then stops at once, dropping the rest). That is the
-//! zombie window: at most the prefetch, for at most that long. A shorter
-//! [`heartbeat`](BrokerBuilder::heartbeat) shortens it, and the standby's
-//! wait after a freeze with it.
+//! which the new owner gets again. A closed connection is noticed at once
+//! (the old owner handles at most the message in hand); a frozen owner acts
+//! on nothing while frozen, and once resumed notices at once; behind a
+//! silent network the old owner goes on with what it holds until its
+//! heartbeat check gives up, about two and a half heartbeat intervals (it
+//! then drops the rest). That is the zombie window: at most the prefetch,
+//! for at most that long. A shorter [`heartbeat`](BrokerBuilder::heartbeat)
+//! shortens it, and the standby's wait after a freeze with it. The times
+//! measured for each fault are in the project's BENCHMARKS.md (*Failover
+//! under faults*).
 //!
 //! **One manager loop.** A delivery is decoded on a consumer thread and handed
 //! to the manager through its ordinary mailbox, tagged with its delivery tag;
@@ -206,10 +201,7 @@
 //! ask whose request went out on the lost connection ends with
 //! [`RemoteAskError::Disconnected`] (its answer was to come back there),
 //! never a hang. A call without a deadline (`join`, an `ask`'s wait for
-//! its answer) does not wait for a new connection. Measured through a TCP
-//! proxy that cuts the connection (`tests/broker_reconnect.rs`, pauses of
-//! 20 to 200 ms): the loss is noticed within about 10 ms, and an owner
-//! serves again 130 to 350 ms after the proxy lets connections through.
+//! its answer) does not wait for a new connection.
 //!
 //! **TLS.** `amqps://` URLs need the feature `amqps` (rustls with its `ring`
 //! provider, which compiles C and assembly with the system C compiler; the
@@ -247,16 +239,13 @@
 //! again with the new setting (or keep the old one).
 //!
 //! **Costs.** One connection per process (it runs its own I/O thread), one
-//! channel per served manager and per `RemoteHandle`. Measured on a 2-core
-//! machine against RabbitMQ 3.10 on the same host (release build): `tell`,
-//! which waits for its confirm, about 0.55 ms (an fsync on the broker);
-//! [`RemoteHandle::tell_all`], many publishes in flight, about 25 µs a
-//! message; an owner draining a full queue, done records and acks included,
-//! about 20 µs a message (batches of about 90 with the default prefetch);
-//! an `ask` round trip, owner and asker in one process, about 1.4 ms (a
-//! confirmed publish, a batch of one settled, the answer).
-//! After a SIGKILL of the active owner, the standby handled its first
-//! redelivered message about 5 ms later.
+//! channel per served manager and per `RemoteHandle`. A `tell` waits for
+//! its publisher confirm (a disk sync on the broker); use
+//! [`RemoteHandle::tell_all`], with many publishes in flight, for
+//! throughput, and `ask` for answers: a round trip is a confirmed publish,
+//! a batch of one settled and the answer confirmed. The measured costs, on
+//! one node and on a three-node cluster, are in BENCHMARKS.md (*Through
+//! RabbitMQ*).
 //!
 
 mod admin;
