@@ -57,7 +57,7 @@ const DONE_QUEUE_EXPIRES_MS: i64 = 60 * 60 * 1000;
 /// redelivered message is. Done records sent meanwhile wait in the durable
 /// done queue, so a `join` after the reconnect (or a `join_timeout` across
 /// it) still ends truthfully. An `ask` whose request went out on the lost
-/// connection ends with [`RemoteAskError::Disconnected`]: its answer was to
+/// connection ends with [`RemoteAskError::Disconnected`](super::RemoteAskError::Disconnected): its answer was to
 /// come back on that connection.
 ///
 /// # Examples
