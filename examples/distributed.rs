@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use custody::Runtime;
 use custody::broker::Broker;
 use custody::resources::rusqlite::{self, Connection};
-use custody::resources::{Database, DatabaseError, RemoteDatabase, RemoteDatabaseMsg, RemoteWrite};
+use custody::resources::{Database, OpenError, RemoteDatabase, RemoteDatabaseMsg, RemoteWrite};
 
 const PRODUCERS: u32 = 3;
 const WRITES_PER_PRODUCER: u32 = 600;
@@ -47,7 +47,7 @@ const PAUSE: Duration = Duration::from_millis(40);
 
 /// The owner's manager: a [`RemoteDatabase`] on `path`. The table has no
 /// unique key, so a write applied twice would show as two rows.
-fn ledger(path: &Path) -> Result<RemoteDatabase, DatabaseError> {
+fn ledger(path: &Path) -> Result<RemoteDatabase, OpenError> {
     RemoteDatabase::open(Database::builder(path).init_sql(
         "CREATE TABLE IF NOT EXISTS writes (id TEXT NOT NULL, producer INTEGER NOT NULL)",
     ))

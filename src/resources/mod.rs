@@ -43,7 +43,7 @@ pub use counter::{Counter, CounterHandle, CounterMsg};
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use database::{
     DEFAULT_MAX_BATCH_WRITES, Database, DatabaseBuilder, DatabaseError, DatabaseHandle,
-    DatabaseMsg, DatabaseStats, RefusedWrite, Synchronous,
+    DatabaseMsg, DatabaseStats, OpenError, RefusedWrite, Synchronous,
 };
 pub use printer::{Printer, PrinterError, PrinterHandle, PrinterMsg, PrinterStats, SharedBuffer};
 #[cfg(all(feature = "amqp", feature = "sqlite"))]

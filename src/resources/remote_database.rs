@@ -44,7 +44,8 @@ use rusqlite::{Connection, ToSql};
 use serde::{Deserialize, Serialize};
 
 use super::database::{
-    CommitCheck, Database, DatabaseBuilder, DatabaseError, DatabaseStats, GroupCommit, WriteOp,
+    CommitCheck, Database, DatabaseBuilder, DatabaseError, DatabaseStats, GroupCommit, OpenError,
+    WriteOp,
 };
 use crate::broker::{Ownership, RemoteReply};
 use crate::{Context, Manager};
@@ -354,9 +355,9 @@ impl RemoteDatabase {
     ///
     /// # Errors
     ///
-    /// As [`DatabaseBuilder::open`], or [`DatabaseError::Sqlite`] if a table
+    /// As [`DatabaseBuilder::open`], or [`OpenError::Sqlite`] if a table
     /// cannot be created.
-    pub fn open(builder: DatabaseBuilder) -> Result<RemoteDatabase, DatabaseError> {
+    pub fn open(builder: DatabaseBuilder) -> Result<RemoteDatabase, OpenError> {
         RemoteDatabase::new(builder.open()?)
     }
 
@@ -369,8 +370,8 @@ impl RemoteDatabase {
     ///
     /// # Errors
     ///
-    /// [`DatabaseError::Sqlite`] if a table cannot be created or updated.
-    pub fn new(db: Database) -> Result<RemoteDatabase, DatabaseError> {
+    /// [`OpenError::Sqlite`] if a table cannot be created or updated.
+    pub fn new(db: Database) -> Result<RemoteDatabase, OpenError> {
         let mut db = db.into_engine();
         db.setup(&format!("{CREATE_APPLIED}; {CREATE_OWNER}"))?;
         if let Some(conn) = db.connection_between_batches() {

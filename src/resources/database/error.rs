@@ -7,7 +7,8 @@ use thiserror::Error;
 
 use crate::{AskError, SpawnError};
 
-/// Why a database request failed.
+/// Why a database request failed. (Opening a database fails with an
+/// [`OpenError`] instead.)
 ///
 /// # Examples
 ///
@@ -44,15 +45,6 @@ pub enum DatabaseError {
         /// What happened to the batch.
         reason: &'static str,
     },
-    /// The database could not be switched to write-ahead logging.
-    #[error("the database could not be switched to WAL mode: its journal mode is `{mode}`")]
-    NotWal {
-        /// The journal mode SQLite reported.
-        mode: String,
-    },
-    /// The init SQL began a transaction and did not end it.
-    #[error("the init SQL left a transaction open")]
-    InitLeftTransaction,
     /// A fire-and-forget write was refused: the manager is stopping or
     /// stopped. The told methods return a [`RefusedWrite`], which holds the
     /// write; this variant is what it becomes when converted (by `?` in a
@@ -65,6 +57,40 @@ pub enum DatabaseError {
     /// The manager could not be asked (stopped, or the request panicked).
     #[error(transparent)]
     Runtime(#[from] AskError),
+    /// Opening the database failed (for a function that opens one and
+    /// then sends it requests, so that `?` serves both).
+    #[error(transparent)]
+    Open(#[from] OpenError),
+}
+
+/// Why a database could not be opened, or its manager spawned: an error of
+/// the start, handled once, where [`DatabaseError`] is one of a request.
+///
+/// # Examples
+///
+/// ```
+/// use custody::resources::{Database, OpenError};
+///
+/// let left_open = Database::in_memory().init_sql("BEGIN").open().unwrap_err();
+/// assert!(matches!(left_open, OpenError::InitLeftTransaction));
+/// let bad_sql = Database::in_memory().init_sql("CREATE TABLE").open().unwrap_err();
+/// assert!(matches!(bad_sql, OpenError::Sqlite(_)));
+/// ```
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Opening the connection, a pragma or the init SQL failed.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database could not be switched to write-ahead logging.
+    #[error("the database could not be switched to WAL mode: its journal mode is `{mode}`")]
+    NotWal {
+        /// The journal mode SQLite reported.
+        mode: String,
+    },
+    /// The init SQL began a transaction and did not end it.
+    #[error("the init SQL left a transaction open")]
+    InitLeftTransaction,
     /// The manager could not be spawned.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
@@ -103,6 +129,7 @@ impl DatabaseError {
             DatabaseError::Sqlite(error) => is_transient_sqlite(error),
             DatabaseError::Commit(error) => is_transient_sqlite(error),
             DatabaseError::BatchAborted { .. } => true,
+            DatabaseError::Open(OpenError::Sqlite(error)) => is_transient_sqlite(error),
             _ => false,
         }
     }

@@ -36,7 +36,7 @@ mod open;
 use std::fmt;
 use std::path::Path;
 
-pub use error::{DatabaseError, RefusedWrite};
+pub use error::{DatabaseError, OpenError, RefusedWrite};
 pub(crate) use group_commit::GroupCommit;
 #[cfg(feature = "amqp")]
 pub(crate) use group_commit::{CommitCheck, WriteOp};
@@ -170,7 +170,7 @@ impl Database {
     /// # Errors
     ///
     /// As [`DatabaseBuilder::open`].
-    pub fn open(path: impl AsRef<Path>) -> Result<Database, DatabaseError> {
+    pub fn open(path: impl AsRef<Path>) -> Result<Database, OpenError> {
         Database::builder(path).open()
     }
 

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 
 use super::group_commit::{GroupCommit, SAVEPOINT};
-use super::{Database, DatabaseError, DatabaseHandle};
+use super::{Database, DatabaseHandle, OpenError};
 use crate::Runtime;
 
 /// The default for [`DatabaseBuilder::max_batch`].
@@ -136,18 +136,18 @@ impl DatabaseBuilder {
     ///
     /// # Errors
     ///
-    /// [`DatabaseError::Sqlite`] if opening, a pragma or the init SQL fails,
-    /// [`DatabaseError::NotWal`] if a file database refuses WAL mode,
-    /// [`DatabaseError::InitLeftTransaction`] if the init SQL left a
+    /// [`OpenError::Sqlite`] if opening, a pragma or the init SQL fails,
+    /// [`OpenError::NotWal`] if a file database refuses WAL mode,
+    /// [`OpenError::InitLeftTransaction`] if the init SQL left a
     /// transaction open.
-    pub fn open(self) -> Result<Database, DatabaseError> {
+    pub fn open(self) -> Result<Database, OpenError> {
         let conn = match &self.target {
             Target::File(path) => {
                 let conn = Connection::open(path)?;
                 let mode: String =
                     conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
                 if !mode.eq_ignore_ascii_case("wal") {
-                    return Err(DatabaseError::NotWal { mode });
+                    return Err(OpenError::NotWal { mode });
                 }
                 conn
             }
@@ -158,7 +158,7 @@ impl DatabaseBuilder {
             conn.execute_batch(sql)?;
             if !conn.is_autocommit() {
                 conn.execute_batch("ROLLBACK")?;
-                return Err(DatabaseError::InitLeftTransaction);
+                return Err(OpenError::InitLeftTransaction);
             }
         }
         let restricted = Arc::new(AtomicBool::new(false));
@@ -189,12 +189,8 @@ impl DatabaseBuilder {
     ///
     /// # Errors
     ///
-    /// As [`open`](DatabaseBuilder::open), plus [`DatabaseError::Spawn`].
-    pub fn spawn(
-        self,
-        rt: &Runtime,
-        name: impl Into<String>,
-    ) -> Result<DatabaseHandle, DatabaseError> {
+    /// As [`open`](DatabaseBuilder::open), plus [`OpenError::Spawn`].
+    pub fn spawn(self, rt: &Runtime, name: impl Into<String>) -> Result<DatabaseHandle, OpenError> {
         Ok(self.open()?.spawn(rt, name)?)
     }
 }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use super::{each_backend, runtime};
 use crate::support::within;
 use custody::resources::rusqlite::{self, Connection};
-use custody::resources::{Database, DatabaseError, DatabaseHandle, RefusedWrite, Synchronous};
+use custody::resources::{
+    Database, DatabaseError, DatabaseHandle, OpenError, RefusedWrite, Synchronous,
+};
 use custody::{AskError, Backend, sql_values};
 
 const SCHEMA: &str = "CREATE TABLE rows (
@@ -541,20 +543,20 @@ fn bad_init_sql_and_paths_fail_at_open() {
         let broken = Database::builder(&temp.path)
             .init_sql("CREATE TABLE (")
             .open();
-        assert!(matches!(broken, Err(DatabaseError::Sqlite(_))));
+        assert!(matches!(broken, Err(OpenError::Sqlite(_))));
         let open = Database::builder(&temp.path)
             .init_sql("BEGIN; CREATE TABLE t (x);")
             .open();
-        assert!(matches!(open, Err(DatabaseError::InitLeftTransaction)));
+        assert!(matches!(open, Err(OpenError::InitLeftTransaction)));
         let missing_dir = temp.path.join("no-such-dir").join("x.db");
         assert!(matches!(
             Database::open(missing_dir),
-            Err(DatabaseError::Sqlite(_))
+            Err(OpenError::Sqlite(_))
         ));
         let rt = runtime(backend);
         assert!(matches!(
             Database::in_memory().spawn(&rt, ""),
-            Err(DatabaseError::Spawn(_))
+            Err(OpenError::Spawn(_))
         ));
     });
 }
