@@ -10,7 +10,7 @@ use crate::deadlock::{Cycle, WaitNode};
 use crate::error::{AskError, JoinError, SendError, SendTimeoutError, TrySendError};
 use crate::fuzz;
 use crate::mailbox::{Backend, Capacity, Envelope, Mailbox, SendFailure};
-use crate::reply::{self, Answer, HoldsSlot, Reply, Waiter};
+use crate::reply::{self, Ending, HoldsSlot, Reply, Waiter};
 use crate::runtime::Inner;
 use crate::stats::{Counters, ManagerStats};
 use crate::util::{Padded, deadline_after};
@@ -440,30 +440,23 @@ impl<M: Send + 'static> Handle<M> {
             // Dropping the refused request drops its reply outside a handler,
             // which ends the wait recorded above.
             return Err(match refusal {
-                Refusal::Stopped(_) => self.ask_error(AskErrorKind::Stopped),
-                Refusal::Full(_) | Refusal::Timeout(_) => self.ask_error(AskErrorKind::Timeout),
+                Refusal::Stopped(_) => self.ask_error(Ending::Discarded),
+                Refusal::Full(_) | Refusal::Timeout(_) => self.ask_error(Ending::TimedOut),
                 Refusal::Deadlock(_, cycle) => AskError::Deadlock { cycle },
             });
         }
-        match waiter.wait(deadline) {
-            Answer::Value(v) => Ok(v),
-            Answer::TimedOut => Err(self.ask_error(AskErrorKind::Timeout)),
-            Answer::Discarded => Err(self.ask_error(AskErrorKind::Stopped)),
-            Answer::NoReply => Err(self.ask_error(AskErrorKind::NoReply)),
-            Answer::Panicked(message) => Err(AskError::Panicked {
-                manager: self.shared.name.clone(),
-                message,
-            }),
-        }
+        waiter.wait(deadline).map_err(|ending| self.ask_error(ending))
     }
 
+    /// The public error of an ask that ended without a value.
     #[cold]
-    fn ask_error(&self, kind: AskErrorKind) -> AskError {
+    fn ask_error(&self, ending: Ending) -> AskError {
         let manager = self.shared.name.clone();
-        match kind {
-            AskErrorKind::Stopped => AskError::Stopped { manager },
-            AskErrorKind::Timeout => AskError::Timeout { manager },
-            AskErrorKind::NoReply => AskError::NoReply { manager },
+        match ending {
+            Ending::Discarded => AskError::Stopped { manager },
+            Ending::TimedOut => AskError::Timeout { manager },
+            Ending::NoReply => AskError::NoReply { manager },
+            Ending::Panicked(message) => AskError::Panicked { manager, message },
         }
     }
 
@@ -795,9 +788,3 @@ impl<M: Send + 'static> Handle<M> {
     }
 }
 
-#[derive(Clone, Copy)]
-enum AskErrorKind {
-    Stopped,
-    Timeout,
-    NoReply,
-}

@@ -40,7 +40,7 @@ use loom::sync::mpsc::channel;
 use loom::thread;
 
 use crate::mailbox::Gate;
-use crate::reply::{self, Answer};
+use crate::reply::{self, Ending};
 use crate::sync_shim::time;
 
 /// Runs `model` under loom with a preemption bound: enough for the races
@@ -224,7 +224,7 @@ fn reply_answer_racing_the_park_wakes_the_asker() {
         let (reply, waiter) = reply::pair::<u32>();
         let manager = thread::spawn(move || reply.send(7));
 
-        assert!(matches!(waiter.wait(None), Answer::Value(7)));
+        assert!(matches!(waiter.wait(None), Ok(7)));
         manager.join().unwrap();
     });
 }
@@ -236,7 +236,7 @@ fn reply_dropped_unanswered_ends_the_wait() {
         let (reply, waiter) = reply::pair::<u32>();
         let manager = thread::spawn(move || drop(reply));
 
-        assert!(matches!(waiter.wait(None), Answer::NoReply));
+        assert!(matches!(waiter.wait(None), Err(Ending::NoReply)));
         manager.join().unwrap();
     });
 }
@@ -264,8 +264,8 @@ fn reply_late_answer_after_a_timeout_is_dropped() {
 
         let deadline = time::now() + Duration::from_micros(100);
         match waiter.wait(Some(deadline)) {
-            Answer::Value(v) => assert!(StdArc::ptr_eq(&v, &token)),
-            Answer::TimedOut => {}
+            Ok(v) => assert!(StdArc::ptr_eq(&v, &token)),
+            Err(Ending::TimedOut) => {}
             _ => panic!("the ask ended neither with its value nor timed out"),
         }
 
@@ -289,7 +289,7 @@ fn reply_stray_wakeup_does_not_end_the_wait() {
         let asker = thread::current();
         thread::spawn(move || asker.unpark());
 
-        assert!(matches!(waiter.wait(None), Answer::Value(7)));
+        assert!(matches!(waiter.wait(None), Ok(7)));
         // No `join`: loom's join waits on a primitive of its own that the
         // stray unpark would wake. The model ends once every thread has.
     });

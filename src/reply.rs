@@ -38,14 +38,6 @@ const SPIN_FOR: Duration = Duration::from_micros(20);
 /// loom, where every poll multiplies the interleavings to explore.)
 const SPINS_PER_LOOK: u32 = if cfg!(loom) { 1 } else { 32 };
 
-enum Outcome<T> {
-    Pending,
-    Value(T),
-    NoReply,
-    Discarded,
-    Panicked(String),
-}
-
 /// Nobody has answered, and the asker is not parked.
 const EMPTY: u8 = 0;
 /// The asker registered its thread and parks (or is about to).
@@ -57,7 +49,8 @@ const READY: u8 = 2;
 /// asker is woken.
 pub(crate) struct Slot<T> {
     state: AtomicU8,
-    outcome: Mutex<Outcome<T>>,
+    /// `None` until the ask is answered or ended.
+    outcome: Mutex<Option<Result<T, Ending>>>,
     /// Set by the asker just before it parks.
     asker: Mutex<Option<Thread>>,
     /// The asking manager's wait-for edge, ended as the slot completes.
@@ -68,7 +61,7 @@ impl<T> Slot<T> {
     pub(crate) fn new() -> Slot<T> {
         Slot {
             state: AtomicU8::new(EMPTY),
-            outcome: Mutex::new(Outcome::Pending),
+            outcome: Mutex::new(None),
             asker: Mutex::new(None),
             edge: WaitLink::default(),
         }
@@ -76,14 +69,14 @@ impl<T> Slot<T> {
 
     /// Answers with a value.
     pub(crate) fn answer(&self, value: T) {
-        self.complete(Outcome::Value(value));
+        self.complete(Ok(value));
     }
 
-    fn complete(&self, outcome: Outcome<T>) {
+    fn complete(&self, outcome: Result<T, Ending>) {
         // The wait ends now, not when the asker next runs: a handler that
         // answers and then asks the asker back closes no cycle.
         self.edge.release();
-        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = outcome;
+        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
         if self.state.swap(READY, Ordering::AcqRel) == PARKED
             && let Some(asker) = self
                 .asker
@@ -100,14 +93,20 @@ impl<T> Slot<T> {
     }
 }
 
-/// Why an answer will never come.
+/// Why an ask ends without a value: the one outcome type of an ask, from
+/// the reply slot to the public [`AskError`](crate::AskError).
+#[derive(Debug)]
 pub(crate) enum Ending {
     /// The handler dropped the reply without answering.
     NoReply,
-    /// An immediate stop discarded the request.
+    /// An immediate stop discarded the request (or the manager refused it:
+    /// stopped).
     Discarded,
     /// The handler panicked, with this message.
     Panicked(String),
+    /// The asker's deadline passed first (or a bounded mailbox stayed
+    /// full until it).
+    TimedOut,
 }
 
 /// A reply slot, seen from the side that may have to give up on it.
@@ -117,11 +116,7 @@ pub(crate) trait Unanswered: Send + Sync {
 
 impl<T: Send> Unanswered for Slot<T> {
     fn end(&self, ending: Ending) {
-        self.complete(match ending {
-            Ending::NoReply => Outcome::NoReply,
-            Ending::Discarded => Outcome::Discarded,
-            Ending::Panicked(message) => Outcome::Panicked(message),
-        });
+        self.complete(Err(ending));
     }
 }
 
@@ -218,15 +213,6 @@ pub(crate) struct Waiter<C> {
     cell: Arc<C>,
 }
 
-/// How an ask ended, before it is turned into the public error.
-pub(crate) enum Answer<T> {
-    Value(T),
-    NoReply,
-    Discarded,
-    Panicked(String),
-    TimedOut,
-}
-
 /// A fresh reply slot, owned by the calling thread.
 pub(crate) fn pair<T: Send + 'static>() -> (Reply<T>, Waiter<Slot<T>>) {
     let slot = Arc::new(Slot::new());
@@ -243,7 +229,7 @@ impl<T: Send + 'static> Reply<T> {
     /// dropped.
     pub fn send(mut self, value: T) {
         if let Some(slot) = self.slot.take() {
-            slot.complete(Outcome::Value(value));
+            slot.complete(Ok(value));
         }
     }
 
@@ -403,22 +389,17 @@ impl<C: HoldsSlot> Waiter<C> {
     }
 
     /// Waits for the answer until `deadline` (forever when `None`).
-    pub(crate) fn wait(self, deadline: Option<Instant>) -> Answer<C::Value> {
+    pub(crate) fn wait(self, deadline: Option<Instant>) -> Result<C::Value, Ending> {
         let slot = self.cell.slot();
         if !slot.is_ready() && !self.spin() && !self.park(deadline) {
             slot.edge.release(); // given up: the wait has ended
-            return Answer::TimedOut;
+            return Err(Ending::TimedOut);
         }
-        let outcome = std::mem::replace(
-            &mut *slot.outcome.lock().unwrap_or_else(PoisonError::into_inner),
-            Outcome::Pending,
-        );
-        match outcome {
-            Outcome::Value(v) => Answer::Value(v),
-            Outcome::NoReply | Outcome::Pending => Answer::NoReply,
-            Outcome::Discarded => Answer::Discarded,
-            Outcome::Panicked(m) => Answer::Panicked(m),
-        }
+        slot.outcome
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or(Err(Ending::NoReply))
     }
 }
 
@@ -429,7 +410,7 @@ mod tests {
     use std::thread;
     use std::time::{Duration, Instant};
 
-    use super::{Answer, DropMode, pair, set_drop_mode, settle_unwound};
+    use super::{DropMode, Ending, pair, set_drop_mode, settle_unwound};
 
     /// Runs `wait` on a thread of its own and returns what it returned,
     /// failing after 60 s instead of hanging on a lost wake-up.
@@ -453,7 +434,7 @@ mod tests {
         let (reply, waiter) = pair();
         assert!(reply.is_awaited());
         reply.send(5u32);
-        assert!(matches!(waiter.wait(None), Answer::Value(5)));
+        assert!(matches!(waiter.wait(None), Ok(5)));
     }
 
     #[test]
@@ -462,7 +443,7 @@ mod tests {
         answer_later(reply, 6u32);
         assert!(matches!(
             within_a_minute(move || waiter.wait(None)),
-            Answer::Value(6)
+            Ok(6)
         ));
     }
 
@@ -471,7 +452,7 @@ mod tests {
         let (reply, waiter) = pair();
         answer_later(reply, 7u32);
         let deadline = Instant::now() + Duration::from_secs(60);
-        assert!(matches!(waiter.wait(Some(deadline)), Answer::Value(7)));
+        assert!(matches!(waiter.wait(Some(deadline)), Ok(7)));
     }
 
     #[test]
@@ -484,7 +465,7 @@ mod tests {
             thread::current().unpark();
             waiter.wait(None)
         });
-        assert!(matches!(answer, Answer::Value(8)));
+        assert!(matches!(answer, Ok(8)));
     }
 
     #[test]
@@ -493,7 +474,7 @@ mod tests {
         let token = Arc::new(());
         assert!(matches!(
             waiter.wait(Some(Instant::now() + Duration::from_millis(1))),
-            Answer::TimedOut
+            Err(Ending::TimedOut)
         ));
         assert!(!reply.is_awaited(), "the asker gave up");
         reply.send(Arc::clone(&token));
@@ -509,7 +490,7 @@ mod tests {
         });
         assert!(matches!(
             within_a_minute(move || waiter.wait(None)),
-            Answer::NoReply
+            Err(Ending::NoReply)
         ));
     }
 
@@ -519,7 +500,7 @@ mod tests {
         let previous = set_drop_mode(DropMode::Discarding);
         drop(reply);
         set_drop_mode(previous);
-        assert!(matches!(waiter.wait(None), Answer::Discarded));
+        assert!(matches!(waiter.wait(None), Err(Ending::Discarded)));
     }
 
     #[test]
@@ -534,7 +515,7 @@ mod tests {
         assert!(unwound.is_err());
         settle_unwound("handler failed");
         match waiter.wait(None) {
-            Answer::Panicked(message) => assert_eq!(message, "handler failed"),
+            Err(Ending::Panicked(message)) => assert_eq!(message, "handler failed"),
             _ => panic!("expected the panic message"),
         }
     }
