@@ -445,7 +445,9 @@ impl<M: Send + 'static> Handle<M> {
                 Refusal::Deadlock(_, cycle) => AskError::Deadlock { cycle },
             });
         }
-        waiter.wait(deadline).map_err(|ending| self.ask_error(ending))
+        waiter
+            .wait(deadline)
+            .map_err(|ending| self.ask_error(ending))
     }
 
     /// The public error of an ask that ended without a value.
@@ -787,4 +789,3 @@ impl<M: Send + 'static> Handle<M> {
         self.shared.stats(false)
     }
 }
-

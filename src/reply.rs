@@ -441,10 +441,7 @@ mod tests {
     fn parked_asker_is_woken_by_the_answer() {
         let (reply, waiter) = pair();
         answer_later(reply, 6u32);
-        assert!(matches!(
-            within_a_minute(move || waiter.wait(None)),
-            Ok(6)
-        ));
+        assert!(matches!(within_a_minute(move || waiter.wait(None)), Ok(6)));
     }
 
     #[test]
