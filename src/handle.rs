@@ -50,13 +50,13 @@ impl<M> Shared<M> {
 
 /// How `post` may wait for room in a bounded mailbox.
 #[derive(Clone, Copy)]
-enum Wait {
+pub(crate) enum Wait {
     Until(Option<Instant>),
     No,
 }
 
 /// Why `post` gave the message back.
-enum Refusal<M> {
+pub(crate) enum Refusal<M> {
     Stopped(M),
     Full(M),
     Timeout(M),
@@ -131,22 +131,12 @@ impl<M: Send + 'static> Handle<M> {
         self.post_envelope(Envelope::Msg(msg), wait)
     }
 
-    /// Hands the manager a message that came from an outside queue, tagged so
-    /// that the queue can be settled once the manager's batch is done.
-    /// Counted like a tell. Blocks while a bounded mailbox is full.
-    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // the broker mailbox uses it
-    pub(crate) fn deliver(&self, msg: M, tag: u64) -> Result<(), M> {
-        self.post_envelope(Envelope::Delivered(Box::new((msg, tag))), Wait::Until(None))
-            .map_err(|r| match r {
-                Refusal::Stopped(m)
-                | Refusal::Full(m)
-                | Refusal::Timeout(m)
-                | Refusal::Deadlock(m, _) => m,
-            })
-    }
-
     #[inline]
-    fn post_envelope(&self, envelope: Envelope<M>, wait: Wait) -> Result<(), Refusal<M>> {
+    pub(crate) fn post_envelope(
+        &self,
+        envelope: Envelope<M>,
+        wait: Wait,
+    ) -> Result<(), Refusal<M>> {
         let shared = &*self.shared;
         if shared.fuzz {
             fuzz::pause();
