@@ -1,8 +1,6 @@
 //! `Counter`: one `i64` owned by one manager thread.
 
-use std::time::Duration;
-
-use crate::{AskError, Context, Handle, JoinError, Manager, Reply, Runtime, SendError, SpawnError};
+use crate::{AskError, Context, Handle, Manager, Reply, Runtime, SendError, SpawnError};
 
 /// The messages a [`Counter`] accepts.
 ///
@@ -162,36 +160,6 @@ impl CounterHandle {
         self.handle.tell(CounterMsg::Reset)
     }
 
-    /// Waits until every message accepted so far has been handled (and,
-    /// for a resource that commits in its `idle`, committed).
-    ///
-    /// # Errors
-    ///
-    /// As [`Handle::join`].
-    pub fn join(&self) -> Result<(), JoinError> {
-        self.handle.join()
-    }
-
-    /// [`join`](CounterHandle::join) with a deadline.
-    ///
-    /// # Errors
-    ///
-    /// As [`Handle::join_timeout`].
-    pub fn join_timeout(&self, timeout: Duration) -> Result<(), JoinError> {
-        self.handle.join_timeout(timeout)
-    }
-
-    /// Stops the manager gracefully: it refuses new messages and exits
-    /// once everything accepted is handled. As [`Handle::stop`].
-    pub fn stop(&self) {
-        self.handle.stop();
-    }
-
-    /// The manager's name.
-    pub fn name(&self) -> &str {
-        self.handle.name()
-    }
-
     /// The underlying handle: every other call ([`Handle::stats`] for the
     /// runtime's counters of this manager, [`Handle::len`], ...).
     pub fn handle(&self) -> &Handle<CounterMsg> {
@@ -203,6 +171,8 @@ impl CounterHandle {
         self.handle
     }
 }
+
+super::lifecycle!(CounterHandle);
 
 impl From<Handle<CounterMsg>> for CounterHandle {
     fn from(handle: Handle<CounterMsg>) -> CounterHandle {

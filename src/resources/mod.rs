@@ -31,6 +31,50 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+/// The lifecycle calls every resource handle has (`join`, `join_timeout`,
+/// `stop`, `name`), passed through to its `handle` field: one definition
+/// for the three handles.
+macro_rules! lifecycle {
+    ($handle:ident) => {
+        impl $handle {
+            /// Waits until every message accepted so far has been handled
+            /// (and, for a resource that commits in its `idle`, committed).
+            ///
+            /// # Errors
+            ///
+            /// As [`Handle::join`](crate::Handle::join).
+            pub fn join(&self) -> Result<(), crate::JoinError> {
+                self.handle.join()
+            }
+
+            #[doc = concat!("[`join`](", stringify!($handle), "::join) with a deadline.")]
+            ///
+            /// # Errors
+            ///
+            /// As [`Handle::join_timeout`](crate::Handle::join_timeout).
+            pub fn join_timeout(
+                &self,
+                timeout: std::time::Duration,
+            ) -> Result<(), crate::JoinError> {
+                self.handle.join_timeout(timeout)
+            }
+
+            /// Stops the manager gracefully: it refuses new messages and
+            /// exits once everything accepted is handled. As
+            /// [`Handle::stop`](crate::Handle::stop).
+            pub fn stop(&self) {
+                self.handle.stop();
+            }
+
+            /// The manager's name.
+            pub fn name(&self) -> &str {
+                self.handle.name()
+            }
+        }
+    };
+}
+use lifecycle;
+
 mod counter;
 #[cfg(feature = "sqlite")]
 mod database;

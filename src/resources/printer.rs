@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use thiserror::Error;
 
-use std::time::Duration;
-
-use crate::{AskError, Context, Handle, JoinError, Manager, Reply, Runtime, SendError, SpawnError};
+use crate::{AskError, Context, Handle, Manager, Reply, Runtime, SendError, SpawnError};
 
 /// The messages a [`Printer`] accepts.
 ///
@@ -347,36 +345,6 @@ impl PrinterHandle {
         self.handle.ask(PrinterMsg::Stats)
     }
 
-    /// Waits until every message accepted so far has been handled (and,
-    /// for a resource that commits in its `idle`, committed).
-    ///
-    /// # Errors
-    ///
-    /// As [`Handle::join`].
-    pub fn join(&self) -> Result<(), JoinError> {
-        self.handle.join()
-    }
-
-    /// [`join`](PrinterHandle::join) with a deadline.
-    ///
-    /// # Errors
-    ///
-    /// As [`Handle::join_timeout`].
-    pub fn join_timeout(&self, timeout: Duration) -> Result<(), JoinError> {
-        self.handle.join_timeout(timeout)
-    }
-
-    /// Stops the manager gracefully: it refuses new messages and exits
-    /// once everything accepted is handled. As [`Handle::stop`].
-    pub fn stop(&self) {
-        self.handle.stop();
-    }
-
-    /// The manager's name.
-    pub fn name(&self) -> &str {
-        self.handle.name()
-    }
-
     /// The underlying handle: every other call ([`Handle::stats`] for the
     /// runtime's counters of this manager, [`Handle::len`], ...).
     pub fn handle(&self) -> &Handle<PrinterMsg> {
@@ -388,6 +356,8 @@ impl PrinterHandle {
         self.handle
     }
 }
+
+super::lifecycle!(PrinterHandle);
 
 impl From<Handle<PrinterMsg>> for PrinterHandle {
     fn from(handle: Handle<PrinterMsg>) -> PrinterHandle {

@@ -3,14 +3,13 @@
 
 use std::any::Any;
 use std::fmt;
-use std::time::Duration;
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, params_from_iter};
 
 use super::group_commit::WriteOp;
 use super::{DatabaseError, DatabaseStats, RefusedWrite};
-use crate::{Handle, JoinError, Reply, SendError};
+use crate::{Handle, Reply, SendError};
 
 struct ExecuteOp {
     sql: String,
@@ -360,36 +359,6 @@ impl DatabaseHandle {
         Ok(self.handle.ask(|reply| DatabaseMsg(Op::Stats(reply)))?)
     }
 
-    /// Waits until every message accepted so far has been handled (and,
-    /// for a resource that commits in its `idle`, committed).
-    ///
-    /// # Errors
-    ///
-    /// As [`Handle::join`].
-    pub fn join(&self) -> Result<(), JoinError> {
-        self.handle.join()
-    }
-
-    /// [`join`](DatabaseHandle::join) with a deadline.
-    ///
-    /// # Errors
-    ///
-    /// As [`Handle::join_timeout`].
-    pub fn join_timeout(&self, timeout: Duration) -> Result<(), JoinError> {
-        self.handle.join_timeout(timeout)
-    }
-
-    /// Stops the manager gracefully: it refuses new messages and exits
-    /// once everything accepted is handled. As [`Handle::stop`].
-    pub fn stop(&self) {
-        self.handle.stop();
-    }
-
-    /// The manager's name.
-    pub fn name(&self) -> &str {
-        self.handle.name()
-    }
-
     /// The underlying handle: every other call ([`Handle::stats`] for the
     /// runtime's counters of this manager, [`Handle::len`], ...).
     pub fn handle(&self) -> &Handle<DatabaseMsg> {
@@ -401,6 +370,8 @@ impl DatabaseHandle {
         self.handle
     }
 }
+
+super::super::lifecycle!(DatabaseHandle);
 
 impl From<Handle<DatabaseMsg>> for DatabaseHandle {
     fn from(handle: Handle<DatabaseMsg>) -> DatabaseHandle {
