@@ -41,23 +41,9 @@ const FULL_VAR: &str = "CUSTODY_CLUSTER_FULL";
 /// Set to a level (`debug`, `info`, ...) to print custody's log lines.
 const LOG_VAR: &str = "CUSTODY_CLUSTER_LOG";
 
-/// Prints custody's log lines at the level in `CUSTODY_CLUSTER_LOG`, if set.
+/// Prints custody's log lines at the level in `LOG_VAR`, if set.
 fn log() {
-    use tracing_subscriber::prelude::*;
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    let Some(level) = std::env::var(LOG_VAR)
-        .ok()
-        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
-    else {
-        return;
-    };
-    ONCE.call_once(|| {
-        let filter = tracing_subscriber::filter::Targets::new().with_target("custody", level);
-        let _ = tracing_subscriber::registry()
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .with(filter)
-            .try_init();
-    });
+    common::log_from(LOG_VAR);
 }
 
 fn full() -> bool {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "sqlite")]
 use common::unique_name;
-use common::{Queues, builder, connect, url};
+use common::{Queues, builder, connect, url, within};
 use custody::broker::{
     Broker, BrokerBuilder, DeadLetter, RemoteAskError, RemoteHandle, RemoteJoinError, RemoteReply,
 };
@@ -44,19 +44,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::{Deserialize, Deserializer, Serialize};
-
-/// Runs `f` on a thread of its own and fails the test if it takes over 60 s.
-fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(Ok(v)) => v,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("the scenario did not finish within 60 s"),
-    }
-}
 
 /// Runs the scenario once per backend, each inside `within`.
 fn per_backend(scenario: impl Fn(Backend) + Send + Sync + Clone + 'static) {

@@ -37,29 +37,16 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
-use common::{Queues, builder, connect};
+use common::{Queues, builder, connect, within};
 use custody::broker::{
     Broker, BrokerError, BrokerState, RemoteAskError, RemoteJoinError, RemoteReply, RemoteSendError,
 };
 use custody::{Backend, Context, Manager, Runtime};
 use serde::{Deserialize, Serialize};
-
-/// Runs `f` on a thread of its own and fails the test if it takes over 60 s.
-fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(Ok(v)) => v,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("the scenario did not finish within 60 s"),
-    }
-}
 
 /// Runs the scenario once per backend, each inside `within`.
 fn per_backend(scenario: impl Fn(Backend) + Send + Sync + Clone + 'static) {
@@ -72,21 +59,7 @@ fn per_backend(scenario: impl Fn(Backend) + Send + Sync + Clone + 'static) {
 
 /// Prints custody's log lines at the level in `CUSTODY_RECONNECT_LOG`, if set.
 fn log() {
-    use tracing_subscriber::prelude::*;
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    let Some(level) = std::env::var("CUSTODY_RECONNECT_LOG")
-        .ok()
-        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
-    else {
-        return;
-    };
-    ONCE.call_once(|| {
-        let filter = tracing_subscriber::filter::Targets::new().with_target("custody", level);
-        let _ = tracing_subscriber::registry()
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .with(filter)
-            .try_init();
-    });
+    common::log_from("CUSTODY_RECONNECT_LOG");
 }
 
 /// A broker through `proxy`, retrying often so the scenarios stay short.

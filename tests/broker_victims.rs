@@ -29,7 +29,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Queues, builder, connect, url};
+use common::{Queues, builder, connect, url, within};
 use custody::broker::{Broker, RemoteAskError, RemoteJoinError, RemoteReply};
 use custody::{Backend, Context, Manager, Runtime};
 use futures_lite::StreamExt;
@@ -41,19 +41,6 @@ use serde::{Deserialize, Serialize};
 
 /// The owners' limit: the default.
 const LIMIT: u32 = 5;
-
-/// Runs `f` on a thread of its own and fails the test if it takes over 60 s.
-fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(Ok(v)) => v,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("the scenario did not finish within 60 s"),
-    }
-}
 
 /// Runs the scenario once per backend, each inside `within`.
 fn per_backend(scenario: impl Fn(usize) + Send + Sync + Clone + 'static) {

@@ -26,25 +26,12 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "sqlite")]
 use common::unique_name;
-use common::{Queues, builder, connect};
+use common::{Queues, builder, connect, within};
 use custody::broker::{
     Broker, BrokerError, RemoteAskError, RemoteJoinError, RemoteReply, RemoteSendError,
 };
 use custody::{Context, Manager, Runtime};
 use serde::{Deserialize, Serialize};
-
-/// Runs `f` on a thread of its own and fails the test if it takes over 60 s.
-fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(Ok(v)) => v,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("the scenario did not finish within 60 s"),
-    }
-}
 
 /// Records what it handles; panics on `Poison` every time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

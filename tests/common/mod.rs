@@ -32,6 +32,35 @@ pub fn within_limit<T: Send + 'static>(
     }
 }
 
+/// The bound on one scenario, unless a test names its own.
+pub const SCENARIO_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `f` on a thread of its own and fails the test if it takes longer
+/// than [`SCENARIO_LIMIT`].
+pub fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    within_limit(SCENARIO_LIMIT, "scenario", f)
+}
+
+/// Prints custody's log lines at the level named in the environment
+/// variable `var` (`debug`, `info`, ...), if it is set.
+pub fn log_from(var: &str) {
+    use tracing_subscriber::prelude::*;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let Some(level) = std::env::var(var)
+        .ok()
+        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+    else {
+        return;
+    };
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::filter::Targets::new().with_target("custody", level);
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(filter)
+            .try_init();
+    });
+}
+
 /// Runs the scenario once per backend, each bounded by `limit`.
 pub fn per_backend_within(
     limit: Duration,
