@@ -2,13 +2,15 @@
 //! "Producer-Consumer Using Queue").
 //!
 //! Lesson: a bounded, thread-safe queue plus an `Event` replaces the
-//! two-lock pipeline. The producer puts messages until the event is set; the
-//! consumer keeps going until the event is set *and* the queue is empty, so no
-//! message is lost. The seed warns that a consumer can then block forever in
-//! `get()` if the producer stopped between its check and its put; Python 3.13's
-//! `Queue.shutdown()` closes that gap, and `JoinableQueue::shutdown` does the
-//! same here: once the producer is done, the queue is shut down, the consumer
-//! drains what is left and then gets `ShutDown` instead of hanging.
+//! two-lock pipeline. The producer puts messages until the event is set. The
+//! seed's consumer keeps going until the event is set *and* the queue is
+//! empty, and warns of the gap in that check: the producer may put one more
+//! message just after the consumer found the queue empty (the consumer has
+//! left, and `join` then waits forever for that message), or the consumer
+//! may block in `get()` after the producer stopped. Python 3.13's
+//! `Queue.shutdown()` closes both, and `JoinableQueue::shutdown` does the
+//! same here: once the producer is done the queue is shut down, and the
+//! consumer, which ends only on `ShutDown`, drains what is left first.
 //!
 //! Run: `cargo run --example pc_queue`
 //! Exits 0 only if every produced message was consumed exactly once, in order,
@@ -58,11 +60,16 @@ fn main() -> ExitCode {
     };
 
     let consumer = {
-        let (queue, event) = (Arc::clone(&pipeline), Arc::clone(&event));
+        let queue = Arc::clone(&pipeline);
         thread::spawn(move || {
             // "Pretend we're saving a number in the database."
             let mut consumed = Vec::new();
-            while !event.is_set() || !queue.empty() {
+            // Not `while !event.is_set() || !queue.empty()`: the producer may
+            // put one last message after that check found the queue empty,
+            // and `join` below would wait for it forever. The consumer drains
+            // until the queue is shut down (after the producer has stopped)
+            // and empty.
+            loop {
                 match queue.get_guarded() {
                     Ok(task) => {
                         info!(
@@ -77,7 +84,7 @@ fn main() -> ExitCode {
                     Err(GetError::Empty) => unreachable!("a blocking get never reports Empty"),
                 }
             }
-            info!("Consumer received event. Exiting");
+            info!("Consumer: the queue is shut down and drained. Exiting");
             consumed
         })
     };
