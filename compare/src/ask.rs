@@ -26,7 +26,7 @@ pub const DESIGNS: [&str; 5] = [
 pub const THREADS: [usize; 1] = [1];
 
 /// The value every server answers with.
-const VALUE: u64 = 0x00C0_FFEE;
+pub(crate) const VALUE: u64 = 0x00C0_FFEE;
 
 /// One run of `design`: `k` round trips from one caller. Returns their time.
 ///
@@ -155,12 +155,12 @@ fn mutex_read(k: u64) -> Duration {
 }
 
 /// The request `manager-ask` answers.
-enum Query {
+pub(crate) enum Query {
     Get(Reply<u64>),
 }
 
 /// A manager owning one value.
-struct Value(u64);
+pub(crate) struct Value(pub(crate) u64);
 
 impl Manager for Value {
     type Msg = Query;

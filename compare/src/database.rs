@@ -23,16 +23,16 @@ pub const DESIGNS: [&str; 3] = ["mutex-connection", "manager-ask", "manager-pipe
 /// The writer counts measured.
 pub const THREADS: [usize; 3] = [1, 4, 8];
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS events (
+pub(crate) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     writer INTEGER NOT NULL,
     n INTEGER NOT NULL,
     note TEXT NOT NULL
 )";
 
-const INSERT: &str = "INSERT INTO events (writer, n, note) VALUES (?1, ?2, ?3)";
+pub(crate) const INSERT: &str = "INSERT INTO events (writer, n, note) VALUES (?1, ?2, ?3)";
 
-const NOTE: &str = "one row of a compare run";
+pub(crate) const NOTE: &str = "one row of a compare run";
 
 /// One run of `design`: `writers` threads each insert `k` rows, each
 /// acknowledged only once committed. Returns the time until the last
@@ -71,18 +71,18 @@ impl Outcome {
     }
 }
 
-fn count_rows(conn: &Connection) -> rusqlite::Result<i64> {
+pub(crate) fn count_rows(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT count(*) FROM events", [], |row| row.get(0))
 }
 
 /// A fresh database path; the file, its `-wal` and its `-shm` are deleted
 /// when this is dropped.
-struct DbFile {
-    path: PathBuf,
+pub(crate) struct DbFile {
+    pub(crate) path: PathBuf,
 }
 
 impl DbFile {
-    fn new() -> DbFile {
+    pub(crate) fn new() -> DbFile {
         DbFile {
             path: temp_path("db"),
         }

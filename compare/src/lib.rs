@@ -5,9 +5,13 @@
 //! bench (`benches/compare.rs`) runs the same workloads under criterion.
 //! Each workload module has a `NAME`, its `DESIGNS` (the reference first),
 //! the `THREADS` counts it is measured at, and `run(design, threads, k)`,
-//! which does `k` operations per thread and returns the time they took.
+//! which does `k` operations per thread and returns the time they took (the
+//! async workloads, whose "threads" are concurrent tokio tasks, also return
+//! their requests' latency percentiles).
 
 pub mod ask;
+pub mod async_ask;
+pub mod async_write;
 #[cfg(feature = "amqp")]
 pub mod broker;
 pub mod counter;

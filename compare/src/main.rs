@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "amqp")]
 use custody_compare::broker;
+use custody_compare::measure::Sample;
 use custody_compare::report::{self, Machine, Reference, Row};
-use custody_compare::{ask, counter, database, measure, printer};
+use custody_compare::{ask, async_ask, async_write, counter, database, measure, printer};
 
 /// One workload: its designs (the reference first), the thread counts it is
 /// measured at, and one run of a design.
@@ -33,7 +34,10 @@ struct Workload {
     threads: &'static [usize],
     /// What the thread count counts (singular), for the progress line.
     unit: &'static str,
-    run: fn(&str, usize, u64) -> Duration,
+    /// How many times the mode's run budget one run may take: more for the
+    /// workloads whose latency percentiles need enough requests.
+    budget_scale: u32,
+    run: fn(&str, usize, u64) -> Sample,
 }
 
 const WORKLOADS: &[Workload] = &[
@@ -42,28 +46,48 @@ const WORKLOADS: &[Workload] = &[
         designs: &counter::DESIGNS,
         threads: &counter::THREADS,
         unit: "thread",
-        run: counter::run,
+        budget_scale: 1,
+        run: |design, threads, k| counter::run(design, threads, k).into(),
     },
     Workload {
         name: ask::NAME,
         designs: &ask::DESIGNS,
         threads: &ask::THREADS,
         unit: "caller",
-        run: ask::run,
+        budget_scale: 1,
+        run: |design, threads, k| ask::run(design, threads, k).into(),
     },
     Workload {
         name: printer::NAME,
         designs: &printer::DESIGNS,
         threads: &printer::THREADS,
         unit: "thread",
-        run: printer::run,
+        budget_scale: 1,
+        run: |design, threads, k| printer::run(design, threads, k).into(),
     },
     Workload {
         name: database::NAME,
         designs: &database::DESIGNS,
         threads: &database::THREADS,
         unit: "writer",
-        run: database::run,
+        budget_scale: 1,
+        run: |design, threads, k| database::run(design, threads, k).into(),
+    },
+    Workload {
+        name: async_write::NAME,
+        designs: &async_write::DESIGNS,
+        threads: &async_write::THREADS,
+        unit: "concurrent request",
+        budget_scale: 4,
+        run: async_write::run,
+    },
+    Workload {
+        name: async_ask::NAME,
+        designs: &async_ask::DESIGNS,
+        threads: &async_ask::THREADS,
+        unit: "asking task",
+        budget_scale: 1,
+        run: async_ask::run,
     },
     #[cfg(feature = "amqp")]
     Workload {
@@ -71,7 +95,8 @@ const WORKLOADS: &[Workload] = &[
         designs: &broker::DESIGNS,
         threads: &broker::THREADS,
         unit: "producer",
-        run: broker::run,
+        budget_scale: 1,
+        run: |design, threads, k| broker::run(design, threads, k).into(),
     },
 ];
 
@@ -138,6 +163,13 @@ impl Mode {
             ("database", "mutex-connection" | "manager-ask") => (50, 25, 2),
             // Group commits: hundreds of inserts per fsync.
             ("database", _) => (4_000, 2_000, 20),
+            // One commit (an fsync) per request: k is requests per task.
+            ("async-write", "tokio-rusqlite" | "mutex-spawn-blocking") => (2_000, 1_000, 2),
+            // Group commits: up to a commit per batch of concurrent requests.
+            ("async-write", _) => (8_000, 4_000, 2),
+            // A round trip through a channel and a wake-up: µs; a hop
+            // through the blocking pool: tens of µs.
+            ("async-ask", _) => (20_000, 10_000, 100),
             // A confirm, a batch settled and an answer per ask: ms.
             ("broker", "remote-ask") => (500, 250, 10),
             // Publishes in flight: tens of us a message.
@@ -189,6 +221,15 @@ Workloads:
   printer   threads print lines to one file (reference: mutex-writer)
   database  writers insert rows into one SQLite file, WAL, synchronous=FULL,
             each acknowledged once committed (reference: mutex-connection)
+  async-write
+            tokio tasks (1, 16, 64, 256 at once) each insert rows into one
+            SQLite file, WAL, synchronous=FULL, each awaited until committed;
+            also prints each row's latency p50 and p99 (reference:
+            tokio-rusqlite; the others: Mutex<Connection> and custody's
+            Database through spawn_blocking)
+  async-ask one tokio task, sequential round trips to a thread
+            (reference: tokio-mpsc-oneshot, a tokio mpsc to a dedicated thread
+            and a tokio oneshot back)
   broker    (feature amqp, needs RabbitMQ) one producer, one consumer through a
             durable quorum queue, each message confirmed and handled
             (reference: raw-lapin, the AMQP client alone)
@@ -414,22 +455,31 @@ fn measure(options: &Options) -> Vec<Row> {
                         None => min,
                         Some(budget) => {
                             progress.sizing(workload, design, threads);
-                            let run = |k| (workload.run)(design, threads, k);
-                            measure::fit(run, min, max, budget)
+                            let run = |k| (workload.run)(design, threads, k).elapsed;
+                            measure::fit(run, min, max, budget * workload.budget_scale)
                         }
                     }
                 })
                 .collect();
             let mut samples = vec![Vec::with_capacity(runs); workload.designs.len()];
+            let mut p50s = vec![Vec::with_capacity(runs); workload.designs.len()];
+            let mut p99s = vec![Vec::with_capacity(runs); workload.designs.len()];
             for run in 1..=runs {
                 for (d, &design) in workload.designs.iter().enumerate() {
                     progress.run(workload, design, threads, run, runs);
-                    let elapsed = (workload.run)(design, threads, ks[d]);
-                    samples[d].push(measure::ns_per_op(elapsed, threads as u64 * ks[d]));
+                    let sample = (workload.run)(design, threads, ks[d]);
+                    samples[d].push(measure::ns_per_op(sample.elapsed, threads as u64 * ks[d]));
+                    if let Some(latency) = sample.latency {
+                        p50s[d].push(latency.p50.as_nanos() as f64);
+                        p99s[d].push(latency.p99.as_nanos() as f64);
+                    }
                 }
             }
             let medians: Vec<f64> = samples.iter_mut().map(|s| measure::median(s)).collect();
             let reference = medians[0];
+            // The median of each percentile over the runs.
+            let median_of =
+                |values: &mut Vec<f64>| (!values.is_empty()).then(|| measure::median(values));
             for (d, &design) in workload.designs.iter().enumerate() {
                 rows.push(Row {
                     workload: workload.name,
@@ -439,6 +489,8 @@ fn measure(options: &Options) -> Vec<Row> {
                     ns_per_op: medians[d],
                     ops_per_s: 1e9 / medians[d],
                     ratio: medians[d] / reference,
+                    p50_ns: median_of(&mut p50s[d]),
+                    p99_ns: median_of(&mut p99s[d]),
                 });
             }
         }

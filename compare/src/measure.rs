@@ -102,3 +102,85 @@ pub fn temp_path(extension: &str) -> PathBuf {
         std::process::id()
     ))
 }
+
+/// One run of a workload: its time, and for the workloads that time each
+/// request (`async-write`, `async-ask`), the requests' latency percentiles.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// From the first operation's start until every one was done.
+    pub elapsed: Duration,
+    /// The requests' latencies, if the workload timed each one.
+    pub latency: Option<Latency>,
+}
+
+impl From<Duration> for Sample {
+    fn from(elapsed: Duration) -> Sample {
+        Sample {
+            elapsed,
+            latency: None,
+        }
+    }
+}
+
+/// The median and the 99th percentile of one run's request latencies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Latency {
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+impl Latency {
+    /// The percentiles of `latencies` (sorted in place), or `None` if there
+    /// are none.
+    pub fn of(latencies: &mut [Duration]) -> Option<Latency> {
+        if latencies.is_empty() {
+            return None;
+        }
+        latencies.sort_unstable();
+        Some(Latency {
+            p50: percentile(latencies, 50.0),
+            p99: percentile(latencies, 99.0),
+        })
+    }
+}
+
+/// The `p`th percentile of `sorted` (ascending, not empty) by the nearest
+/// rank: the smallest value that at least `p`% of the values do not exceed.
+///
+/// # Panics
+///
+/// If `sorted` is empty or `p` is not in `0..=100`.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    assert!(!sorted.is_empty(), "the percentile of nothing");
+    assert!((0.0..=100.0).contains(&p), "percentile {p} out of 0..=100");
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(values: &[u64]) -> Vec<Duration> {
+        values.iter().map(|&v| Duration::from_millis(v)).collect()
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut values = ms(&(1..=100).rev().collect::<Vec<_>>());
+        let latency = Latency::of(&mut values).expect("100 values");
+        assert_eq!(latency.p50, Duration::from_millis(50));
+        assert_eq!(latency.p99, Duration::from_millis(99));
+        assert_eq!(percentile(&values, 100.0), Duration::from_millis(100));
+        assert_eq!(percentile(&values, 0.0), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn percentiles_of_few_values() {
+        let mut values = ms(&[7, 3]);
+        let latency = Latency::of(&mut values).expect("two values");
+        assert_eq!(latency.p50, Duration::from_millis(3));
+        assert_eq!(latency.p99, Duration::from_millis(7));
+        assert_eq!(Latency::of(&mut []), None);
+    }
+}

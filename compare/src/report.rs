@@ -18,6 +18,10 @@ pub struct Row {
     pub ops_per_s: f64,
     /// `ns_per_op` over the reference design's, at the same thread count.
     pub ratio: f64,
+    /// For the workloads that time each request: the median over the runs
+    /// of each run's median latency, and of its 99th percentile.
+    pub p50_ns: Option<f64>,
+    pub p99_ns: Option<f64>,
 }
 
 /// What the numbers were measured on.
@@ -100,9 +104,33 @@ pub fn table(rows: &[Row], machine: &Machine, references: &[Reference]) -> Strin
         .chain(["design".len()])
         .max()
         .unwrap_or(6);
+    let workload_width = rows
+        .iter()
+        .map(|r| r.workload.len())
+        .chain(["workload".len()])
+        .max()
+        .unwrap_or(8);
+    // The latency columns only when some row has them.
+    let latencies = rows
+        .iter()
+        .any(|r| r.p50_ns.is_some() || r.p99_ns.is_some());
+    let latency_columns = |p50: &str, p99: &str| {
+        if latencies {
+            format!(" {p50:>10} {p99:>10}")
+        } else {
+            String::new()
+        }
+    };
     let header = format!(
-        "{:<9} {:<design_width$} {:>7} {:>13} {:>10} {:>8} {:>10}",
-        "workload", "design", "threads", "ns/op", "ops/s", "ratio", "k"
+        "{:<workload_width$} {:<design_width$} {:>7} {:>13} {:>10} {:>8} {:>10}{}",
+        "workload",
+        "design",
+        "threads",
+        "ns/op",
+        "ops/s",
+        "ratio",
+        "k",
+        latency_columns("p50", "p99"),
     );
     let _ = writeln!(out, "{header}");
     let _ = writeln!(out, "{}", "-".repeat(header.len()));
@@ -113,9 +141,10 @@ pub fn table(rows: &[Row], machine: &Machine, references: &[Reference]) -> Strin
             let _ = writeln!(out);
         }
         previous = Some(group);
+        let latency = |v: Option<f64>| v.map_or_else(String::new, duration);
         let _ = writeln!(
             out,
-            "{:<9} {:<design_width$} {:>7} {:>13} {:>10} {:>8} {:>10}",
+            "{:<workload_width$} {:<design_width$} {:>7} {:>13} {:>10} {:>8} {:>10}{}",
             row.workload,
             row.design,
             row.threads,
@@ -123,6 +152,7 @@ pub fn table(rows: &[Row], machine: &Machine, references: &[Reference]) -> Strin
             si(row.ops_per_s),
             format!("{:.2}", row.ratio),
             row.k,
+            latency_columns(&latency(row.p50_ns), &latency(row.p99_ns)),
         );
     }
     let _ = writeln!(out);
@@ -140,7 +170,36 @@ pub fn table(rows: &[Row], machine: &Machine, references: &[Reference]) -> Strin
         out,
         "k = operations per thread in each run (sized down where a run would be too long)."
     );
+    if latencies {
+        let _ = writeln!(
+            out,
+            "p50, p99 = latency of one request (async workloads: threads are concurrent tokio \
+             tasks), the median over the runs of each run's percentile."
+        );
+    }
     out
+}
+
+/// A latency in nanoseconds, in the unit that suits it: `850 ns`, `12.4 µs`,
+/// `3.81 ms`.
+fn duration(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".to_owned();
+    }
+    let (scaled, unit) = if v >= 1e6 {
+        (v / 1e6, "ms")
+    } else if v >= 1e3 {
+        (v / 1e3, "µs")
+    } else {
+        (v, "ns")
+    };
+    if scaled >= 100.0 {
+        format!("{scaled:.0} {unit}")
+    } else if scaled >= 10.0 {
+        format!("{scaled:.1} {unit}")
+    } else {
+        format!("{scaled:.2} {unit}")
+    }
 }
 
 /// Nanoseconds, with digit grouping and a precision that suits the size.
@@ -221,13 +280,15 @@ pub fn json(rows: &[Row]) -> String {
     for row in rows {
         let _ = writeln!(
             out,
-            "{{\"workload\":{},\"design\":{},\"threads\":{},\"ns_per_op\":{},\"ops_per_s\":{},\"ratio\":{}}}",
+            "{{\"workload\":{},\"design\":{},\"threads\":{},\"ns_per_op\":{},\"ops_per_s\":{},\"ratio\":{},\"p50_ns\":{},\"p99_ns\":{}}}",
             json_string(row.workload),
             json_string(row.design),
             row.threads,
             json_number(row.ns_per_op, 3),
             json_number(row.ops_per_s, 1),
             json_number(row.ratio, 4),
+            json_number(row.p50_ns.unwrap_or(f64::NAN), 0),
+            json_number(row.p99_ns.unwrap_or(f64::NAN), 0),
         );
     }
     out
@@ -235,7 +296,7 @@ pub fn json(rows: &[Row]) -> String {
 
 /// A header line, then one line per row.
 pub fn csv(rows: &[Row]) -> String {
-    let mut out = String::from("workload,design,threads,ns_per_op,ops_per_s,ratio\n");
+    let mut out = String::from("workload,design,threads,ns_per_op,ops_per_s,ratio,p50_ns,p99_ns\n");
     for row in rows {
         let number = |v: f64, d: usize| {
             if v.is_finite() {
@@ -246,13 +307,15 @@ pub fn csv(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{}",
             row.workload,
             row.design,
             row.threads,
             number(row.ns_per_op, 3),
             number(row.ops_per_s, 1),
             number(row.ratio, 4),
+            number(row.p50_ns.unwrap_or(f64::NAN), 0),
+            number(row.p99_ns.unwrap_or(f64::NAN), 0),
         );
     }
     out
@@ -357,10 +420,11 @@ fn draw_panel(
     };
     chart
         .configure_mesh()
-        .x_desc(if workload == "database" {
-            "writers"
-        } else {
-            "threads"
+        .x_desc(match workload {
+            "database" => "writers",
+            "async-write" => "concurrent requests",
+            "async-ask" => "asking tasks",
+            _ => "threads",
         })
         .y_desc("ops/s (log)")
         .axis_desc_style(("sans-serif", 16))
