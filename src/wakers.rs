@@ -18,7 +18,7 @@ use std::sync::PoisonError;
 use std::task::Waker;
 
 use crate::sync_shim::Mutex;
-use crate::sync_shim::atomic::{AtomicUsize, Ordering::SeqCst};
+use crate::sync_shim::atomic::{AtomicUsize, Ordering::SeqCst, fence};
 
 /// A waiter's place in a [`Wakers`] list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +82,25 @@ impl Wakers {
         key
     }
 
+    /// The waiter's half of the protocol: [`register`](Wakers::register),
+    /// then a `SeqCst` fence. The caller checks its condition after this,
+    /// and waits only if it is still false.
+    pub(crate) fn register_then_fence(&self, key: Option<Key>, waker: &Waker) -> Key {
+        let key = self.register(key, waker);
+        fence(SeqCst);
+        key
+    }
+
+    /// The waker's half, after the condition was made true: a `SeqCst`
+    /// fence, then wake the first in line if anyone is listed.
+    #[inline]
+    pub(crate) fn fence_then_wake_one(&self) {
+        fence(SeqCst);
+        if !self.is_empty() {
+            self.wake_one();
+        }
+    }
+
     /// Takes `key` out of the list. Returns `false` if it was no longer
     /// listed: it has been woken.
     pub(crate) fn remove(&self, key: Key) -> bool {
@@ -93,6 +112,15 @@ impl Wakers {
                 true
             }
             None => false,
+        }
+    }
+
+    /// A waiter gives up: it leaves the list, and if it had already been
+    /// woken (it is no longer listed) the wake-up it will not use goes to
+    /// the next in line.
+    pub(crate) fn leave_passing_on(&self, key: Key) {
+        if !self.remove(key) {
+            self.wake_one();
         }
     }
 

@@ -18,7 +18,6 @@
 //! accepted. A message that landed is never taken back.
 
 use std::sync::Arc;
-use std::sync::atomic::{Ordering, fence};
 use std::task::{Context, Poll};
 
 use crate::current;
@@ -114,10 +113,9 @@ impl<'a, M: Send + 'static> Posting<'a, M> {
                 .mailbox
                 .room()
                 .expect("only a bounded mailbox is ever full");
-            self.waiting = Some(room.register(self.waiting, cx.waker()));
-            // Pairs with the fence in `Room::freed`: the second try below
-            // sees a slot freed before the manager looked at the list.
-            fence(Ordering::SeqCst);
+            // Pairs with `Room::freed`: the second try below sees a slot
+            // freed before the manager looked at the list.
+            self.waiting = Some(room.register_then_fence(self.waiting, cx.waker()));
             registered = true;
         }
     }
@@ -128,10 +126,12 @@ impl<'a, M: Send + 'static> Posting<'a, M> {
     fn stop_waiting(&mut self, pass_on: bool) {
         if let Some(key) = self.waiting.take()
             && let Some(room) = self.handle.shared.mailbox.room()
-            && !room.remove(key)
-            && pass_on
         {
-            room.wake_one();
+            if pass_on {
+                room.leave_passing_on(key);
+            } else {
+                room.remove(key);
+            }
         }
         if let Some((me, token)) = self.edge.take() {
             me.end_wait(token);

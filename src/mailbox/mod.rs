@@ -18,7 +18,7 @@ mod outside;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 pub(crate) use gate::Gate;
@@ -388,10 +388,7 @@ impl Room {
     /// A slot was freed: wake the first waiting sender.
     #[inline]
     fn freed(&self) {
-        fence(Ordering::SeqCst);
-        if !self.0.is_empty() {
-            self.0.wake_one();
-        }
+        self.0.fence_then_wake_one();
     }
 }
 
