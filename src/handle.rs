@@ -6,8 +6,9 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::current;
-use crate::deadlock::{Cycle, WaitNode};
+use crate::deadlock::{Cycle, Token, WaitNode};
 use crate::error::{AskError, JoinError, SendError, SendTimeoutError, TrySendError};
+use crate::future::{Ask, Join, Tell};
 use crate::fuzz;
 use crate::mailbox::{Backend, Capacity, Envelope, Mailbox, SendFailure};
 use crate::reply::{self, Ending, HoldsSlot, Reply, Waiter};
@@ -115,7 +116,7 @@ impl<M: Send + 'static> fmt::Debug for Handle<M> {
 }
 
 impl<M> Refusal<M> {
-    fn into_msg(self) -> M {
+    pub(crate) fn into_msg(self) -> M {
         match self {
             Refusal::Stopped(m)
             | Refusal::Full(m)
@@ -198,7 +199,7 @@ impl<M: Send + 'static> Handle<M> {
     }
 
     #[cold]
-    fn undo(&self, failure: SendFailure<Envelope<M>>) -> Refusal<M> {
+    pub(crate) fn undo(&self, failure: SendFailure<Envelope<M>>) -> Refusal<M> {
         if self.shared.mailbox.gate.leave(1) {
             self.shared.mailbox.nudge();
         }
@@ -402,6 +403,88 @@ impl<M: Send + 'static> Handle<M> {
         self.ask_until(make, deadline_after(timeout))
     }
 
+    /// The awaitable [`ask`](Handle::ask): sends the request built by `make`
+    /// and resolves with the answer, without blocking the thread that polls
+    /// it. The request waits for room in a full bounded mailbox the way
+    /// [`tell_async`](Handle::tell_async) does.
+    ///
+    /// One allocation, as for `ask`: the reply slot, which holds either a
+    /// parked thread or this future's waker. It has no timeout of its own:
+    /// wrap it in your executor's (dropping it gives up the answer; see
+    /// [cancel safety](crate::future#cancel-safety)).
+    ///
+    /// # Errors
+    ///
+    /// As [`ask`](Handle::ask), except [`AskError::Timeout`].
+    /// [`AskError::Deadlock`] when polled on a manager thread whose wait on
+    /// this manager would close a cycle.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Context, Manager, Reply, Runtime};
+    ///
+    /// struct Doubler;
+    /// impl Manager for Doubler {
+    ///     type Msg = (u32, Reply<u32>);
+    ///     fn handle(&mut self, (n, reply): Self::Msg, _ctx: &mut Context<'_, Self::Msg>) {
+    ///         reply.send(n * 2);
+    ///     }
+    /// }
+    ///
+    /// let rt = Runtime::new();
+    /// let doubler = rt.spawn("doubler", Doubler)?;
+    /// let answer = futures_lite::future::block_on(doubler.ask_async(|reply| (21, reply)))?;
+    /// assert_eq!(answer, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn ask_async<R, F>(&self, make: F) -> Ask<'_, M, R>
+    where
+        R: Send + 'static,
+        F: FnOnce(Reply<R>) -> M,
+    {
+        let (reply, waiter) = reply::pair();
+        Ask::new(self, make(reply), waiter.erase())
+    }
+
+    /// The awaitable [`tell`](Handle::tell): resolves once the message is
+    /// accepted, waiting without blocking a thread while a bounded mailbox is
+    /// full. Waiting senders are woken one per message the manager takes
+    /// out, first come first served, beside threads blocked in `tell`.
+    ///
+    /// Nothing happens until the future is polled. Dropped before it
+    /// resolves, the message was not accepted: see
+    /// [cancel safety](crate::future#cancel-safety).
+    ///
+    /// # Errors
+    ///
+    /// As [`tell`](Handle::tell): [`SendError::Stopped`] with the message
+    /// inside if the manager is stopping or stopped (also when it stops while
+    /// the send waits for room), [`SendError::Deadlock`] if polled on a
+    /// manager thread whose wait for room would close a cycle.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Capacity, Runtime};
+    ///
+    /// let rt = Runtime::builder().capacity(Capacity::bounded(1)?).build()?;
+    /// let total = rt.own("total", 0u64)?;
+    /// futures_lite::future::block_on(async {
+    ///     for n in 1..=10 {
+    ///         // Waits (without blocking) whenever the one slot is taken.
+    ///         total.handle().tell_async(custody::Job::new(move |t: &mut u64| *t += n)).await?;
+    ///     }
+    ///     total.handle().join_async().await?;
+    ///     Ok::<(), Box<dyn std::error::Error>>(())
+    /// })?;
+    /// assert_eq!(total.call(|t| *t)?, 55);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn tell_async(&self, msg: M) -> Tell<'_, M> {
+        Tell::new(self, msg)
+    }
+
     fn ask_until<R, F>(&self, make: F, deadline: Option<Instant>) -> Result<R, AskError>
     where
         R: Send + 'static,
@@ -442,7 +525,7 @@ impl<M: Send + 'static> Handle<M> {
 
     /// The public error of an ask that ended without a value.
     #[cold]
-    fn ask_error(&self, ending: Ending) -> AskError {
+    pub(crate) fn ask_error(&self, ending: Ending) -> AskError {
         let manager = self.shared.name.clone();
         match ending {
             Ending::Discarded => AskError::Stopped { manager },
@@ -514,19 +597,40 @@ impl<M: Send + 'static> Handle<M> {
         self.join_until(deadline_after(timeout))
     }
 
+    /// The awaitable [`join`](Handle::join): resolves once every message
+    /// accepted so far has been handled, or the manager has exited, without
+    /// blocking the thread that polls it. "So far" is when the future is
+    /// first polled.
+    ///
+    /// # Errors
+    ///
+    /// As [`join`](Handle::join), except [`JoinError::Timeout`]: wrap it in
+    /// your executor's timeout instead (dropping it is harmless).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::resources::Counter;
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let counter = Counter::new().spawn(&rt, "counter")?;
+    /// for _ in 0..100 {
+    ///     counter.add(1)?;
+    /// }
+    /// futures_lite::future::block_on(counter.handle().join_async())?;
+    /// assert_eq!(counter.handle().unfinished(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn join_async(&self) -> Join<'_, M> {
+        Join::new(self)
+    }
+
     fn join_until(&self, deadline: Option<Instant>) -> Result<(), JoinError> {
         let gate = &self.shared.mailbox.gate;
-        // A manager joining waits on the joined one: record it, so joining
-        // yourself, or a manager that waits on you, is an error, not a hang.
-        let edge = match current::with_node(|me| me.map(Arc::clone)) {
-            Some(me) if Arc::ptr_eq(&me, &self.shared.waits) || gate.unfinished() > 0 => {
-                match me.begin_wait(&self.shared.waits) {
-                    Ok(token) => Some((me, token)),
-                    Err(cycle) => return Err(JoinError::Deadlock { cycle }),
-                }
-            }
-            _ => None,
-        };
+        let edge = self
+            .join_edge()
+            .map_err(|cycle| JoinError::Deadlock { cycle })?;
         let waited = gate.wait_empty(deadline);
         if let Some((me, token)) = edge {
             me.end_wait(token);
@@ -537,7 +641,28 @@ impl<M: Send + 'static> Handle<M> {
                 unfinished: gate.unfinished(),
             });
         }
-        match gate.dropped() {
+        self.join_result()
+    }
+
+    /// A manager joining waits on the joined one: the wait is recorded, so
+    /// joining yourself, or a manager that waits on you, is an error, not a
+    /// hang. `None` from a plain thread, or when there is nothing to wait for.
+    pub(crate) fn join_edge(&self) -> Result<Option<(Arc<WaitNode>, Token)>, Cycle> {
+        match current::with_node(|me| me.map(Arc::clone)) {
+            Some(me)
+                if Arc::ptr_eq(&me, &self.shared.waits)
+                    || self.shared.mailbox.gate.unfinished() > 0 =>
+            {
+                let token = me.begin_wait(&self.shared.waits)?;
+                Ok(Some((me, token)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// What a join that has finished waiting reports.
+    pub(crate) fn join_result(&self) -> Result<(), JoinError> {
+        match self.shared.mailbox.gate.dropped() {
             0 => Ok(()),
             unhandled => Err(JoinError::Stopped {
                 manager: self.shared.name.clone(),

@@ -117,6 +117,7 @@ pub mod broker;
 mod current;
 mod deadlock;
 mod error;
+pub mod future;
 pub mod fuzz;
 mod handle;
 #[cfg(all(test, loom))]
@@ -135,6 +136,7 @@ mod supervision;
 pub mod sync;
 mod sync_shim;
 mod util;
+mod wakers;
 
 pub use error::{
     AskError, BuildError, CapacityError, JoinError, ScheduleError, SendError, SendTimeoutError,

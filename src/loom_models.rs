@@ -1,5 +1,8 @@
-//! Loom models of the two protocols where a lost wake-up would hang a caller:
-//! the gate (`src/mailbox/gate.rs`) and the reply slot (`src/reply.rs`).
+//! Loom models of the protocols where a lost wake-up would hang a caller:
+//! the gate (`src/mailbox/gate.rs`), the reply slot (`src/reply.rs`), and
+//! their awaitable sides: an awaited join, an awaited answer, and the list of
+//! async senders waiting for room in a bounded mailbox (`src/wakers.rs`, used
+//! by `Room` in `src/mailbox/mod.rs` and by `src/future/post.rs`).
 //!
 //! Built only with `RUSTFLAGS="--cfg loom"` (`.ci/loom` runs them). The models
 //! drive the production types, whose atomics, locks, parking and clock come
@@ -18,7 +21,9 @@
 //! the manager does; without the wake-up in `mark_exited`, the joiner; without
 //! the `unpark` in `Slot::complete`, the asker; an asker that trusts any
 //! wake-up gets no value after a stray one; one that claims an answer at its
-//! deadline without looking ends with neither value nor timeout.
+//! deadline without looking ends with neither value nor timeout; without the
+//! fence after a sender registers, or without a dropped sender passing on
+//! its wake-up, a waiting sender sleeps beside a free slot.
 //!
 //! What loom cannot see, and the models work around:
 //!
@@ -292,5 +297,160 @@ fn reply_stray_wakeup_does_not_end_the_wait() {
         assert!(matches!(waiter.wait(None), Ok(7)));
         // No `join`: loom's join waits on a primitive of its own that the
         // stray unpark would wake. The model ends once every thread has.
+    });
+}
+
+// --- the awaitable calls' wake-ups -----------------------------------------
+//
+// The awaiting side runs under `loom::future::block_on`, which polls again
+// only when its waker is woken: a lost wake-up leaves it blocked, which loom
+// reports.
+
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
+
+use loom::future::block_on;
+
+/// The answer races an awaiting task's registration: the task is woken, or
+/// sees the answer when it looks again.
+#[test]
+fn reply_answer_racing_an_awaiting_task_wakes_it() {
+    check(|| {
+        let (reply, waiter) = reply::pair::<u32>();
+        let answerer = thread::spawn(move || reply.send(7));
+        let answer = block_on(poll_fn(|cx| waiter.poll_wait(cx)));
+        assert!(matches!(answer, Ok(7)));
+        answerer.join().unwrap();
+    });
+}
+
+/// A task polled first with one waker, then awaited with another (a future
+/// moved between tasks) while the answer lands: the new waker is woken, or
+/// the poll sees the answer.
+#[test]
+fn reply_task_polled_with_a_new_waker_racing_the_answer_is_not_lost() {
+    check(|| {
+        let (reply, waiter) = reply::pair::<u32>();
+        let first = waiter.poll_wait(&mut std::task::Context::from_waker(Waker::noop()));
+        assert!(first.is_pending(), "nobody has answered yet");
+        let answerer = thread::spawn(move || reply.send(8));
+        let answer = block_on(poll_fn(|cx| waiter.poll_wait(cx)));
+        assert!(matches!(answer, Ok(8)));
+        answerer.join().unwrap();
+    });
+}
+
+/// A full channel, stood in for by a count of free slots (the channel's own
+/// synchronisation is not what is checked here): takes a slot if one is free.
+fn try_take(free: &loom::sync::atomic::AtomicUsize) -> bool {
+    free.fetch_update(Acquire, Acquire, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// An async sender's poll, as `Posting::poll_post` does it: try, register
+/// (then fence), try again, else wait to be woken.
+fn poll_send(
+    room: &crate::wakers::Wakers,
+    free: &loom::sync::atomic::AtomicUsize,
+    key: &mut Option<crate::wakers::Key>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<()> {
+    if !try_take(free) {
+        *key = Some(room.register_then_fence(*key, cx.waker()));
+        if !try_take(free) {
+            return Poll::Pending;
+        }
+    }
+    if let Some(key) = key.take() {
+        room.remove(key);
+    }
+    Poll::Ready(())
+}
+
+/// An async sender finds the mailbox full and registers while the manager
+/// frees a slot and looks for waiting senders (`Room::freed`): it takes the
+/// slot on its second try, or is woken for it.
+#[test]
+fn room_sender_registering_racing_a_freed_slot_gets_it() {
+    use crate::wakers::Wakers;
+    check(|| {
+        let room = Arc::new(Wakers::new());
+        let free = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+        let manager = {
+            let (room, free) = (Arc::clone(&room), Arc::clone(&free));
+            thread::spawn(move || {
+                free.fetch_add(1, loom::sync::atomic::Ordering::AcqRel);
+                room.fence_then_wake_one();
+            })
+        };
+        let mut key = None;
+        block_on(poll_fn(|cx| poll_send(&room, &free, &mut key, cx)));
+        assert!(room.is_empty());
+        manager.join().unwrap();
+    });
+}
+
+/// Two async senders wait; the manager frees one slot and wakes the first,
+/// which is dropped without using it (`Posting`'s drop): the wake-up passes
+/// to the second, which gets the slot.
+#[test]
+fn room_woken_sender_dropped_unused_passes_its_wake_up_on() {
+    use crate::wakers::Wakers;
+    check(|| {
+        let room = Arc::new(Wakers::new());
+        let free = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+        let first = room.register_then_fence(None, Waker::noop());
+        let mut second = Some(room.register_then_fence(None, Waker::noop()));
+        let manager = {
+            let (room, free) = (Arc::clone(&room), Arc::clone(&free));
+            thread::spawn(move || {
+                free.fetch_add(1, loom::sync::atomic::Ordering::AcqRel);
+                room.fence_then_wake_one();
+            })
+        };
+        let dropped = {
+            let room = Arc::clone(&room);
+            thread::spawn(move || room.leave_passing_on(first))
+        };
+        block_on(poll_fn(|cx| poll_send(&room, &free, &mut second, cx)));
+        manager.join().unwrap();
+        dropped.join().unwrap();
+    });
+}
+
+/// An awaited join registers while the last message leaves: it is woken, or
+/// sees the count at zero when it looks again.
+#[test]
+fn gate_async_joiner_wakes_when_the_count_reaches_zero() {
+    check(|| {
+        let gate = Arc::new(Gate::new(1));
+        assert!(gate.enter().is_ok());
+        let manager = {
+            let gate = Arc::clone(&gate);
+            thread::spawn(move || {
+                gate.leave(1);
+            })
+        };
+        let mut waiting = None;
+        block_on(poll_fn(|cx| gate.poll_empty(&mut waiting, cx)));
+        assert!(waiting.is_none(), "a finished join leaves no registration");
+        manager.join().unwrap();
+    });
+}
+
+/// An awaited join registers while the manager exits with messages still
+/// counted (an immediate stop): `mark_exited` wakes it.
+#[test]
+fn gate_async_joiner_wakes_when_the_manager_exits() {
+    check(|| {
+        let gate = Arc::new(Gate::new(1));
+        assert!(gate.enter().is_ok());
+        let manager = {
+            let gate = Arc::clone(&gate);
+            thread::spawn(move || gate.mark_exited())
+        };
+        let mut waiting = None;
+        block_on(poll_fn(|cx| gate.poll_empty(&mut waiting, cx)));
+        manager.join().unwrap();
     });
 }

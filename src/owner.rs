@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::error::{AskError, JoinError, SendError};
+use crate::future::{Ask, Join};
 use crate::handle::Handle;
 use crate::manager::{Context, Manager};
 use crate::reply::{self, HoldsSlot, Slot, Unanswered, Waiter};
@@ -213,13 +214,63 @@ impl<R: Send + 'static> Owner<R> {
         T: Send + 'static,
         F: FnOnce(&mut R) -> T + Send + 'static,
     {
+        let (job, waiter) = Self::call_job(f);
+        self.handle.request(job, waiter, deadline)
+    }
+
+    /// The awaitable [`call`](Owner::call): runs `f` on the owning thread and
+    /// resolves with its result, without blocking the thread that polls it.
+    /// One allocation, as for `call`.
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Owner::call). Dropped before it resolves, the closure may
+    /// still run (if it was sent); its result is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let names = rt.own("names", Vec::<String>::new())?;
+    /// let len = futures_lite::future::block_on(async {
+    ///     names.call_async(|v| v.push("ada".to_owned())).await?;
+    ///     names.call_async(|v| v.len()).await
+    /// })?;
+    /// assert_eq!(len, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn call_async<T, F>(&self, f: F) -> Ask<'_, Job<R>, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut R) -> T + Send + 'static,
+    {
+        let (job, waiter) = Self::call_job(f);
+        Ask::new(&self.handle, job, waiter.erase())
+    }
+
+    /// A call's job and the waiter of its answer: one allocation for both.
+    fn call_job<T, F>(f: F) -> (Job<R>, Waiter<CallCell<F, T>>)
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut R) -> T + Send + 'static,
+    {
         let cell = Arc::new(CallCell {
             f: Mutex::new(Some(f)),
             slot: Slot::new(),
         });
         let call: Arc<dyn Call<R>> = Arc::clone(&cell) as Arc<dyn Call<R>>;
-        let job = Job(Kind::Call(CallJob(Some(call))));
-        self.handle.request(job, Waiter::new(cell), deadline)
+        (Job(Kind::Call(CallJob(Some(call)))), Waiter::new(cell))
+    }
+
+    /// The awaitable [`join`](Owner::join).
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::join_async`].
+    pub fn join_async(&self) -> Join<'_, Job<R>> {
+        self.handle.join_async()
     }
 
     /// Queues `f` to run on the owning thread and returns at once.

@@ -10,6 +10,14 @@
 //! `READY` tells it whether anyone must be unparked. So the fast path touches
 //! one cache line besides the value and makes no system call.
 //!
+//! An awaited ask (`ask_async`) uses the same slot: instead of parking, the
+//! future stores its task's `Waker` where a parked asker stores its `Thread`,
+//! and moves the state to `PARKED` the same way; the manager's `swap` to
+//! `READY` finds either kind of waiter in the one `asker` field and wakes it.
+//! A future polled again with another waker replaces it under the lock, and
+//! then looks at the state again, so an answer that landed in between is not
+//! missed.
+//!
 //! A `Reply` dropped without an answer still ends the ask: with `Stopped` when
 //! its message was discarded by an immediate stop, with `Panicked` when the
 //! handler unwound, and with `NoReply` when a handler simply forgot it. To carry
@@ -20,6 +28,7 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::{Arc, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::deadlock::WaitLink;
@@ -45,14 +54,22 @@ const PARKED: u8 = 1;
 /// The outcome is in.
 const READY: u8 = 2;
 
+/// Who to wake when the answer lands.
+enum Asker {
+    /// A thread parked in [`Waiter::wait`].
+    Thread(Thread),
+    /// A task awaiting [`Waiter::poll_wait`].
+    Task(Waker),
+}
+
 /// Where one answer lands: the value (or why there is none), and how the
 /// asker is woken.
 pub(crate) struct Slot<T> {
     state: AtomicU8,
     /// `None` until the ask is answered or ended.
     outcome: Mutex<Option<Result<T, Ending>>>,
-    /// Set by the asker just before it parks.
-    asker: Mutex<Option<Thread>>,
+    /// Set by the asker just before it parks, or by an awaiting future.
+    asker: Mutex<Option<Asker>>,
     /// The asking manager's wait-for edge, ended as the slot completes.
     pub(crate) edge: WaitLink,
 }
@@ -77,14 +94,19 @@ impl<T> Slot<T> {
         // answers and then asks the asker back closes no cycle.
         self.edge.release();
         *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
-        if self.state.swap(READY, Ordering::AcqRel) == PARKED
-            && let Some(asker) = self
+        if self.state.swap(READY, Ordering::AcqRel) == PARKED {
+            // Taken out, and woken outside the lock: a waker may run its task
+            // at once.
+            let asker = self
                 .asker
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-        {
-            asker.unpark();
+                .take();
+            match asker {
+                Some(Asker::Thread(thread)) => thread.unpark(),
+                Some(Asker::Task(waker)) => waker.wake(),
+                None => {}
+            }
         }
     }
 
@@ -120,7 +142,8 @@ impl<T: Send> Unanswered for Slot<T> {
     }
 }
 
-/// Something that holds the slot an asker waits on.
+/// Something that holds the slot an asker waits on (dyn-compatible, so an
+/// awaitable ask can name its waiter by the answer's type alone).
 pub(crate) trait HoldsSlot: Send + Sync {
     type Value;
     fn slot(&self) -> &Slot<Self::Value>;
@@ -209,7 +232,7 @@ pub struct Reply<T: Send + 'static> {
 }
 
 /// The asking half: waits for the slot inside `C` to be completed.
-pub(crate) struct Waiter<C> {
+pub(crate) struct Waiter<C: ?Sized> {
     cell: Arc<C>,
 }
 
@@ -327,7 +350,14 @@ impl<T: Send + 'static> fmt::Debug for Reply<T> {
     }
 }
 
-impl<C: HoldsSlot> Waiter<C> {
+impl<C: HoldsSlot + 'static> Waiter<C> {
+    /// The same waiter, named by the answer's type alone.
+    pub(crate) fn erase(self) -> Waiter<dyn HoldsSlot<Value = C::Value>> {
+        Waiter { cell: self.cell }
+    }
+}
+
+impl<C: HoldsSlot + ?Sized> Waiter<C> {
     /// Waits on the slot inside `cell`.
     pub(crate) fn new(cell: Arc<C>) -> Waiter<C> {
         Waiter { cell }
@@ -363,7 +393,8 @@ impl<C: HoldsSlot> Waiter<C> {
     #[cold]
     fn park(&self, deadline: Option<Instant>) -> bool {
         let slot = self.cell.slot();
-        *slot.asker.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread::current());
+        *slot.asker.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Asker::Thread(thread::current()));
         if slot
             .state
             .compare_exchange(EMPTY, PARKED, Ordering::AcqRel, Ordering::Acquire)
@@ -395,11 +426,49 @@ impl<C: HoldsSlot> Waiter<C> {
             slot.edge.release(); // given up: the wait has ended
             return Err(Ending::TimedOut);
         }
+        Self::take(slot)
+    }
+
+    fn take(slot: &Slot<C::Value>) -> Result<C::Value, Ending> {
         slot.outcome
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
             .unwrap_or(Err(Ending::NoReply))
+    }
+
+    /// The awaitable wait: `Ready` with the outcome once the slot is
+    /// complete; otherwise the task's waker is stored in the slot (replacing
+    /// the one of an earlier poll) and `Pending` returned. Call it again
+    /// after `Ready` and the outcome is `NoReply` (it was taken).
+    pub(crate) fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<Result<C::Value, Ending>> {
+        let slot = self.cell.slot();
+        if !slot.is_ready() {
+            {
+                let mut asker = slot.asker.lock().unwrap_or_else(PoisonError::into_inner);
+                match &*asker {
+                    Some(Asker::Task(waker)) if waker.will_wake(cx.waker()) => {}
+                    _ => *asker = Some(Asker::Task(cx.waker().clone())),
+                }
+            }
+            // After the waker is in: either the manager's swap finds
+            // `PARKED` (and then the waker, under the lock), or this sees
+            // `READY`.
+            match slot
+                .state
+                .compare_exchange(EMPTY, PARKED, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Poll::Pending,
+                Err(PARKED) if !slot.is_ready() => return Poll::Pending,
+                Err(_) => {}
+            }
+        }
+        Poll::Ready(Self::take(slot))
+    }
+
+    /// Whether the outcome is in.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.cell.slot().is_ready()
     }
 }
 
@@ -476,6 +545,79 @@ mod tests {
         assert!(!reply.is_awaited(), "the asker gave up");
         reply.send(Arc::clone(&token));
         assert_eq!(Arc::strong_count(&token), 1, "the late answer was dropped");
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    fn counting() -> (Arc<Count>, std::task::Waker) {
+        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        (Arc::clone(&count), std::task::Waker::from(count))
+    }
+    fn woken(count: &Count) -> usize {
+        count.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn an_awaiting_task_is_woken_by_the_answer_and_then_gets_it() {
+        let (reply, waiter) = pair();
+        let (count, waker) = counting();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(waiter.poll_wait(&mut cx).is_pending());
+        assert_eq!(woken(&count), 0);
+        reply.send(9u32);
+        assert_eq!(woken(&count), 1, "the answer woke the task");
+        assert!(matches!(
+            waiter.poll_wait(&mut cx),
+            std::task::Poll::Ready(Ok(9))
+        ));
+    }
+
+    #[test]
+    fn a_task_polled_again_with_another_waker_is_woken_through_the_new_one() {
+        let (reply, waiter) = pair();
+        let (old, old_waker) = counting();
+        let (new, new_waker) = counting();
+        assert!(
+            waiter
+                .poll_wait(&mut std::task::Context::from_waker(&old_waker))
+                .is_pending()
+        );
+        assert!(
+            waiter
+                .poll_wait(&mut std::task::Context::from_waker(&new_waker))
+                .is_pending()
+        );
+        reply.send(1u32);
+        assert_eq!((woken(&old), woken(&new)), (0, 1));
+    }
+
+    #[test]
+    fn an_answer_that_landed_before_the_first_poll_is_ready_without_a_wake_up() {
+        let (reply, waiter) = pair();
+        reply.send(3u32);
+        let (count, waker) = counting();
+        let polled = waiter.poll_wait(&mut std::task::Context::from_waker(&waker));
+        assert!(matches!(polled, std::task::Poll::Ready(Ok(3))));
+        assert_eq!(woken(&count), 0);
+    }
+
+    #[test]
+    fn an_awaiting_task_answered_from_another_thread_is_woken() {
+        within_a_minute(|| {
+            for _ in 0..200 {
+                let (reply, waiter) = pair();
+                let answering = thread::spawn(move || reply.send(4u32));
+                let answer =
+                    futures_lite::future::block_on(std::future::poll_fn(|cx| waiter.poll_wait(cx)));
+                assert!(matches!(answer, Ok(4)));
+                answering.join().unwrap();
+            }
+        });
     }
 
     #[test]

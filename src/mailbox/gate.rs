@@ -13,11 +13,16 @@
 //! `SeqCst` accesses alone, are what loom can check: it treats `SeqCst`
 //! accesses as `AcqRel`; see `src/loom_models.rs`.)
 //!
+//! An awaited join (`join_async`) counts itself in `joiners` the same way,
+//! and registers its task's waker in `async_joiners` instead of sleeping on
+//! the condvar; `wake_joiners` wakes both kinds.
+//!
 //! A manager exits only when the gate is closed and the count is zero. A
 //! sender whose add was undone after the close may be the one that brings the
 //! count to zero; `leave` tells it so, and it nudges the manager awake.
 
 use std::sync::PoisonError;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use crate::current;
@@ -26,6 +31,7 @@ use crate::sync_shim::atomic::{
 };
 use crate::sync_shim::{Condvar, Mutex, time};
 use crate::util::Padded;
+use crate::wakers::{Key, Wakers};
 
 /// Refuses every send.
 const CLOSED: u64 = 1 << 63;
@@ -41,6 +47,8 @@ pub(crate) struct Gate {
     joiners: AtomicUsize,
     lock: Mutex<()>,
     emptied: Condvar,
+    /// The tasks awaiting `join_async`: counted in `joiners` too.
+    async_joiners: Wakers,
     exited: AtomicBool,
     dropped: AtomicU64,
     runtime_id: u64,
@@ -62,6 +70,7 @@ impl Gate {
             joiners: AtomicUsize::new(0),
             lock: Mutex::new(()),
             emptied: Condvar::new(),
+            async_joiners: Wakers::new(),
             exited: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             runtime_id,
@@ -115,8 +124,11 @@ impl Gate {
 
     #[cold]
     fn wake_joiners(&self) {
-        let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
-        self.emptied.notify_all();
+        {
+            let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            self.emptied.notify_all();
+        }
+        self.async_joiners.wake_all();
     }
 
     /// Refuses every later send. Returns `true` if it was open.
@@ -175,6 +187,36 @@ impl Gate {
         let result = self.wait_empty_slow(deadline);
         self.joiners.fetch_sub(1, SeqCst);
         result
+    }
+
+    /// The awaitable `wait_empty`: `Ready` once the count is zero or the
+    /// manager has exited. `waiting` is the caller's registration, kept
+    /// between polls; pass it to [`Gate::stop_waiting`] if the wait is given
+    /// up before `Ready`.
+    pub(crate) fn poll_empty(&self, waiting: &mut Option<Key>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.unfinished() == 0 || self.has_exited() {
+            self.stop_waiting(waiting);
+            return Poll::Ready(());
+        }
+        if waiting.is_none() {
+            self.joiners.fetch_add(1, Relaxed);
+        }
+        *waiting = Some(self.async_joiners.register(*waiting, cx.waker()));
+        // Pairs with the fence in `leave`, as `wait_empty`'s does.
+        fence(SeqCst);
+        if self.unfinished() == 0 || self.has_exited() {
+            self.stop_waiting(waiting);
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// Ends an awaited join's registration, if it has one.
+    pub(crate) fn stop_waiting(&self, waiting: &mut Option<Key>) {
+        if let Some(key) = waiting.take() {
+            self.async_joiners.remove(key);
+            self.joiners.fetch_sub(1, SeqCst);
+        }
     }
 
     fn wait_empty_slow(&self, deadline: Option<Instant>) -> Result<(), WaitTimedOut> {

@@ -17,6 +17,7 @@ mod gate;
 mod outside;
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -24,6 +25,7 @@ pub(crate) use gate::Gate;
 pub(crate) use outside::SettleOutside;
 
 use crate::error::CapacityError;
+use crate::wakers::Wakers;
 
 /// Which channel implementation carries a manager's messages.
 ///
@@ -285,6 +287,8 @@ pub(crate) struct Mailbox<M> {
     /// Settles messages delivered from an outside queue (a manager served
     /// from a broker queue); given before the manager thread starts.
     outside: Option<Box<dyn SettleOutside>>,
+    /// A bounded mailbox's waiting async senders (see [`Room`]).
+    room: Option<Arc<Wakers>>,
 }
 
 impl<M> Mailbox<M> {
@@ -298,13 +302,27 @@ impl<M> Mailbox<M> {
         outside: Option<Box<dyn SettleOutside>>,
     ) -> (Mailbox<M>, Inbox<M>) {
         let (tx, rx) = channel(backend, capacity);
+        let room = capacity.is_bounded().then(|| Arc::new(Wakers::new()));
         let mailbox = Mailbox {
             tx,
             gate: Gate::new(runtime_id),
             abort: AtomicBool::new(false),
             outside,
+            room: room.clone(),
         };
-        (mailbox, Inbox { rx })
+        (
+            mailbox,
+            Inbox {
+                rx,
+                room: room.map(Room),
+            },
+        )
+    }
+
+    /// The waiting async senders of a bounded mailbox (`None` when
+    /// unbounded: a send into it never waits).
+    pub(crate) fn room(&self) -> Option<&Wakers> {
+        self.room.as_deref()
     }
 
     /// Makes the manager look at its gate again. A full mailbox needs no
@@ -344,7 +362,40 @@ impl<M> Mailbox<M> {
 
 /// The receive side of one manager's mailbox, owned by its thread.
 pub(crate) struct Inbox<M> {
+    /// Declared before `room`, so dropped first: see [`Room`].
     rx: Receiver<Envelope<M>>,
+    room: Option<Room>,
+}
+
+/// The async senders waiting for room in a bounded mailbox, seen from the
+/// receive side.
+///
+/// Crossbeam has no async send, and flume's would be a second mechanism
+/// beside this one, so both backends share it: a send future that finds the
+/// channel full registers its waker in the mailbox's [`Wakers`] list, then
+/// (after a `SeqCst` fence) tries the channel again. Each message the manager
+/// receives frees a slot: the inbox then (after a fence) wakes the first
+/// waiting sender, if any. So either the sender's second try sees the freed
+/// slot, or the inbox sees the sender. Blocked threads are woken by the
+/// channel itself, for the same freed slots; a woken sender that loses the
+/// slot to one waits again at the front of the list.
+///
+/// Dropped after the receiver (the manager thread has ended): every waiting
+/// sender is woken, and finds the channel disconnected.
+struct Room(Arc<Wakers>);
+
+impl Room {
+    /// A slot was freed: wake the first waiting sender.
+    #[inline]
+    fn freed(&self) {
+        self.0.fence_then_wake_one();
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        self.0.wake_all();
+    }
 }
 
 /// How many spin hints [`Inbox::linger`] waits for one more message before
@@ -355,20 +406,33 @@ impl<M> Inbox<M> {
     /// Receives, blocking until `deadline` (forever when `None`).
     #[inline]
     pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<Envelope<M>, RecvFailure> {
-        self.rx.recv(deadline)
+        let received = self.rx.recv(deadline);
+        self.took(received.is_ok());
+        received
     }
 
     /// Receives what is already queued, without blocking.
     #[inline]
     pub(crate) fn try_recv(&self) -> Result<Envelope<M>, RecvFailure> {
-        self.rx.try_recv()
+        let received = self.rx.try_recv();
+        self.took(received.is_ok());
+        received
+    }
+
+    /// After a receive: a bounded mailbox that gave up an envelope has room
+    /// for a waiting async sender.
+    #[inline]
+    fn took(&self, one: bool) {
+        if one && let Some(room) = &self.room {
+            room.freed();
+        }
     }
 
     /// The next message queued, skipping wake-ups; `None` if only wake-ups
     /// were.
     pub(crate) fn next_message(&self) -> Option<(M, Option<u64>)> {
         loop {
-            match self.rx.try_recv() {
+            match self.try_recv() {
                 Ok(envelope) => {
                     if let Some(opened) = envelope.open() {
                         return Some(opened);

@@ -1,5 +1,6 @@
 //! `Counter`: one `i64` owned by one manager thread.
 
+use crate::future::{Ask, Tell};
 use crate::{AskError, Context, Handle, Manager, Reply, Runtime, SendError, SpawnError};
 
 /// The messages a [`Counter`] accepts.
@@ -149,6 +150,38 @@ impl CounterHandle {
     /// As [`Handle::ask`].
     pub fn get(&self) -> Result<i64, AskError> {
         self.handle.ask(CounterMsg::Get)
+    }
+
+    /// The awaitable [`get`](CounterHandle::get).
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::ask_async`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::resources::Counter;
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let counter = Counter::starting_at(41).spawn(&rt, "counter")?;
+    /// counter.add(1)?;
+    /// assert_eq!(futures_lite::future::block_on(counter.get_async())?, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_async(&self) -> Ask<'_, CounterMsg, i64> {
+        self.handle.ask_async(CounterMsg::Get)
+    }
+
+    /// The awaitable [`add`](CounterHandle::add): waits without blocking
+    /// while a bounded mailbox is full.
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::tell_async`].
+    pub fn add_async(&self, n: i64) -> Tell<'_, CounterMsg> {
+        self.handle.tell_async(CounterMsg::Add(n))
     }
 
     /// Sets the value back to zero without waiting.

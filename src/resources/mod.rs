@@ -31,8 +31,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-/// The lifecycle calls every resource handle has (`join`, `join_timeout`,
-/// `stop`, `name`), passed through to its `handle` field: one definition
+/// The lifecycle calls every resource handle has (`join`, `join_async`,
+/// `join_timeout`, `stop`, `name`), passed through to its `handle` field: one definition
 /// for the three handles.
 macro_rules! lifecycle {
     ($handle:ident) => {
@@ -45,6 +45,17 @@ macro_rules! lifecycle {
             /// As [`Handle::join`](crate::Handle::join).
             pub fn join(&self) -> Result<(), crate::JoinError> {
                 self.handle.join()
+            }
+
+            #[doc = concat!("The awaitable [`join`](", stringify!($handle), "::join).")]
+            ///
+            /// # Errors
+            ///
+            /// As [`Handle::join_async`](crate::Handle::join_async).
+            pub fn join_async(
+                &self,
+            ) -> impl std::future::Future<Output = Result<(), crate::JoinError>> + Send + '_ {
+                self.handle.join_async()
             }
 
             #[doc = concat!("[`join`](", stringify!($handle), "::join) with a deadline.")]

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use thiserror::Error;
 
+use crate::future::Tell;
 use crate::{AskError, Context, Handle, Manager, Reply, Runtime, SendError, SpawnError};
 
 /// The messages a [`Printer`] accepts.
@@ -333,6 +334,26 @@ impl PrinterHandle {
     /// [`PrinterError::Runtime`] if the printer could not be asked.
     pub fn flush(&self) -> Result<(), PrinterError> {
         self.handle.ask(PrinterMsg::Flush)?
+    }
+
+    /// The awaitable [`flush`](PrinterHandle::flush).
+    ///
+    /// # Errors
+    ///
+    /// As [`flush`](PrinterHandle::flush).
+    pub fn flush_async(&self) -> impl Future<Output = Result<(), PrinterError>> + Send + '_ {
+        let ask = self.handle.ask_async(PrinterMsg::Flush);
+        async move { ask.await? }
+    }
+
+    /// The awaitable [`print`](PrinterHandle::print): waits without blocking
+    /// while a bounded mailbox is full.
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::tell_async`].
+    pub fn print_async(&self, line: impl Into<String>) -> Tell<'_, PrinterMsg> {
+        self.handle.tell_async(PrinterMsg::Line(line.into()))
     }
 
     /// The printer's own counters. (The runtime's counters for this manager

@@ -7,6 +7,8 @@ use std::sync::{Arc, PoisonError, TryLockError};
 
 use super::{Inner, Runtime};
 use crate::current;
+use crate::future::Shutdown;
+use crate::reply::{self, Reply};
 
 impl Inner {
     /// Shuts down (at once if `now`). From one of this runtime's own manager
@@ -185,7 +187,7 @@ pub struct ShutdownReport {
 }
 
 impl ShutdownReport {
-    fn in_progress() -> ShutdownReport {
+    pub(crate) fn in_progress() -> ShutdownReport {
         ShutdownReport {
             managers: Vec::new(),
             complete: false,
@@ -313,5 +315,66 @@ impl Runtime {
     /// ```
     pub fn wait(&self) -> ShutdownReport {
         self.inner.wait()
+    }
+}
+
+impl Runtime {
+    /// The awaitable [`shutdown`](Runtime::shutdown): a graceful shutdown that
+    /// never blocks the thread polling it. The shutdown is driven by a thread
+    /// of its own (`custody-shutdown`), started here; the future resolves
+    /// with its report. Use it in async code, where `shutdown` (and dropping
+    /// the runtime, which calls it) would block an executor's worker while
+    /// the managers drain; once it has resolved, dropping the runtime returns
+    /// at once.
+    ///
+    /// Dropping the future does not stop the shutdown: [`wait`](Runtime::wait)
+    /// still returns its report. Called from one of this runtime's own
+    /// managers, it starts the shutdown and resolves at once with a report
+    /// that is not complete, as [`shutdown`](Runtime::shutdown) does there.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::resources::Counter;
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// let counter = Counter::new().spawn(&rt, "counter")?;
+    /// counter.add(1)?;
+    /// let report = futures_lite::future::block_on(rt.shutdown_async());
+    /// assert!(report.is_complete());
+    /// assert_eq!(report.total_unhandled(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shutdown_async(&self) -> Shutdown {
+        let (reply, waiter) = reply::pair::<ShutdownReport>();
+        let shutdown = Shutdown {
+            waiter: waiter.erase(),
+            done: false,
+        };
+        if current::is_manager_of(self.inner.id) {
+            reply.send(self.inner.shutdown(false));
+            return shutdown;
+        }
+        let inner = Arc::clone(&self.inner);
+        let (tx, rx) = std::sync::mpsc::channel::<Reply<ShutdownReport>>();
+        let spawned = std::thread::Builder::new()
+            .name("custody-shutdown".to_owned())
+            .spawn(move || {
+                if let Ok(reply) = rx.recv() {
+                    reply.send(inner.shutdown(false));
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = tx.send(reply);
+            }
+            Err(e) => {
+                // No thread to drive it: drive it here (this blocks, but ends).
+                tracing::error!(error = %e, "could not start the shutdown thread");
+                reply.send(self.inner.shutdown(false));
+            }
+        }
+        shutdown
     }
 }

@@ -26,6 +26,30 @@ fn handles_and_runtime_are_send_and_sync() {
     send::<Reply<NotSyncNotDebug>>();
 }
 
+/// The awaitable calls' futures can be spawned on a multi-thread executor
+/// (`Send`) and polled without pinning (`Unpin`), whatever the message type.
+#[test]
+fn futures_are_send_and_unpin_for_any_message() {
+    fn send_unpin<T: Send + Unpin>(_: &T) {}
+    #[allow(dead_code)]
+    struct NotUnpin(std::marker::PhantomPinned, std::cell::Cell<u8>);
+    struct Sink;
+    impl custody::Manager for Sink {
+        type Msg = NotUnpin;
+        fn handle(&mut self, _msg: NotUnpin, _ctx: &mut custody::Context<'_, NotUnpin>) {}
+    }
+    let rt = Runtime::new();
+    let handle = rt.spawn("not-unpin", Sink).unwrap();
+    send_unpin(&handle.tell_async(NotUnpin(
+        std::marker::PhantomPinned,
+        std::cell::Cell::new(0),
+    )));
+    send_unpin(&handle.join_async());
+    let owner = rt.own("owner", std::cell::Cell::new(0u8)).unwrap();
+    send_unpin(&owner.call_async(|c| c.get()));
+    send_unpin(&rt.shutdown_async());
+}
+
 #[test]
 fn errors_are_errors_even_for_messages_without_debug() {
     error::<SendError<NotDebug>>();

@@ -27,6 +27,7 @@ mod support;
 
 mod ask;
 mod auto_traits;
+mod awaitable;
 mod bad_input;
 mod deadlock;
 mod deadlock_waits;

@@ -227,6 +227,92 @@ impl DatabaseHandle {
         })?
     }
 
+    /// The awaitable [`call`](DatabaseHandle::call).
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](DatabaseHandle::call).
+    pub fn call_async<T, F>(
+        &self,
+        f: F,
+    ) -> impl Future<Output = Result<T, DatabaseError>> + Send + '_
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> T + Send + 'static,
+    {
+        let ask = self
+            .handle
+            .ask_async(|reply| DatabaseMsg(Op::Call(Box::new(move |conn| reply.send(f(conn))))));
+        async move { Ok(ask.await?) }
+    }
+
+    /// The awaitable [`execute`](DatabaseHandle::execute): resolves with the
+    /// number of rows changed once the write's batch is committed, without
+    /// blocking the thread that polls it. Dropped before it resolves, the
+    /// write may still be committed (if it was sent): see
+    /// [cancel safety](crate::future#cancel-safety).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](DatabaseHandle::execute).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use custody::{Runtime, sql_values};
+    /// use custody::resources::Database;
+    ///
+    /// let rt = Runtime::new();
+    /// let db = Database::in_memory().init_sql("CREATE TABLE t (n INTEGER)").spawn(&rt, "db")?;
+    /// let count = futures_lite::future::block_on(async {
+    ///     db.execute_async("INSERT INTO t VALUES (?1)", sql_values![7]).await?;
+    ///     db.call_async(|conn| conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)))
+    ///         .await
+    /// })??;
+    /// assert_eq!(count, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn execute_async(
+        &self,
+        sql: impl Into<String>,
+        params: Vec<Value>,
+    ) -> impl Future<Output = Result<usize, DatabaseError>> + Send + '_ {
+        let sql = sql.into();
+        let ask = self.handle.ask_async(|reply| {
+            DatabaseMsg(Op::Write(Box::new(ExecuteOp {
+                sql,
+                params,
+                changed: 0,
+                reply: Some(reply),
+            })))
+        });
+        async move { ask.await? }
+    }
+
+    /// The awaitable [`write`](DatabaseHandle::write): resolves with `f`'s
+    /// value once its batch is committed.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](DatabaseHandle::write).
+    pub fn write_async<T, F>(
+        &self,
+        f: F,
+    ) -> impl Future<Output = Result<T, DatabaseError>> + Send + '_
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let ask = self.handle.ask_async(|reply| {
+            DatabaseMsg(Op::Write(Box::new(ClosureOp {
+                work: Some(f),
+                value: None,
+                reply: Some(reply),
+            })))
+        });
+        async move { ask.await? }
+    }
+
     /// Like [`execute`](DatabaseHandle::execute), without waiting: the write
     /// is group-committed with the others, and a failure is logged and
     /// counted in [`DatabaseStats::failed_told_writes`].
