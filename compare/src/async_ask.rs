@@ -8,7 +8,8 @@
 //! - `crossbeam-oneshot`: tokio-rusqlite 0.7's own pair, a crossbeam-channel
 //!   to the thread and a tokio oneshot back;
 //! - `custody-ask-spawn-blocking`: custody's blocking `ask` inside
-//!   `spawn_blocking`, the workaround before awaitable handles.
+//!   `spawn_blocking`, the workaround before awaitable handles;
+//! - `custody-ask-async`: custody's `ask_async`, awaited in the task.
 
 use std::thread;
 
@@ -22,10 +23,11 @@ use crate::measure::{Latency, Sample};
 pub const NAME: &str = "async-ask";
 
 /// The designs, the reference (`tokio-mpsc-oneshot`) first.
-pub const DESIGNS: [&str; 3] = [
+pub const DESIGNS: [&str; 4] = [
     "tokio-mpsc-oneshot",
     "crossbeam-oneshot",
     "custody-ask-spawn-blocking",
+    "custody-ask-async",
 ];
 
 /// One asking task only.
@@ -93,6 +95,17 @@ pub fn run(design: &str, tasks: usize, k: u64) -> Sample {
                         .expect("the blocking ask panicked")
                         .expect("asking");
                     assert_eq!(v, VALUE, "{NAME}/custody-ask-spawn-blocking");
+                }
+            }))
+        }
+        "custody-ask-async" => {
+            let rt = Runtime::new();
+            let value = rt.spawn("value", Value(VALUE)).expect("spawning");
+            tokio.block_on(drive(1, k, move |_, _| {
+                let value = value.clone();
+                async move {
+                    let v = value.ask_async(Query::Get).await.expect("asking");
+                    assert_eq!(v, VALUE, "{NAME}/custody-ask-async");
                 }
             }))
         }

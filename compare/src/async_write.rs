@@ -11,7 +11,10 @@
 //! - `mutex-spawn-blocking`: a `Mutex<rusqlite::Connection>` locked inside
 //!   `spawn_blocking` (each insert its own transaction);
 //! - `custody-spawn-blocking`: custody's group-committing `Database`, its
-//!   blocking `execute` inside `spawn_blocking`.
+//!   blocking `execute` inside `spawn_blocking` (the workaround before
+//!   awaitable handles);
+//! - `custody-async`: the same `Database`, its `execute_async` awaited in the
+//!   task itself.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -28,10 +31,11 @@ use crate::measure::{Latency, Sample};
 pub const NAME: &str = "async-write";
 
 /// The designs, the reference (`tokio-rusqlite`) first.
-pub const DESIGNS: [&str; 3] = [
+pub const DESIGNS: [&str; 4] = [
     "tokio-rusqlite",
     "mutex-spawn-blocking",
     "custody-spawn-blocking",
+    "custody-async",
 ];
 
 /// The concurrent requests measured.
@@ -52,6 +56,7 @@ pub fn run(design: &str, requests: usize, k: u64) -> Sample {
         "tokio-rusqlite" => tokio.block_on(tokio_rusqlite(&file, requests, k)),
         "mutex-spawn-blocking" => tokio.block_on(mutex_spawn_blocking(&file, requests, k)),
         "custody-spawn-blocking" => custody_spawn_blocking(&tokio, &file, requests, k),
+        "custody-async" => custody_async(&tokio, &file, requests, k),
         other => panic!("{NAME}: unknown design `{other}`"),
     };
     drop(tokio);
@@ -205,7 +210,7 @@ fn custody_database(file: &DbFile) -> (Runtime, DatabaseHandle) {
 }
 
 /// Checks the database's own counters and shuts its runtime down (on this
-/// thread, outside the tokio runtime: a graceful shutdown blocks).
+/// thread, outside the tokio runtime).
 fn custody_finish(rt: Runtime, db: &DatabaseHandle, design: &str) {
     let stats = db.stats().expect("database stats");
     assert_eq!(stats.failed_writes, 0, "{NAME}/{design}: failed writes");
@@ -238,5 +243,22 @@ fn custody_spawn_blocking(
         }
     }));
     custody_finish(rt, &db, "custody-spawn-blocking");
+    done
+}
+
+fn custody_async(tokio: &tokio::runtime::Runtime, file: &DbFile, tasks: usize, k: u64) -> Done {
+    let (rt, db) = custody_database(file);
+    let done = tokio.block_on(drive(tasks, k, {
+        let db = db.clone();
+        move |task, i| {
+            let db = db.clone();
+            async move {
+                db.execute_async(INSERT, sql_values![task as i64, i as i64, NOTE.to_owned()])
+                    .await
+                    .expect("custody-async: inserting");
+            }
+        }
+    }));
+    custody_finish(rt, &db, "custody-async");
     done
 }

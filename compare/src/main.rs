@@ -225,11 +225,12 @@ Workloads:
             tokio tasks (1, 16, 64, 256 at once) each insert rows into one
             SQLite file, WAL, synchronous=FULL, each awaited until committed;
             also prints each row's latency p50 and p99 (reference:
-            tokio-rusqlite; the others: Mutex<Connection> and custody's
-            Database through spawn_blocking)
-  async-ask one tokio task, sequential round trips to a thread
+            tokio-rusqlite 0.7; the others: Mutex<Connection> and custody's
+            Database through spawn_blocking, and the Database awaited)
+  async-ask one tokio task, sequential round trips to a thread, each timed
             (reference: tokio-mpsc-oneshot, a tokio mpsc to a dedicated thread
-            and a tokio oneshot back)
+            and a tokio oneshot back; custody's ask through spawn_blocking,
+            and awaited)
   broker    (feature amqp, needs RabbitMQ) one producer, one consumer through a
             durable quorum queue, each message confirmed and handled
             (reference: raw-lapin, the AMQP client alone)

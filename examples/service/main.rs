@@ -8,10 +8,15 @@
 //! - `GET /stats` answers the runtime's counters, one object per manager,
 //!   and the database's own (commits, committed and failed writes).
 //!
+//! The handlers await the database (`write_async`, `call_async`): a request
+//! waiting for its commit holds no thread, so two executor workers serve
+//! hundreds of requests in flight, and their writes share commits.
+//!
 //! SIGTERM or Ctrl-C stops the service gracefully: axum stops accepting
 //! connections and finishes the requests in flight (each one's write
-//! committed and answered), then the custody runtime is shut down, draining
-//! whatever it still holds, and the process exits 0. The service installs
+//! committed and answered), then the custody runtime is shut down
+//! (`shutdown_async`, awaited), draining whatever it still holds, and the
+//! process exits 0. The service installs
 //! its own signal handlers with `tokio::signal`; custody installs none.
 //!
 //! Run: `cargo run --example service -- --db events.db --addr 127.0.0.1:8080`
@@ -80,8 +85,9 @@ impl From<DatabaseError> for Failure {
     }
 }
 
-/// Runs a blocking call of the database on tokio's blocking pool, so that it
-/// never holds up an executor worker.
+/// Runs a blocking call on tokio's blocking pool, so that it never holds up
+/// an executor worker. Only `GET /stats` needs it: the database's own
+/// counters (`DatabaseHandle::stats`) have no awaitable twin.
 async fn blocking<T: Send + 'static>(
     call: impl FnOnce() -> Result<T, DatabaseError> + Send + 'static,
 ) -> Result<T, Failure> {
@@ -107,26 +113,27 @@ async fn create_event(
         ));
     };
     let body = text("body").unwrap_or_default();
-    let db = app.db.clone();
     let row_key = key.clone();
-    let id = blocking(move || {
-        db.write(move |conn| {
+    // Awaited in the handler's task: no thread waits for the commit.
+    let id = app
+        .db
+        .write_async(move |conn| {
             conn.prepare_cached(INSERT)?
                 .query_row((row_key, body), |row| row.get::<_, i64>(0))
         })
-    })
-    .await?;
+        .await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id, "key": key }))))
 }
 
 /// `GET /events/count`.
 async fn count_events(State(app): State<App>) -> Result<Json<Value>, Failure> {
-    let db = app.db.clone();
-    let count = blocking(move || {
-        db.call(|conn| conn.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0)))?
-            .map_err(DatabaseError::from)
-    })
-    .await?;
+    let count = app
+        .db
+        .call_async(|conn| {
+            conn.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
+        })
+        .await?
+        .map_err(DatabaseError::from)?;
     Ok(Json(json!({ "count": count })))
 }
 
@@ -338,14 +345,10 @@ async fn serve(options: &Options) -> Result<(), String> {
         .await
         .map_err(|e| format!("serving: {e}"))?;
 
-    // Every request in flight was answered; now drain the runtime, off the
-    // executor's workers (a graceful shutdown blocks until it is done).
-    let report = {
-        let rt = Arc::clone(&rt);
-        tokio::task::spawn_blocking(move || rt.shutdown())
-            .await
-            .map_err(|e| format!("shutting the runtime down: {e}"))?
-    };
+    // Every request in flight was answered; now drain the runtime, awaited
+    // (dropping the last `Runtime` in a task would block a worker until the
+    // managers stopped).
+    let report = rt.shutdown_async().await;
     if !report.is_complete() {
         return Err(format!("the runtime's shutdown left work: {report:?}"));
     }
