@@ -9,25 +9,28 @@
 //!   to the thread and a tokio oneshot back;
 //! - `custody-ask-spawn-blocking`: custody's blocking `ask` inside
 //!   `spawn_blocking`, the workaround before awaitable handles;
-//! - `custody-ask-async`: custody's `ask_async`, awaited in the task.
+//! - `custody-ask-async`: custody's `ask_async`, awaited in the task (the
+//!   default crossbeam-channel mailbox);
+//! - `custody-ask-async-flume`: the same with a flume mailbox.
 
 use std::thread;
 
-use custody::Runtime;
+use custody::{Backend, Runtime};
 
 use crate::ask::{Query, VALUE, Value};
-use crate::async_write::{drive, tokio_runtime};
+use crate::async_write::{Done, drive, tokio_runtime};
 use crate::measure::{Latency, Sample};
 
 /// The workload's name.
 pub const NAME: &str = "async-ask";
 
 /// The designs, the reference (`tokio-mpsc-oneshot`) first.
-pub const DESIGNS: [&str; 4] = [
+pub const DESIGNS: [&str; 5] = [
     "tokio-mpsc-oneshot",
     "crossbeam-oneshot",
     "custody-ask-spawn-blocking",
     "custody-ask-async",
+    "custody-ask-async-flume",
 ];
 
 /// One asking task only.
@@ -98,21 +101,28 @@ pub fn run(design: &str, tasks: usize, k: u64) -> Sample {
                 }
             }))
         }
-        "custody-ask-async" => {
-            let rt = Runtime::new();
-            let value = rt.spawn("value", Value(VALUE)).expect("spawning");
-            tokio.block_on(drive(1, k, move |_, _| {
-                let value = value.clone();
-                async move {
-                    let v = value.ask_async(Query::Get).await.expect("asking");
-                    assert_eq!(v, VALUE, "{NAME}/custody-ask-async");
-                }
-            }))
-        }
+        "custody-ask-async" => ask_async(&tokio, Backend::Crossbeam, k),
+        "custody-ask-async-flume" => ask_async(&tokio, Backend::Flume, k),
         other => panic!("{NAME}: unknown design `{other}`"),
     };
     Sample {
         elapsed: done.elapsed,
         latency: Latency::of(&mut done.latencies),
     }
+}
+
+/// `k` round trips with `ask_async` to a manager on `backend`.
+fn ask_async(tokio: &tokio::runtime::Runtime, backend: Backend, k: u64) -> Done {
+    let rt = Runtime::builder()
+        .backend(backend)
+        .build()
+        .expect("building the runtime");
+    let value = rt.spawn("value", Value(VALUE)).expect("spawning");
+    tokio.block_on(drive(1, k, move |_, _| {
+        let value = value.clone();
+        async move {
+            let v = value.ask_async(Query::Get).await.expect("asking");
+            assert_eq!(v, VALUE, "{NAME}/ask_async on {}", backend.name());
+        }
+    }))
 }

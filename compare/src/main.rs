@@ -230,7 +230,7 @@ Workloads:
   async-ask one tokio task, sequential round trips to a thread, each timed
             (reference: tokio-mpsc-oneshot, a tokio mpsc to a dedicated thread
             and a tokio oneshot back; custody's ask through spawn_blocking,
-            and awaited)
+            and awaited, on each mailbox backend)
   broker    (feature amqp, needs RabbitMQ) one producer, one consumer through a
             durable quorum queue, each message confirmed and handled
             (reference: raw-lapin, the AMQP client alone)
