@@ -142,7 +142,8 @@ impl Mode {
     /// would take longer than [`run_budget`](Mode::run_budget) (slow
     /// designs, a busy machine, slow fsyncs) a pilot run sizes `k` down, so
     /// that the default mode stays under a minute on a busy 2-core machine
-    /// and `--quick` around 15 s. Designs that pay for one commit (an fsync)
+    /// and `--quick` around 15 s, plus about a minute (`--quick`: 20 s) for
+    /// the async workloads, whose runs are longer (`budget_scale`). Designs that pay for one commit (an fsync)
     /// per insert get far fewer inserts than group-committed ones; ns/op
     /// stays per insert.
     fn ops_range(self, workload: &str, design: &str) -> (u64, u64) {
@@ -236,7 +237,7 @@ Workloads:
             (reference: raw-lapin, the AMQP client alone)
 
 Options:
-      --quick            fewer and smaller runs (about 15 s)
+      --quick            fewer and smaller runs (about 35 s)
       --tiny             smallest sizes, one run each (a smoke test)
       --json             one JSON object per line instead of the table
       --csv              CSV (header + rows) instead of the table
@@ -247,7 +248,8 @@ Options:
 Each row's runs do k operations per thread (the table's k column): a fixed
 size on a quiet machine, sized down by a pilot run where one run would take
 too long (slow fsyncs, a busy machine), so the default run stays under a
-minute and --quick around 15 s even on a busy 2-core machine. Progress goes to
+minute and --quick around 15 s even on a busy 2-core machine, plus about a
+minute (--quick: 20 s) for async-write and async-ask. Progress goes to
 stderr; results to stdout.
 ";
 
