@@ -25,7 +25,10 @@ use crate::broker::reply::RemoteReply;
 impl<M: Serialize + Send + 'static> RemoteHandle<M> {
     /// The awaitable [`tell`](RemoteHandle::tell): resolves once the broker
     /// confirmed the message (or with why not), without blocking the thread
-    /// polling it. See the [module](self) on how it waits.
+    /// polling it: the blocking call runs on a shared pool of threads (the
+    /// `blocking` crate's) and the future resolves when it returns. Dropped
+    /// before then, the call goes on: the message may still be sent and
+    /// count for `join`.
     ///
     /// # Errors
     ///
@@ -82,7 +85,9 @@ impl<M: Serialize + Send + 'static> RemoteHandle<M> {
         blocking::unblock(move || handle.tell_all(msgs))
     }
 
-    /// The awaitable [`ask`](RemoteHandle::ask).
+    /// The awaitable [`ask`](RemoteHandle::ask), run on the same pool as
+    /// [`tell_async`](RemoteHandle::tell_async). Dropped before it resolves,
+    /// the request may still be sent and handled; its answer is dropped.
     ///
     /// # Errors
     ///
