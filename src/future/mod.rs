@@ -3,7 +3,8 @@
 //!
 //! Every call that waits has an awaitable twin: [`Handle::tell_async`],
 //! [`Handle::ask_async`], [`Handle::join_async`], [`Owner::call_async`],
-//! [`Runtime::shutdown_async`], and the resources' `_async` methods. They
+//! [`Runtime::shutdown_async`], the resources' `_async` methods, and (feature
+//! `amqp`) a `RemoteHandle`'s. They
 //! never block the thread that polls them, and they need no particular
 //! executor: the library depends on none, and the futures only use the
 //! `Waker` they are given (tested on tokio's current-thread and multi-thread

@@ -12,6 +12,7 @@
 mod common;
 
 mod ask;
+mod awaitable;
 #[cfg(feature = "sqlite")]
 mod database;
 mod kill;

@@ -392,6 +392,53 @@ fn shutdown_async_drains_every_accepted_message(backend: Backend) {
     });
 }
 
+/// A panic under the `Restart` policy (the asker of the panicking message
+/// gets `Panicked`, the queued asks the fresh instance's answers) and under
+/// `Stop` (the queued asks get `Stopped`): every awaiting future resolves.
+fn awaiting_futures_resolve_across_a_restart_and_a_stop(backend: Backend) {
+    quiet_panics();
+    on_every_executor(backend, |backend, executor| {
+        let rt = runtime(backend);
+        let restarting = rt
+            .manager("restarting")
+            .backend(backend)
+            .on_panic(custody::PanicPolicy::Restart {
+                max_restarts: 10,
+                within: Duration::from_secs(60),
+            })
+            .spawn_with(|| Probe::new().0)
+            .unwrap();
+        let stopping = rt
+            .manager("stopping")
+            .backend(backend)
+            .on_panic(custody::PanicPolicy::Stop)
+            .spawn(Probe::new().0)
+            .unwrap();
+        for (handle, after_panic) in [(&restarting, "answered"), (&stopping, "stopped")] {
+            let latch = crate::support::block(handle);
+            handle.tell(Msg::Add(5)).unwrap();
+            let (_, waker) = counting_waker();
+            let mut panicking = handle.ask_async(|reply| Msg::PanicAsked(reply, "boom"));
+            assert!(poll_once(&mut panicking, &waker).is_pending());
+            let mut queued = handle.ask_async(Msg::Get);
+            assert!(poll_once(&mut queued, &waker).is_pending());
+            latch.open();
+            executor.block_on(async {
+                let panicked = panicking.await;
+                assert!(
+                    matches!(panicked, Err(AskError::Panicked { .. })),
+                    "{panicked:?}"
+                );
+                match (queued.await, after_panic) {
+                    // The fresh instance starts from zero.
+                    (Ok(0), "answered") | (Err(AskError::Stopped { .. }), "stopped") => {}
+                    (other, expected) => panic!("expected {expected}, got {other:?}"),
+                }
+            });
+        }
+    });
+}
+
 // --- wait-for graph -------------------------------------------------------
 
 /// A manager that awaits (on its own thread) an ask to `other`, which asks
@@ -619,6 +666,7 @@ backend_tests!(
     futures_resolve_when_the_manager_panics_or_drops_the_reply,
     waiting_futures_resolve_when_the_runtime_stops_at_once,
     shutdown_async_drains_every_accepted_message,
+    awaiting_futures_resolve_across_a_restart_and_a_stop,
     an_awaited_ask_on_a_manager_thread_is_in_the_wait_for_graph,
     a_dropped_awaited_ask_leaves_no_wait_behind,
     an_awaited_join_of_itself_is_a_deadlock_not_a_hang,

@@ -20,6 +20,7 @@ use lapin::{Channel, Confirmation};
 use serde::Serialize;
 
 mod ask;
+mod awaitable;
 mod join;
 
 use ask::Asks;
