@@ -1,7 +1,7 @@
 //! The `service` example (`examples/service/main.rs`) as a user runs it: a
 //! child process serving a SQLite file over HTTP on loopback, driven by 64
-//! concurrent clients (hyper's client), stopped by SIGTERM in the middle of
-//! the load. Every write answered `201` must be in the file under the id it
+//! concurrent clients (hyper's client), stopped by SIGTERM (or SIGINT, as
+//! Ctrl-C sends) in the middle of the load. Every write answered `201` must be in the file under the id it
 //! was answered with, every row must be a write that was sent, and the
 //! process must exit 0.
 //!
@@ -31,8 +31,8 @@ use serde_json::{Value, json};
 
 /// Concurrent clients, each posting one event at a time.
 const CLIENTS: usize = 64;
-/// Events acknowledged before the SIGTERM is sent.
-const ACKED_BEFORE_SIGTERM: u64 = 500;
+/// Events acknowledged before the signal is sent.
+const ACKED_BEFORE_SIGNAL: u64 = 500;
 /// At most this many events per client (a bound, never reached in a pass).
 const MAX_PER_CLIENT: u64 = 5_000;
 /// The bound on every wait of the test: the build aside, the service's
@@ -81,27 +81,32 @@ fn build_example() -> PathBuf {
     binary
 }
 
-/// The service's process, killed if the test ends before it exited.
+/// The service's process, killed if the test ends before it exited; its
+/// stderr goes to a file, printed if the test fails.
 struct Service {
     child: Child,
     exited: Option<ExitStatus>,
+    stderr: PathBuf,
 }
 
 impl Service {
     fn start(db: &Path) -> (Service, SocketAddr) {
+        let stderr = db.with_extension("stderr");
+        let log = std::fs::File::create(&stderr).expect("creating the service's stderr log");
         let mut child = Command::new(build_example())
             .arg("--db")
             .arg(db)
             .args(["--addr", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("starting the service");
         let stdout = child.stdout.take().expect("the service's stdout");
         let service = Service {
             child,
             exited: None,
+            stderr,
         };
         // Read the address on a thread of its own, so that a silent service
         // fails the test after WITHIN instead of hanging it.
@@ -139,7 +144,7 @@ impl Service {
             }
             assert!(
                 Instant::now() < deadline,
-                "the service did not exit within {WITHIN:?} of SIGTERM"
+                "the service did not exit within {WITHIN:?} of the signal"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -151,6 +156,10 @@ impl Drop for Service {
         if self.exited.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+            eprintln!("--- the service's stderr ---\n{log}--- end ---");
         }
     }
 }
@@ -217,9 +226,47 @@ async fn post_event(client: &HttpClient, url: &str, key: &str) -> Result<i64, St
         .ok_or_else(|| format!("201 without an id: {answer}"))
 }
 
+/// `GET url`, answered `200` with a JSON body.
+async fn get_json(client: &HttpClient, url: &str) -> Value {
+    let request = Request::builder()
+        .uri(url)
+        .body(Full::new(Bytes::new()))
+        .expect("a request");
+    let exchange = async {
+        let response = client.request(request).await.expect("GET");
+        let status = response.status();
+        let body = response.into_body().collect().await.expect("a body");
+        (status, body.to_bytes())
+    };
+    let (status, body) = tokio::time::timeout(WITHIN, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET {url}: no answer within {WITHIN:?}"));
+    assert_eq!(status, StatusCode::OK, "GET {url}");
+    serde_json::from_slice(&body).expect("a JSON body")
+}
+
+/// The service before the load: no events, its database manager running.
+async fn check_fresh(addr: SocketAddr) {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let count = get_json(&client, &format!("http://{addr}/events/count")).await;
+    assert_eq!(count, json!({ "count": 0 }), "GET /events/count");
+    let stats = get_json(&client, &format!("http://{addr}/stats")).await;
+    let managers = stats["managers"].as_array().expect("managers in /stats");
+    assert!(
+        managers
+            .iter()
+            .any(|m| m["name"] == "events" && m["state"] == "running"),
+        "GET /stats: {stats}"
+    );
+    assert_eq!(
+        stats["database"]["committed_writes"], 0,
+        "GET /stats: {stats}"
+    );
+}
+
 /// Runs the clients until each one fails (the service went away) and sends
-/// SIGTERM once `ACKED_BEFORE_SIGTERM` events were acknowledged.
-async fn load(addr: SocketAddr, service: &Service) -> (Vec<ClientLog>, bool) {
+/// `signal` once `ACKED_BEFORE_SIGNAL` events were acknowledged.
+async fn load(addr: SocketAddr, service: &Service, signal: &str) -> (Vec<ClientLog>, bool) {
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let url = format!("http://{addr}/events");
     let acked = Arc::new(AtomicU64::new(0));
@@ -239,12 +286,12 @@ async fn load(addr: SocketAddr, service: &Service) -> (Vec<ClientLog>, bool) {
                             acked.fetch_add(1, Ordering::SeqCst);
                         }
                         Err(error) => {
-                            // A request may fail once SIGTERM was sent (its
+                            // A request may fail once the signal was sent (its
                             // connection closed as idle, or refused), never
                             // before.
                             assert!(
                                 signalled.load(Ordering::SeqCst),
-                                "client {c}: a request failed before SIGTERM: {error}"
+                                "client {c}: a request failed before the signal: {error}"
                             );
                             log.ended_by = Some(error);
                             break;
@@ -256,7 +303,7 @@ async fn load(addr: SocketAddr, service: &Service) -> (Vec<ClientLog>, bool) {
         })
         .collect();
     let deadline = Instant::now() + WITHIN;
-    while acked.load(Ordering::SeqCst) < ACKED_BEFORE_SIGTERM {
+    while acked.load(Ordering::SeqCst) < ACKED_BEFORE_SIGNAL {
         assert!(
             Instant::now() < deadline,
             "only {} events acknowledged within {WITHIN:?}",
@@ -265,13 +312,13 @@ async fn load(addr: SocketAddr, service: &Service) -> (Vec<ClientLog>, bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     signalled.store(true, Ordering::SeqCst);
-    service.signal("TERM");
+    service.signal(signal);
     let mut logs = Vec::with_capacity(CLIENTS);
     let mut all_running = true;
     for client in clients {
         let log = tokio::time::timeout(WITHIN, client)
             .await
-            .expect("a client still running a minute after SIGTERM")
+            .expect("a client still running a minute after the signal")
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         all_running &= log.ended_by.is_some();
         logs.push(log);
@@ -293,9 +340,13 @@ fn rows(db: &Path) -> HashMap<String, i64> {
         .expect("reading the events")
 }
 
-#[test]
-fn sigterm_mid_load_keeps_every_acknowledged_write() {
-    let dir = std::env::temp_dir().join(format!("custody-service-test-{}", std::process::id()));
+/// Starts the service, loads it, sends `signal` (`TERM`, `INT`) mid-load,
+/// and checks its exit and its file.
+fn stop_mid_load(signal: &str) {
+    let dir = std::env::temp_dir().join(format!(
+        "custody-service-test-{}-{signal}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).expect("a temporary directory");
     let db = dir.join("events.db");
     let (mut service, addr) = Service::start(&db);
@@ -305,15 +356,19 @@ fn sigterm_mid_load_keeps_every_acknowledged_write() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let (logs, all_running) = tokio.block_on(load(addr, &service));
+    tokio.block_on(check_fresh(addr));
+    let (logs, all_running) = tokio.block_on(load(addr, &service, signal));
     let status = service.wait();
     assert!(
         status.success(),
-        "the service exited with {status} after SIGTERM"
+        "the service exited with {status} after SIG{signal}"
     );
     // The load went on until the service went away: every client stopped on
     // a failed request (not on its bound).
-    assert!(all_running, "a client ran out of requests before SIGTERM");
+    assert!(
+        all_running,
+        "a client ran out of requests before SIG{signal}"
+    );
 
     let stored = rows(&db);
     let sent: HashSet<&str> = logs
@@ -334,14 +389,24 @@ fn sigterm_mid_load_keeps_every_acknowledged_write() {
         assert!(sent.contains(key.as_str()), "row {key} was never sent");
     }
     assert!(
-        acknowledged >= ACKED_BEFORE_SIGTERM,
+        acknowledged >= ACKED_BEFORE_SIGNAL,
         "{acknowledged} acknowledged"
     );
     eprintln!(
-        "service test: {} sent, {acknowledged} acknowledged, {} rows (the rest: \
-         refused or cut off by the shutdown)",
+        "service test, SIG{signal}: {} sent, {acknowledged} acknowledged, {} rows \
+         (the rest: refused or cut off by the shutdown)",
         sent.len(),
         stored.len()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_mid_load_keeps_every_acknowledged_write() {
+    stop_mid_load("TERM");
+}
+
+#[test]
+fn ctrl_c_mid_load_keeps_every_acknowledged_write() {
+    stop_mid_load("INT");
 }
