@@ -53,6 +53,11 @@ impl<M> Shared<M> {
 #[derive(Clone, Copy)]
 pub(crate) enum Wait {
     Until(Option<Instant>),
+    /// As `Until`, for an ask whose wait on this manager is already an edge
+    /// of the wait-for graph: waiting for room adds none of its own (a second
+    /// edge would replace the ask's, and ending it would leave the ask's
+    /// wait for the answer out of the graph).
+    Asking(Option<Instant>),
     No,
 }
 
@@ -153,7 +158,9 @@ impl<M: Send + 'static> Handle<M> {
             Wait::Until(deadline) if shared.capacity.is_bounded() && current::is_manager() => {
                 return self.post_from_manager(envelope, deadline);
             }
-            Wait::Until(deadline) => shared.mailbox.tx.send(envelope, deadline),
+            Wait::Until(deadline) | Wait::Asking(deadline) => {
+                shared.mailbox.tx.send(envelope, deadline)
+            }
             Wait::No => shared.mailbox.tx.try_send(envelope),
         };
         match sent {
@@ -509,7 +516,7 @@ impl<M: Send + 'static> Handle<M> {
         }) {
             return Err(AskError::Deadlock { cycle });
         }
-        if let Err(refusal) = self.post(msg, Wait::Until(deadline)) {
+        if let Err(refusal) = self.post(msg, Wait::Asking(deadline)) {
             // Dropping the refused request drops its reply outside a handler,
             // which ends the wait recorded above.
             return Err(match refusal {

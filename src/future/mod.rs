@@ -162,7 +162,7 @@ impl<'a, M: Send + 'static, R: Send + 'static> Ask<'a, M, R> {
         waiter: Waiter<dyn HoldsSlot<Value = R>>,
     ) -> Ask<'a, M, R> {
         Ask {
-            state: AskState::Sending(Posting::new(handle, Envelope::Msg(msg))),
+            state: AskState::Sending(Posting::for_ask(handle, Envelope::Msg(msg))),
             waiter,
             edge_checked: false,
         }

@@ -36,6 +36,9 @@ pub(crate) struct Posting<'a, M: Send + 'static> {
     waiting: Option<Key>,
     /// A manager's wait on the receiving manager, while the mailbox is full.
     edge: Option<(Arc<WaitNode>, Token)>,
+    /// The caller (an ask) has its own edge to the receiving manager: waiting
+    /// for room records none (see `Wait::Asking`).
+    caller_waits: bool,
 }
 
 impl<'a, M: Send + 'static> Posting<'a, M> {
@@ -46,7 +49,16 @@ impl<'a, M: Send + 'static> Posting<'a, M> {
             counted: false,
             waiting: None,
             edge: None,
+            caller_waits: false,
         }
+    }
+
+    /// A posting for an ask, whose wait on the receiving manager is already
+    /// in the wait-for graph.
+    pub(crate) fn for_ask(handle: &'a Handle<M>, envelope: Envelope<M>) -> Posting<'a, M> {
+        let mut posting = Posting::new(handle, envelope);
+        posting.caller_waits = true;
+        posting
     }
 
     /// The handle this posts to.
@@ -97,6 +109,7 @@ impl<'a, M: Send + 'static> Posting<'a, M> {
                 return Poll::Pending;
             }
             if self.edge.is_none()
+                && !self.caller_waits
                 && let Some(Err(cycle)) = current::with_node(|me| {
                     me.map(|me| {
                         me.begin_wait(&shared.waits)

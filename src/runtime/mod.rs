@@ -150,6 +150,11 @@ impl Inner {
 /// on a thread of its own and returns at once. [`Handle`]s do not keep the
 /// runtime alive: once it is shut down, their sends are refused.
 ///
+/// In async code, a drop that waits would block an executor's worker thread
+/// for as long as the managers drain: `rt.shutdown_async().await` first
+/// ([`shutdown_async`](Runtime::shutdown_async)), and the drop that follows
+/// has nothing left to wait for.
+///
 /// ```
 /// use std::sync::mpsc;
 /// use custody::Runtime;

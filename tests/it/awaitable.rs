@@ -455,6 +455,10 @@ enum Pair {
     PollOnceThenDrop(Reply<Result<u64, AskError>>),
     /// Block until released.
     Block(mpsc::Receiver<()>),
+    /// Ask the other manager (blocking) for an `AskBack`.
+    AskOtherBlocking(Reply<Result<Result<u64, AskError>, AskError>>),
+    /// Nothing: fills a bounded mailbox.
+    Noop,
 }
 
 struct Peer {
@@ -490,11 +494,18 @@ impl Manager for Peer {
             Pair::Block(wait) => {
                 let _ = wait.recv_timeout(Duration::from_secs(30));
             }
+            Pair::AskOtherBlocking(reply) => reply.send(other.ask(Pair::AskBack)),
+            Pair::Noop => {}
         }
     }
 }
 
 fn pair(backend: Backend) -> (Runtime, Handle<Pair>, Handle<Pair>) {
+    pair_with(backend, Capacity::Unbounded)
+}
+
+/// `a` unbounded, `b` with the given capacity.
+fn pair_with(backend: Backend, b_capacity: Capacity) -> (Runtime, Handle<Pair>, Handle<Pair>) {
     let rt = runtime(backend);
     let a_other = Arc::new(Mutex::new(None));
     let b_other = Arc::new(Mutex::new(None));
@@ -507,12 +518,11 @@ fn pair(backend: Backend) -> (Runtime, Handle<Pair>, Handle<Pair>) {
         )
         .unwrap();
     let b = rt
-        .spawn(
-            "b",
-            Peer {
-                other: Arc::clone(&b_other),
-            },
-        )
+        .manager("b")
+        .capacity(b_capacity)
+        .spawn(Peer {
+            other: Arc::clone(&b_other),
+        })
         .unwrap();
     *a_other.lock().unwrap() = Some(b.clone());
     *b_other.lock().unwrap() = Some(a.clone());
@@ -529,6 +539,40 @@ fn an_awaited_ask_on_a_manager_thread_is_in_the_wait_for_graph(backend: Backend)
             assert!(cycle.iter().any(|n| n == "a"), "{cycle:?}");
         }
         other => panic!("expected b's ask back to be a deadlock, got {other:?}"),
+    }
+}
+
+/// An ask from a manager into a full bounded mailbox waits for room, then
+/// for the answer: the wait for the answer is still in the graph after the
+/// wait for room ended, so the target asking back is a deadlock, not a hang.
+/// Blocking and awaited.
+fn an_ask_that_waited_for_room_is_still_in_the_wait_for_graph(backend: Backend) {
+    for awaited in [false, true] {
+        // All of it bounded, the runtime's drop included: with the wait
+        // missing from the graph the two managers wait on each other forever.
+        within(&format!("awaited {awaited}"), move || {
+            let (rt, a, b) = pair_with(backend, Capacity::bounded(1).unwrap());
+            let (release, wait) = mpsc::channel();
+            b.tell(Pair::Block(wait)).unwrap();
+            b.tell(Pair::Noop).unwrap(); // b's one slot is taken
+            let a2 = a.clone();
+            let asking = thread::spawn(move || {
+                if awaited {
+                    a2.ask(Pair::AwaitOther)
+                } else {
+                    a2.ask(Pair::AskOtherBlocking)
+                }
+            });
+            // a's request is counted in at b and waits for room.
+            waits_until("a waiting for room at b", || b.unfinished() == 3);
+            release.send(()).unwrap();
+            let outcome = asking.join().unwrap().unwrap();
+            assert!(
+                matches!(outcome, Ok(Err(AskError::Deadlock { .. }))),
+                "awaited {awaited}: expected b's ask back to be a deadlock, got {outcome:?}"
+            );
+            drop(rt);
+        });
     }
 }
 
@@ -668,6 +712,7 @@ backend_tests!(
     shutdown_async_drains_every_accepted_message,
     awaiting_futures_resolve_across_a_restart_and_a_stop,
     an_awaited_ask_on_a_manager_thread_is_in_the_wait_for_graph,
+    an_ask_that_waited_for_room_is_still_in_the_wait_for_graph,
     a_dropped_awaited_ask_leaves_no_wait_behind,
     an_awaited_join_of_itself_is_a_deadlock_not_a_hang,
     shutdown_async_from_a_manager_resolves_with_a_report_in_progress,
