@@ -289,6 +289,49 @@ fn a_failing_write_rolls_back_only_itself() {
 }
 
 #[test]
+fn a_refused_commit_fails_every_write_of_its_batch() {
+    per_backend(|backend| {
+        let db = TestDb::new();
+        let rt = Runtime::new();
+        let state = spawn(&rt, &db, "state", backend);
+        // Checked only at COMMIT: every write succeeds, the batch cannot commit.
+        state
+            .execute("CREATE TABLE once (x int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+            .unwrap();
+        let (go, holder) = hold(&state);
+        let asks: Vec<_> = (0..3)
+            .map(|i| {
+                let sender = state.clone();
+                let ask = thread::spawn(move || {
+                    sender.write(|c| c.execute("INSERT INTO once VALUES (1)", &[]))
+                });
+                wait_queued(&state, i + 1);
+                ask
+            })
+            .collect();
+        go.send(()).unwrap();
+        holder.join().unwrap();
+        for ask in asks {
+            let result = ask.join().unwrap();
+            assert!(
+                matches!(&result, Err(PgStateError::Commit(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION)),
+                "{result:?}"
+            );
+        }
+        assert_eq!(db.count("SELECT count(*) FROM once"), 0);
+        let stats = state.stats().unwrap();
+        assert_eq!((stats.failed_commits, stats.failed_writes), (1, 3));
+        // The next batch commits.
+        assert_eq!(
+            state
+                .write(|c| c.execute("INSERT INTO once VALUES (1)", &[]))
+                .unwrap(),
+            1
+        );
+    });
+}
+
+#[test]
 fn a_panicking_write_fails_only_itself() {
     per_backend(|backend| {
         let db = TestDb::new();

@@ -190,6 +190,24 @@ impl PgStateHandle {
     /// [`PgStateError::Postgres`] if the claim failed (nothing changed, or,
     /// with the connection lost during it, perhaps the epoch was bumped:
     /// claim again), [`PgStateError::Runtime`] if the manager is stopped.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use custody::Runtime;
+    /// use custody::resources::postgres::{PgState, PgStateError};
+    ///
+    /// let rt = Runtime::new();
+    /// let url = "postgres://postgres@127.0.0.1/app";
+    /// let old = PgState::builder(url).owner("a").spawn(&rt, "old")?;
+    /// let new = PgState::builder(url).owner("b").spawn(&rt, "new")?;
+    /// let held = old.claim("p")?;
+    /// let current = new.claim("p")?; // waits for old's batch in flight, if any
+    /// assert_eq!(current, held + 1);
+    /// let fenced = old.apply("p", "m-1", |c| c.execute("SELECT 1", &[])).unwrap_err();
+    /// assert!(matches!(fenced, PgStateError::Fenced { held: h, current: Some(c), .. } if h == held && c == current));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn claim(&self, partition: impl Into<String>) -> Result<i64, PgStateError> {
         let partition = partition.into();
         self.handle
@@ -203,6 +221,21 @@ impl PgStateHandle {
     /// # Errors
     ///
     /// [`PgStateError::Runtime`] if the manager is stopped.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use custody::Runtime;
+    /// use custody::resources::postgres::{PgState, PgStateError};
+    ///
+    /// let rt = Runtime::new();
+    /// let state = PgState::builder("postgres://postgres@127.0.0.1/app").spawn(&rt, "state")?;
+    /// state.claim("p")?;
+    /// assert!(state.resign("p")?);
+    /// let refused = state.apply("p", "m-1", |c| c.execute("SELECT 1", &[])).unwrap_err();
+    /// assert!(matches!(refused, PgStateError::NotClaimed { .. }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn resign(&self, partition: impl Into<String>) -> Result<bool, PgStateError> {
         let partition = partition.into();
         Ok(self
@@ -216,6 +249,19 @@ impl PgStateHandle {
     /// # Errors
     ///
     /// [`PgStateError::Runtime`] if the manager is stopped.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use custody::Runtime;
+    /// use custody::resources::postgres::PgState;
+    ///
+    /// let rt = Runtime::new();
+    /// let state = PgState::builder("postgres://postgres@127.0.0.1/app").spawn(&rt, "state")?;
+    /// let epoch = state.claim("p")?;
+    /// assert_eq!(state.claims()?.get("p"), Some(&epoch));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn claims(&self) -> Result<BTreeMap<String, i64>, PgStateError> {
         Ok(self.handle.ask(|reply| PgStateMsg(Op::Claims(reply)))?)
     }
@@ -229,6 +275,21 @@ impl PgStateHandle {
     /// [`PgStateError::Postgres`] if the connection was lost and could not
     /// be made again, [`PgStateError::Runtime`] if the manager is stopped or
     /// `f` panicked.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use custody::Runtime;
+    /// use custody::resources::postgres::PgState;
+    ///
+    /// let rt = Runtime::new();
+    /// let state = PgState::builder("postgres://postgres@127.0.0.1/app").spawn(&rt, "state")?;
+    /// let applied: i64 = state.call(|c| {
+    ///     c.query_one("SELECT count(*) FROM custody_applied", &[]).map(|row| row.get(0))
+    /// })??;
+    /// # let _ = applied;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn call<T, F>(&self, f: F) -> Result<T, PgStateError>
     where
         T: Send + 'static,
@@ -247,6 +308,19 @@ impl PgStateHandle {
     /// # Errors
     ///
     /// As [`write`](PgStateHandle::write).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use custody::Runtime;
+    /// use custody::resources::postgres::PgState;
+    ///
+    /// let rt = Runtime::new();
+    /// let state = PgState::builder("postgres://postgres@127.0.0.1/app").spawn(&rt, "state")?;
+    /// state.execute("CREATE TABLE IF NOT EXISTS t (n bigint)")?;
+    /// assert_eq!(state.execute("INSERT INTO t VALUES (1), (2)")?, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn execute(&self, sql: impl Into<String>) -> Result<u64, PgStateError> {
         let sql = sql.into();
         self.write(move |c| c.execute(&sql, &[]))
@@ -265,6 +339,28 @@ impl PgStateHandle {
     /// [`PgStateError::CommitOutcomeUnknown`] /
     /// [`PgStateError::BatchAborted`] if its batch did not commit,
     /// [`PgStateError::Runtime`] if the manager is stopped or `f` panicked.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use custody::Runtime;
+    /// use custody::resources::postgres::{PgState, PgStateError};
+    ///
+    /// let rt = Runtime::new();
+    /// let state = PgState::builder("postgres://postgres@127.0.0.1/app").spawn(&rt, "state")?;
+    /// state.execute("CREATE TABLE IF NOT EXISTS balance (k text PRIMARY KEY, v bigint)")?;
+    /// // A read-modify-write, rolled back alone when it refuses.
+    /// let refused = state.write(|c| {
+    ///     c.execute("INSERT INTO balance VALUES ('a', 10) ON CONFLICT DO NOTHING", &[])?;
+    ///     let v: i64 = c.query_one("SELECT v FROM balance WHERE k = 'a'", &[])?.get(0);
+    ///     if v < 100 {
+    ///         return Err(PgStateError::write("insufficient funds"));
+    ///     }
+    ///     c.execute("UPDATE balance SET v = v - 100 WHERE k = 'a'", &[])
+    /// });
+    /// assert!(matches!(refused, Err(PgStateError::Write(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write<T, F>(&self, f: F) -> Result<T, PgStateError>
     where
         T: Send + 'static,
@@ -322,6 +418,19 @@ impl PgStateHandle {
     ///
     /// [`RefusedPgWrite`] if the manager is stopping or stopped; `f` comes
     /// back inside, not run.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use custody::Runtime;
+    /// use custody::resources::postgres::PgState;
+    ///
+    /// let rt = Runtime::new();
+    /// let state = PgState::builder("postgres://postgres@127.0.0.1/app").spawn(&rt, "state")?;
+    /// state.tell_write(|c| c.execute("CREATE TABLE IF NOT EXISTS t (n bigint)", &[]))?;
+    /// state.join()?; // committed (or failed, and counted)
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn tell_write<T, F>(&self, f: F) -> Result<(), RefusedPgWrite<F>>
     where
         T: Send + 'static,
@@ -341,6 +450,23 @@ impl PgStateHandle {
     ///
     /// [`RefusedPgWrite`] if the manager is stopping or stopped; `f` comes
     /// back inside, not run.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use custody::Runtime;
+    /// use custody::resources::postgres::PgState;
+    ///
+    /// let rt = Runtime::new();
+    /// let state = PgState::builder("postgres://postgres@127.0.0.1/app").spawn(&rt, "state")?;
+    /// state.claim("p")?;
+    /// for id in ["m-1", "m-2", "m-1"] {
+    ///     state.tell_apply("p", id, |c| c.execute("INSERT INTO t VALUES (1)", &[]))?;
+    /// }
+    /// state.join()?;
+    /// assert_eq!(state.stats()?.duplicates, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn tell_apply<T, F>(
         &self,
         partition: impl Into<String>,
@@ -401,6 +527,20 @@ impl PgStateHandle {
     /// # Errors
     ///
     /// [`PgStateError::Runtime`] if the manager is stopped.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use custody::Runtime;
+    /// use custody::resources::postgres::PgState;
+    ///
+    /// let rt = Runtime::new();
+    /// let state = PgState::builder("postgres://postgres@127.0.0.1/app").spawn(&rt, "state")?;
+    /// state.execute("SELECT 1")?;
+    /// let stats = state.stats()?;
+    /// assert_eq!((stats.commits, stats.committed_writes), (1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> Result<PgStateStats, PgStateError> {
         Ok(self.handle.ask(|reply| PgStateMsg(Op::Stats(reply)))?)
     }
