@@ -433,3 +433,179 @@ impl<S: Store> GroupCommit<S> {
         value
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The engine on a store that only writes down the steps it is asked
+    //! for: which writes pay for a savepoint, and what a failure undoes.
+
+    use std::sync::{Arc, Mutex};
+
+    use super::{GroupCommit, Outcome, Store};
+
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    struct FakeStore {
+        log: Log,
+        open: bool,
+    }
+
+    impl FakeStore {
+        fn step(&mut self, step: &str) {
+            self.log.lock().unwrap().push(step.to_owned());
+        }
+    }
+
+    /// A write that succeeds, fails or panics, and logs its answer.
+    struct FakeOp {
+        name: &'static str,
+        outcome: Result<(), &'static str>,
+        panics: bool,
+        log: Log,
+    }
+
+    impl Outcome<String> for FakeOp {
+        fn is_asked(&self) -> bool {
+            true
+        }
+        fn wants_outcome(&self) -> bool {
+            true
+        }
+        fn describe(&self) -> &str {
+            self.name
+        }
+        fn succeed(self: Box<Self>) {
+            self.log.lock().unwrap().push(format!("{}: ok", self.name));
+        }
+        fn fail(self: Box<Self>, error: String) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{}: {error}", self.name));
+        }
+    }
+
+    impl Store for FakeStore {
+        type Op = FakeOp;
+        type Error = String;
+        type CommitFailure = String;
+        fn begin(&mut self) -> Result<(), String> {
+            self.open = true;
+            self.step("begin");
+            Ok(())
+        }
+        fn savepoint(&mut self) -> Result<(), String> {
+            self.step("savepoint");
+            Ok(())
+        }
+        fn release(&mut self) -> Result<(), String> {
+            self.step("release");
+            Ok(())
+        }
+        fn rollback_to(&mut self) -> Result<(), String> {
+            self.step("rollback-to");
+            Ok(())
+        }
+        fn commit(&mut self) -> Result<(), String> {
+            self.open = false;
+            self.step("commit");
+            Ok(())
+        }
+        fn rollback(&mut self) -> Result<(), String> {
+            if self.open {
+                self.open = false;
+                self.step("rollback");
+            }
+            Ok(())
+        }
+        fn in_transaction(&self) -> bool {
+            self.open
+        }
+        fn run(&mut self, op: &mut FakeOp) -> Result<(), String> {
+            self.step(&format!("run {}", op.name));
+            assert!(!op.panics, "{} panics", op.name);
+            op.outcome.map_err(str::to_owned)
+        }
+        fn aborted(reason: &'static str) -> String {
+            reason.to_owned()
+        }
+        fn commit_failed(failure: String) -> String {
+            failure
+        }
+    }
+
+    /// Runs `writes` as one batch and returns the steps and answers.
+    fn batch(writes: &[(&'static str, Result<(), &'static str>, bool)]) -> Vec<String> {
+        let log = Log::default();
+        let store = FakeStore {
+            log: log.clone(),
+            open: false,
+        };
+        let mut engine = GroupCommit::with_store(store, 100);
+        for &(name, outcome, panics) in writes {
+            let op = FakeOp {
+                name,
+                outcome,
+                panics,
+                log: log.clone(),
+            };
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                engine.handle_write(Box::new(op));
+            }));
+        }
+        engine.settle();
+        log.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn a_batch_of_one_write_pays_for_no_savepoint() {
+        assert_eq!(
+            batch(&[("a", Ok(()), false)]),
+            ["begin", "run a", "commit", "a: ok"]
+        );
+    }
+
+    #[test]
+    fn later_writes_run_in_savepoints_and_fail_alone() {
+        assert_eq!(
+            batch(&[
+                ("a", Ok(()), false),
+                ("b", Err("bad"), false),
+                ("c", Ok(()), false),
+                ("d", Ok(()), true),
+            ]),
+            [
+                "begin",
+                "run a",
+                "savepoint",
+                "run b",
+                "rollback-to",
+                "b: bad",
+                "savepoint",
+                "run c",
+                "release",
+                "savepoint",
+                "run d",
+                "rollback-to",
+                "commit",
+                "a: ok",
+                "c: ok",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failing_first_write_rolls_back_the_transaction_it_had_alone() {
+        assert_eq!(
+            batch(&[
+                ("a", Err("bad"), false),
+                ("b", Ok(()), true),
+                ("c", Ok(()), false),
+            ]),
+            [
+                "begin", "run a", "rollback", "a: bad", "begin", "run b", "rollback", "begin",
+                "run c", "commit", "c: ok",
+            ]
+        );
+    }
+}
