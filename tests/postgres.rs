@@ -612,6 +612,49 @@ fn a_claim_racing_in_flight_batches_never_lets_an_old_owner_commit_after_a_new_o
     });
 }
 
+#[test]
+fn a_claim_waits_for_a_batch_holding_the_partition_and_gives_up_after_its_timeout() {
+    within(|| {
+        let db = TestDb::new();
+        let rt = Runtime::new();
+        let old = spawn(&rt, &db, "old", Backend::Crossbeam);
+        assert_eq!(old.claim("p").unwrap(), 1);
+        let new = PgState::builder(db.url())
+            .owner("new")
+            .claim_timeout(Duration::from_millis(200))
+            .spawn(&rt, "new")
+            .unwrap();
+        // A batch frozen in flight: the partition's row share-locked, as
+        // the old owner's batch holds it from its check to its end.
+        let mut frozen = db.client();
+        frozen
+            .batch_execute(
+                "BEGIN; SELECT epoch FROM custody_epochs WHERE partition = 'p' FOR SHARE",
+            )
+            .unwrap();
+        let error = new.claim("p").unwrap_err();
+        assert!(
+            matches!(&error, PgStateError::Postgres(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)),
+            "{error:?}"
+        );
+        assert!(error.is_transient());
+        assert!(new.claims().unwrap().is_empty());
+        assert_eq!(db.count("SELECT epoch FROM custody_epochs"), 1);
+        // The batch ends; the claim goes through, and the old owner is fenced.
+        frozen.batch_execute("COMMIT").unwrap();
+        assert_eq!(new.claim("p").unwrap(), 2);
+        assert!(matches!(
+            old.apply("p", "late", |c| c.execute("SELECT 1", &[])),
+            Err(PgStateError::Fenced {
+                held: 1,
+                current: Some(2),
+                ..
+            })
+        ));
+        assert_eq!(new.stats().unwrap().claims, 1);
+    });
+}
+
 /// The environment variable that makes `pg_owner_process` run.
 const OWNER_CHILD_VAR: &str = "CUSTODY_PG_TEST_OWNER_URL";
 

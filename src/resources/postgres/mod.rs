@@ -5,11 +5,19 @@
 //!
 //! This module is the only place that names the `postgres` crate (and,
 //! through it, tokio, whose runtime that crate runs inside each
-//! connection). What it exposes is blocking and thread-based. Write
-//! closures get a [`PgConn`], a thin wrapper that keeps transaction control
-//! with the manager; parameters and rows are the `postgres` crate's own
-//! types (`ToSql`, `Row`), re-exported as [`client`], since wrapping every
-//! SQL type would only copy them.
+//! connection). What it exposes is blocking and thread-based.
+//!
+//! Write closures get a [`PgConn`], a thin wrapper of the manager's own,
+//! not the crate's `Transaction` or `Client`: a batch's transaction spans
+//! many messages, so no `Transaction` (which borrows the client for as long
+//! as it lives) can be handed to each write, and a bare `Client` would let a
+//! closure COMMIT the batch, or open a transaction of its own, past the
+//! fencing check. `PgConn` sends one statement at a time and refuses
+//! transaction control. What is left of the crate in the API is what
+//! wrapping would only copy: parameters (`ToSql`) and rows (`Row`), and the
+//! crate's `Error` as the source of [`PgStateError::Postgres`] and of the
+//! open errors; the crate is re-exported as [`client`] so that users name
+//! the same version.
 //!
 //! # How a batch is committed
 //!
@@ -75,9 +83,12 @@
 //!   failure): the batch is rolled back; [`PgStateError::Commit`].
 //! - *An owner frozen inside a transaction* holds its partitions' rows
 //!   share-locked, so a claim waits; the builder sets the session's
-//!   `idle_in_transaction_session_timeout` (60 s by default) so that the
+//!   `idle_in_transaction_session_timeout` (10 s by default) so that the
 //!   server ends such a session and releases its locks, and its owner's
-//!   writes then fail, or are fenced on its next batch.
+//!   writes then fail, or are fenced on its next batch. A claim waits for
+//!   such locks at most its claim timeout (30 s by default,
+//!   [`PgStateBuilder::claim_timeout`]), then fails with a transient error
+//!   (PostgreSQL's `lock_not_available`) and may be tried again.
 //! - *A claim whose connection is lost* may or may not have bumped the
 //!   epoch; its caller gets the error and claims again.
 //! - *An owner killed* (SIGKILL): its open transaction is rolled back by the
@@ -195,6 +206,7 @@ pub struct PgStateBuilder {
     max_batch: usize,
     connect_timeout: Duration,
     idle_in_transaction_timeout: Duration,
+    claim_timeout: Duration,
 }
 
 impl PgStateBuilder {
@@ -221,10 +233,19 @@ impl PgStateBuilder {
 
     /// The session's `idle_in_transaction_session_timeout`: a frozen owner's
     /// transaction is ended by the server after this long, releasing the
-    /// locks a new owner's claim waits for; 60 s by default, zero to turn
-    /// it off.
+    /// locks a new owner's claim waits for; 10 s by default, zero to turn
+    /// it off. A write closure that works longer than this between two
+    /// statements loses its batch.
     pub fn idle_in_transaction_timeout(mut self, timeout: Duration) -> Self {
         self.idle_in_transaction_timeout = timeout;
+        self
+    }
+
+    /// How long a claim waits for the previous owner's batch in flight
+    /// (its lock on the partition's row) before it fails with a transient
+    /// error; 30 s by default, zero to wait without a limit.
+    pub fn claim_timeout(mut self, timeout: Duration) -> Self {
+        self.claim_timeout = timeout;
         self
     }
 
@@ -257,7 +278,8 @@ impl PgStateBuilder {
                 .as_millis()
                 .min(i32::MAX as u128)
         );
-        let session = Session::connect(config, setup, owner)?;
+        let claim_timeout_ms = self.claim_timeout.as_millis().min(i32::MAX as u128) as i32;
+        let session = Session::connect(config, setup, owner, claim_timeout_ms)?;
         Ok(PgState {
             engine: GroupCommit::with_store(session, self.max_batch),
         })
@@ -309,7 +331,8 @@ impl PgState {
             owner: None,
             max_batch: DEFAULT_MAX_BATCH_WRITES,
             connect_timeout: Duration::from_secs(10),
-            idle_in_transaction_timeout: Duration::from_secs(60),
+            idle_in_transaction_timeout: Duration::from_secs(10),
+            claim_timeout: Duration::from_secs(30),
         }
     }
 

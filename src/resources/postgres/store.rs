@@ -117,6 +117,8 @@ pub(crate) struct Session {
     /// The session settings, run again on every new connection.
     setup: String,
     owner: String,
+    /// `lock_timeout` of a claim, in milliseconds (0: none).
+    claim_timeout_ms: i32,
     /// Statements prepared on this connection, by SQL text.
     statements: HashMap<String, Statement>,
     /// A transaction is open (`BEGIN` succeeded, no COMMIT or ROLLBACK yet).
@@ -159,6 +161,7 @@ impl Session {
         config: Config,
         setup: String,
         owner: String,
+        claim_timeout_ms: i32,
     ) -> Result<Session, super::PgOpenError> {
         let mut client = config.connect(NoTls).map_err(super::PgOpenError::Connect)?;
         client
@@ -172,6 +175,7 @@ impl Session {
             config,
             setup,
             owner,
+            claim_timeout_ms,
             statements: HashMap::new(),
             tx_open: false,
             tx_failed: false,
@@ -281,7 +285,24 @@ impl Session {
     pub(super) fn claim(&mut self, partition: &str) -> Result<i64, PgStateError> {
         self.reconnect_if_closed()?;
         let owner = self.owner.clone();
-        let row = self.query_opt(CLAIM, &[&partition, &owner])?;
+        // In a transaction of its own, for a lock timeout of its own.
+        let begin = format!("BEGIN; SET LOCAL lock_timeout = {}", self.claim_timeout_ms);
+        let claimed = self
+            .control(&begin)
+            .and_then(|()| self.query_opt(CLAIM, &[&partition, &owner]))
+            .and_then(|row| {
+                self.control("COMMIT")?;
+                Ok(row)
+            });
+        let row = match claimed {
+            Ok(row) => row,
+            Err(error) => {
+                if !self.client.is_closed() {
+                    let _ = self.client.batch_execute("ROLLBACK");
+                }
+                return Err(error);
+            }
+        };
         let epoch: i64 = row.map_or(0, |row| row.get(0));
         self.claims.insert(partition.to_owned(), epoch);
         self.fenced.remove(partition);
