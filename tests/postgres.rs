@@ -21,6 +21,36 @@ use custody::resources::postgres::{
 };
 use custody::{AskError, Backend, Runtime};
 
+/// The TCP proxy of the broker tests, here between a manager and
+/// PostgreSQL: it cuts every connection through it on demand.
+#[allow(dead_code)]
+#[path = "common/proxy.rs"]
+mod proxy;
+
+/// For `proxy`: `url`'s server address, and `url` through the proxy on
+/// `port`.
+fn through_proxy(url: &str, port: u16) -> (String, String) {
+    let authority_start = url
+        .find('@')
+        .map_or_else(|| url.find("://").unwrap() + 3, |at| at + 1);
+    let authority_end = url[authority_start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |end| authority_start + end);
+    let upstream = url[authority_start..authority_end].to_owned();
+    let proxied = format!(
+        "{}127.0.0.1:{port}{}",
+        &url[..authority_start],
+        &url[authority_end..]
+    );
+    (upstream, proxied)
+}
+
+/// For `proxy`: the server (unused here, each test names its database).
+#[allow(dead_code)]
+fn url() -> String {
+    server()
+}
+
 /// Runs `f` on a thread of its own and fails the test if it takes longer
 /// than `limit` (a hang becomes a failure).
 fn within_limit<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -829,6 +859,84 @@ fn a_terminated_session_fails_only_its_moment_and_the_manager_connects_again() {
         }
         assert_eq!(state.stats().unwrap().reconnects, 1);
         assert_eq!(db.count("SELECT count(*) FROM rows WHERE epoch = 1"), 1);
+    });
+}
+
+#[test]
+fn connections_cut_mid_load_lose_no_acknowledged_write_and_apply_none_twice() {
+    within_limit(Duration::from_secs(120), || {
+        let db = TestDb::new();
+        db.client().batch_execute(ROWS).unwrap();
+        let proxy = proxy::Proxy::to(&db.url());
+        let rt = Runtime::new();
+        let state = PgState::builder(proxy.url.clone())
+            .owner("cut")
+            .connect_timeout(Duration::from_secs(5))
+            .spawn(&rt, "state")
+            .unwrap();
+        state.claim("p").unwrap();
+        let answered = Arc::new(AtomicU64::new(0));
+        let unknown = Arc::new(AtomicU64::new(0));
+        const WRITERS: usize = 4;
+        const PER_WRITER: usize = 150;
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (state, answered, unknown) = (state.clone(), answered.clone(), unknown.clone());
+                thread::spawn(move || {
+                    for i in 0..PER_WRITER {
+                        let id = format!("c{w}-{i}");
+                        // A producer sends an id again until it is answered.
+                        loop {
+                            let key = id.clone();
+                            match state.apply("p", id.clone(), move |c| insert_row(c, &key)) {
+                                Ok(_) => break,
+                                Err(e) if e.is_transient() => {
+                                    if matches!(e, PgStateError::CommitOutcomeUnknown(_)) {
+                                        unknown.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    thread::sleep(Duration::from_millis(5));
+                                }
+                                Err(e) => panic!("{id}: {e}"),
+                            }
+                        }
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let mut cuts = 0;
+        for round in 1..=5u64 {
+            // Cut once the writers are well into their load.
+            while answered.load(Ordering::Relaxed) < round * 80 {
+                thread::yield_now();
+            }
+            cuts += proxy.cut();
+            proxy.restore();
+        }
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        assert!(cuts >= 5, "the manager's connection was cut {cuts} times");
+        let per_id: BTreeMap<String, i64> = db
+            .client()
+            .query("SELECT id, count(*) FROM rows GROUP BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(
+            per_id.len(),
+            WRITERS * PER_WRITER,
+            "an answered write is missing"
+        );
+        assert!(per_id.values().all(|&n| n == 1), "an id applied twice");
+        let stats = state.stats().unwrap();
+        assert!(stats.reconnects >= 5, "{stats:?}");
+        eprintln!(
+            "{cuts} cuts, {} reconnects, {} commits with an unknown outcome",
+            stats.reconnects,
+            unknown.load(Ordering::Relaxed)
+        );
     });
 }
 
