@@ -474,6 +474,67 @@ fn duplicate_message_ids_are_applied_once_under_concurrent_senders() {
 }
 
 #[test]
+fn message_ids_are_recorded_exactly_as_given() {
+    within(|| {
+        let db = TestDb::new();
+        let rt = Runtime::new();
+        let state = spawn(&rt, &db, "state", Backend::Crossbeam);
+        create_rows(&state);
+        state.claim("it's \\ p").unwrap();
+        let ids = [
+            "plain",
+            "it's",
+            r"back\slash",
+            r"\'); DROP TABLE rows; --",
+            "naïve ✓",
+            "",
+        ];
+        // One batch, so that all but the first go out with their savepoint.
+        for round in 0..2 {
+            let (go, holder) = hold(&state);
+            let asks: Vec<_> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let sender = state.clone();
+                    let id = id.to_string();
+                    let ask = thread::spawn(move || {
+                        let key = id.clone();
+                        sender.apply("it's \\ p", id, move |c| insert_row(c, &key))
+                    });
+                    wait_queued(&state, i + 1);
+                    ask
+                })
+                .collect();
+            go.send(()).unwrap();
+            holder.join().unwrap();
+            for ask in asks {
+                let applied = ask.join().unwrap().unwrap();
+                assert_eq!(applied.is_duplicate(), round == 1);
+            }
+        }
+        let recorded: BTreeSet<(String, String)> = db
+            .client()
+            .query("SELECT partition, message_id FROM custody_applied", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let expected: BTreeSet<(String, String)> = ids
+            .iter()
+            .map(|id| ("it's \\ p".to_owned(), id.to_string()))
+            .collect();
+        assert_eq!(recorded, expected);
+        assert_eq!(db.count("SELECT count(*) FROM rows"), ids.len() as i64);
+        // A NUL cannot be stored: that write fails alone.
+        let error = state
+            .apply("it's \\ p", "nul\0", |c| insert_row(c, "nul"))
+            .unwrap_err();
+        assert!(matches!(error, PgStateError::Postgres(_)), "{error:?}");
+    });
+}
+
+#[test]
 fn a_zombie_owner_is_fenced_and_commits_nothing_after_the_new_owner() {
     within(|| {
         let db = TestDb::new();

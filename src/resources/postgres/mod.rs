@@ -38,8 +38,10 @@
 //!                                 Duplicate, the closure is not run)
 //!                               the closure's statements
 //!                               error -> ROLLBACK TO + RELEASE, answer now
-//!                               ok    -> hold the answer (the RELEASE goes
-//!                                        out with the next SAVEPOINT)
+//!                               ok    -> hold the answer
+//! (the RELEASE and the SAVEPOINT are not sent on their own: they go out in
+//! one round trip with the message id's INSERT, or just before the write's
+//! first statement, and a COMMIT makes a trailing RELEASE moot)
 //! mailbox dry, batch full,
 //! a call or a claim, stopping:  COMMIT, then answer every held write
 //! ```

@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use ::postgres::types::ToSql;
-use ::postgres::{Client, Config, NoTls, Row, Statement};
+use ::postgres::{Client, Config, NoTls, Row, SimpleQueryMessage, Statement};
 
 use super::PgStateError;
 use crate::resources::group_commit::{Outcome, Store};
@@ -130,9 +130,11 @@ pub(crate) struct Session {
     sp_open: bool,
     /// A statement failed inside the open savepoint.
     sp_failed: bool,
-    /// The last write's savepoint is kept but not yet released: the release
-    /// travels with the next savepoint, or the COMMIT ends it.
-    release_pending: bool,
+    /// Savepoint control owed before the next statement (the last write's
+    /// RELEASE, the next write's SAVEPOINT): it travels with that statement
+    /// when it can (a message id's INSERT), else just before it; a COMMIT
+    /// or ROLLBACK makes it moot.
+    pending: String,
     /// Statements that failed since the session opened (to catch a write
     /// that swallowed an error).
     statement_errors: u64,
@@ -181,7 +183,7 @@ impl Session {
             tx_failed: false,
             sp_open: false,
             sp_failed: false,
-            release_pending: false,
+            pending: String::new(),
             statement_errors: 0,
             claims: BTreeMap::new(),
             fenced: HashMap::new(),
@@ -225,6 +227,7 @@ impl Session {
     }
 
     fn statement(&mut self, sql: &str) -> Result<Statement, PgStateError> {
+        self.flush_pending()?;
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
@@ -260,13 +263,13 @@ impl Session {
         self.note(result)
     }
 
-    /// Sends the release that the last write's savepoint still owes.
-    fn flush_release(&mut self) -> Result<(), PgStateError> {
-        if self.release_pending {
-            self.release_pending = false;
-            self.control("RELEASE custody_write")?;
+    /// Sends the savepoint control still owed.
+    fn flush_pending(&mut self) -> Result<(), PgStateError> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let pending = std::mem::take(&mut self.pending);
+        self.control(&pending)
     }
 
     /// Forgets the transaction's state once it ended.
@@ -275,7 +278,7 @@ impl Session {
         self.tx_failed = false;
         self.sp_open = false;
         self.sp_failed = false;
-        self.release_pending = false;
+        self.pending.clear();
         self.checked.clear();
     }
 
@@ -344,7 +347,6 @@ impl Session {
         if self.checked.contains(partition) {
             return Ok(held);
         }
-        self.flush_release()?;
         let row = self.query_opt(CHECK_EPOCH, &[&partition])?;
         let current: Option<i64> = row.map(|row| row.get(0));
         if current == Some(held) {
@@ -380,7 +382,28 @@ impl Session {
         message_id: &str,
     ) -> Result<bool, PgStateError> {
         let epoch = self.epoch_of(partition).unwrap_or(0);
-        let recorded = self.execute(RECORD_APPLIED, &[&partition, &message_id, &epoch])?;
+        let recorded = match (literal(partition), literal(message_id)) {
+            // The savepoint control owed goes out with the INSERT, in one
+            // round trip (the simple protocol: literals, no parameters).
+            (Some(partition), Some(message_id)) if !self.pending.is_empty() => {
+                let sql = format!(
+                    "{}INSERT INTO custody_applied (partition, message_id, epoch) \
+                     VALUES ({partition}, {message_id}, {epoch}) ON CONFLICT DO NOTHING",
+                    std::mem::take(&mut self.pending)
+                );
+                let result = self.client.simple_query(&sql);
+                let messages = self.note(result)?;
+                messages
+                    .iter()
+                    .rev()
+                    .find_map(|m| match m {
+                        SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
+                        _ => None,
+                    })
+                    .unwrap_or(0)
+            }
+            _ => self.execute(RECORD_APPLIED, &[&partition, &message_id, &epoch])?,
+        };
         if recorded == 0 {
             self.stats.duplicates += 1;
         }
@@ -425,12 +448,8 @@ impl Store for Session {
     }
 
     fn savepoint(&mut self) -> Result<(), PgStateError> {
-        if self.release_pending {
-            self.release_pending = false;
-            self.control("RELEASE custody_write; SAVEPOINT custody_write")?;
-        } else {
-            self.control("SAVEPOINT custody_write")?;
-        }
+        // Sent with (or just before) the write's first statement.
+        self.pending.push_str("SAVEPOINT custody_write;");
         self.sp_open = true;
         self.sp_failed = false;
         Ok(())
@@ -440,16 +459,20 @@ impl Store for Session {
         if self.sp_failed {
             return Err(PgStateError::IgnoredError);
         }
-        // Sent with the next savepoint, or made moot by the COMMIT.
+        // Sent with the next write's statements, or made moot by the COMMIT.
         self.sp_open = false;
-        self.release_pending = true;
+        self.pending.push_str("RELEASE custody_write;");
         Ok(())
     }
 
     fn rollback_to(&mut self) -> Result<(), PgStateError> {
         self.sp_open = false;
         self.sp_failed = false;
-        self.control("ROLLBACK TO custody_write; RELEASE custody_write")
+        let sql = format!(
+            "{}ROLLBACK TO custody_write; RELEASE custody_write",
+            std::mem::take(&mut self.pending)
+        );
+        self.control(&sql)
     }
 
     fn commit(&mut self) -> Result<(), CommitFailure> {
@@ -505,6 +528,26 @@ impl Store for Session {
             },
         }
     }
+}
+
+/// `text` as an SQL string literal (an escape string, so that its meaning
+/// does not depend on `standard_conforming_strings`); `None` for text with
+/// a NUL, which PostgreSQL refuses (the parameterized path reports it).
+fn literal(text: &str) -> Option<String> {
+    if text.contains('\0') {
+        return None;
+    }
+    let mut quoted = String::with_capacity(text.len() + 3);
+    quoted.push_str("E'");
+    for c in text.chars() {
+        match c {
+            '\'' => quoted.push_str("''"),
+            '\\' => quoted.push_str("\\\\"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('\'');
+    Some(quoted)
 }
 
 /// The first keyword of `sql`, past blanks and comments, upper-cased, and
@@ -695,7 +738,19 @@ impl fmt::Debug for PgConn<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_transaction_control;
+    use super::{is_transaction_control, literal};
+
+    #[test]
+    fn literals_escape_quotes_and_backslashes_and_refuse_nul() {
+        assert_eq!(literal("m-1").unwrap(), "E'm-1'");
+        assert_eq!(literal("it's").unwrap(), "E'it''s'");
+        assert_eq!(
+            literal(r"a\'); DROP TABLE t; --").unwrap(),
+            r"E'a\\''); DROP TABLE t; --'"
+        );
+        assert_eq!(literal("").unwrap(), "E''");
+        assert_eq!(literal("nul\0"), None);
+    }
 
     #[test]
     fn transaction_control_is_recognized_past_blanks_and_comments() {
