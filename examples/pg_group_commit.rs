@@ -8,7 +8,8 @@
 //! Needs the PostgreSQL server at `CUSTODY_PG_URL` (a URL without a database
 //! name; default `postgres://postgres@127.0.0.1:5432`); makes a database of
 //! its own and drops it. `--full` measures (5 rounds of 2,000 writes each);
-//! without it, a short run checks that everything works.
+//! without it, a short run checks that everything works. `--writers 1,16`
+//! measures only those writer counts.
 //!
 //! ```text
 //! cargo run --release --features postgres --example pg_group_commit -- --full
@@ -111,7 +112,15 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let full = std::env::args().any(|a| a == "--full");
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|a| a == "--full");
+    // `--writers 1,16`: only those writer counts.
+    let writer_counts: Vec<usize> = args
+        .iter()
+        .position(|a| a == "--writers")
+        .and_then(|i| args.get(i + 1))
+        .map(|list| list.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 16, 64]);
     let (rounds, total) = if full { (5, 2000) } else { (1, 128) };
     let db = Db::create();
     let rt = Runtime::new();
@@ -132,7 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:>7}  {:<22} {:>10} {:>10} {:>10} {:>8}",
         "writers", "design", "writes/s", "p50", "p99", "ratio"
     );
-    for writers in [1, 16, 64] {
+    for writers in writer_counts {
         let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
         for round in 0..rounds {
             // Alternate the designs, each owning the partition while it runs.

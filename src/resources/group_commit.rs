@@ -402,7 +402,7 @@ impl<S: Store> GroupCommit<S> {
 
     /// Rolls the open batch back, failing its held writes with the store's
     /// `aborted(reason)`.
-    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // RemoteDatabase
+    #[cfg_attr(not(all(feature = "amqp", feature = "sqlite")), allow(dead_code))] // RemoteDatabase
     pub(crate) fn abandon_batch(&mut self, reason: &'static str) {
         self.restore();
         if self.in_transaction {
@@ -412,7 +412,7 @@ impl<S: Store> GroupCommit<S> {
 
     /// The store, when no batch is open (for work of its own transaction);
     /// `None` while a batch is open.
-    #[cfg_attr(not(feature = "amqp"), allow(dead_code))] // RemoteDatabase
+    #[cfg_attr(not(all(feature = "amqp", feature = "sqlite")), allow(dead_code))] // RemoteDatabase
     pub(crate) fn store_between_batches(&mut self) -> Option<&mut S> {
         self.restore();
         (!self.in_transaction).then_some(&mut self.store)

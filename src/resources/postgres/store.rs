@@ -329,7 +329,10 @@ impl Session {
     /// The fencing check of `partition` in the open transaction: its epoch
     /// is still the one claimed (and now share-locked until the end of the
     /// transaction). A changed epoch fences the partition: this owner
-    /// steps down for it.
+    /// steps down for it. It runs outside any write's savepoint (the
+    /// engine's `prepare`, with the savepoint control owed sent first): a
+    /// row lock taken inside a savepoint that is rolled back is released,
+    /// and would let a claim through before this batch commits.
     fn check_partition(&mut self, partition: &str) -> Result<i64, PgStateError> {
         if let Some(&(held, current)) = self.fenced.get(partition) {
             self.stats.fenced_writes += 1;
