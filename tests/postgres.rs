@@ -535,6 +535,34 @@ fn message_ids_are_recorded_exactly_as_given() {
 }
 
 #[test]
+fn pruned_message_ids_are_applied_again_and_newer_ones_are_kept() {
+    within(|| {
+        let db = TestDb::new();
+        let rt = Runtime::new();
+        let state = spawn(&rt, &db, "state", Backend::Flume);
+        create_rows(&state);
+        state.claim("p").unwrap();
+        for id in ["a", "b"] {
+            state.apply("p", id, move |c| insert_row(c, id)).unwrap();
+        }
+        assert_eq!(state.prune_applied(Duration::from_secs(3600)).unwrap(), 0);
+        assert!(
+            state
+                .apply("p", "a", |c| insert_row(c, "a"))
+                .unwrap()
+                .is_duplicate()
+        );
+        assert_eq!(state.prune_applied(Duration::ZERO).unwrap(), 2);
+        assert_eq!(db.count("SELECT count(*) FROM custody_applied"), 0);
+        assert_eq!(
+            state.apply("p", "a", |c| insert_row(c, "a")).unwrap(),
+            Applied::Done(1)
+        );
+        assert_eq!(db.count("SELECT count(*) FROM rows WHERE id = 'a'"), 2);
+    });
+}
+
+#[test]
 fn a_zombie_owner_is_fenced_and_commits_nothing_after_the_new_owner() {
     within(|| {
         let db = TestDb::new();

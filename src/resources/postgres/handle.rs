@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use super::store::{PgConn, PgWriteOp, Session};
 use super::{Applied, PgStateError, PgStateStats, RefusedPgWrite};
@@ -299,6 +300,40 @@ impl PgStateHandle {
             PgStateMsg(Op::Call(Box::new(move |session: &mut Session| {
                 reply.send(session.between_batches().map(|mut conn| f(&mut conn)));
             })))
+        })?
+    }
+
+    /// Deletes the message ids applied longer than `older_than` ago from
+    /// `custody_applied`, in every partition, and returns how many. A write
+    /// sent again with a pruned id is applied again: keep ids for longer
+    /// than any sender may retry. Run between batches, in a transaction of
+    /// its own.
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](PgStateHandle::call), and [`PgStateError::Postgres`] if
+    /// the DELETE failed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use custody::Runtime;
+    /// use custody::resources::postgres::PgState;
+    ///
+    /// let rt = Runtime::new();
+    /// let state = PgState::builder("postgres://postgres@127.0.0.1/app").spawn(&rt, "state")?;
+    /// let pruned = state.prune_applied(Duration::from_secs(7 * 24 * 3600))?;
+    /// # let _ = pruned;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn prune_applied(&self, older_than: Duration) -> Result<u64, PgStateError> {
+        let seconds = older_than.as_secs_f64();
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM custody_applied WHERE applied_at < now() - make_interval(secs => $1)",
+                &[&seconds],
+            )
         })?
     }
 
