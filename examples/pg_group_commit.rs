@@ -3,11 +3,11 @@
 //! concurrent writers, group-committed (one transaction per drained batch)
 //! beside one transaction per write (`max_batch(1)`) on the same kind of
 //! connection, run side by side, alternating, in one run. Medians over the
-//! rounds.
+//! rounds; the ratio is the median of each round's paired ratio.
 //!
 //! Needs the PostgreSQL server at `CUSTODY_PG_URL` (a URL without a database
 //! name; default `postgres://postgres@127.0.0.1:5432`); makes a database of
-//! its own and drops it. `--full` measures (5 rounds of 2,000 writes each);
+//! its own and drops it. `--full` measures (11 rounds of 1,000 writes each);
 //! without it, a short run checks that everything works. `--writers 1,16`
 //! measures only those writer counts.
 //!
@@ -121,7 +121,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|i| args.get(i + 1))
         .map(|list| list.split(',').filter_map(|n| n.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 16, 64]);
-    let (rounds, total) = if full { (5, 2000) } else { (1, 128) };
+    let (rounds, total) = if full { (11, 1000) } else { (1, 128) };
     let db = Db::create();
     let rt = Runtime::new();
     let grouped = PgState::builder(db.url())
@@ -135,14 +135,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     grouped.claim("p")?;
 
     println!(
-        "PostgreSQL, fenced exactly-once writes; median of {rounds} round(s) of {total} writes\n"
+        "PostgreSQL, fenced exactly-once writes; median of {rounds} round(s) of {total} writes \
+         (ratio: the median of each round's pair)\n"
     );
     println!(
-        "{:>7}  {:<22} {:>10} {:>10} {:>10} {:>8}",
-        "writers", "design", "writes/s", "p50", "p99", "ratio"
+        "{:>7}  {:<22} {:>10} {:>10} {:>10} {:>8} {:>9}",
+        "writers", "design", "writes/s", "p50", "p99", "ratio", "w/commit"
     );
     for writers in writer_counts {
         let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
+        let before = grouped.stats()?;
         for round in 0..rounds {
             // Alternate the designs, each owning the partition while it runs.
             for (which, state) in [&grouped, &single].into_iter().enumerate() {
@@ -151,34 +153,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 samples[which].push(measure(state, &tag, writers, total));
             }
         }
+        let after = grouped.stats()?;
+        let per_commit = (after.committed_writes - before.committed_writes) as f64
+            / (after.commits - before.commits).max(1) as f64;
         let rate = |s: &Vec<Sample>| median(s.iter().map(|x| x.per_sec).collect());
         let p = |s: &Vec<Sample>, f: fn(&Sample) -> Duration| {
             Duration::from_secs_f64(median(s.iter().map(|x| f(x).as_secs_f64()).collect()))
         };
-        let base = rate(&samples[1]);
+        // Paired: each round's two runs are next to each other in time, so
+        // their ratio is steadier than the ratio of the medians on a host
+        // whose load (and disk flush time) changes.
+        let ratio = median(
+            samples[0]
+                .iter()
+                .zip(&samples[1])
+                .map(|(g, s)| g.per_sec / s.per_sec)
+                .collect(),
+        );
         for (which, name) in ["group commit", "one transaction/write"]
             .into_iter()
             .enumerate()
         {
             let s = &samples[which];
             println!(
-                "{:>7}  {:<22} {:>10.0} {:>10.2?} {:>10.2?} {:>7.1}x",
+                "{:>7}  {:<22} {:>10.0} {:>10.2?} {:>10.2?} {:>7.1}x {:>9.1}",
                 writers,
                 name,
                 rate(s),
                 p(s, |x| x.p50),
                 p(s, |x| x.p99),
-                rate(s) / base
+                if which == 0 { ratio } else { 1.0 },
+                if which == 0 { per_commit } else { 1.0 }
             );
         }
     }
-    let stats = grouped.stats()?;
-    println!(
-        "\ngroup commit: {} writes in {} commits ({:.1} writes per commit)",
-        stats.committed_writes,
-        stats.commits,
-        stats.committed_writes as f64 / stats.commits.max(1) as f64
-    );
     grouped.stop();
     single.stop();
     grouped.join()?;
