@@ -1047,3 +1047,15 @@ fn an_unreachable_server_at_open_is_a_typed_error() {
         assert!(matches!(error, PgOpenError::EmptyOwner), "{error:?}");
     });
 }
+
+#[test]
+fn handles_and_errors_cross_threads() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    send_sync::<PgStateHandle>();
+    send_sync::<PgStateStats>();
+    send_sync::<Applied<String>>();
+    error::<PgStateError>();
+    error::<PgOpenError>();
+    error::<custody::resources::postgres::RefusedPgWrite<fn()>>();
+}
