@@ -64,7 +64,13 @@
 //!   under, so the order of owners can be checked from the tables.
 //!
 //! At every moment, at most one owner of a partition can commit writes to
-//! it. What the check does not cover: unfenced writes
+//! it. The check comes before the partition's first write in the batch
+//! rather than just before the COMMIT: the lock then covers every write of
+//! the batch to that partition, a fenced owner's closures never run (nor
+//! anything they would do outside the database), and the writes refused
+//! are those of the fenced partition only, not the whole batch. It runs
+//! outside any write's savepoint, since rolling a savepoint back releases
+//! the row locks taken inside it. What the check does not cover: unfenced writes
 //! ([`write`](PgStateHandle::write)), and rows a closure writes outside the
 //! partition its write names.
 //!
