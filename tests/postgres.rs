@@ -732,6 +732,89 @@ fn a_claim_racing_in_flight_batches_never_lets_an_old_owner_commit_after_a_new_o
 }
 
 #[test]
+fn a_claim_waits_for_the_old_owners_batch_in_flight_which_commits_before_it() {
+    within(|| {
+        let db = TestDb::new();
+        let rt = Runtime::new();
+        let old = spawn(&rt, &db, "old", Backend::Flume);
+        let new = spawn(&rt, &db, "new", Backend::Crossbeam);
+        create_rows(&old);
+        old.claim("p").unwrap();
+        // The old owner's batch: one write done, the next one stopped inside
+        // the transaction (the partition's row share-locked since the first).
+        let (inside_tx, inside_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let (first, second) = {
+            let (a, b) = (old.clone(), old.clone());
+            let (go, holder) = hold(&old);
+            let first = thread::spawn(move || a.apply("p", "old-0", |c| insert_row(c, "old-0")));
+            wait_queued(&old, 1);
+            let second = thread::spawn(move || {
+                b.apply("p", "old-1", move |c| {
+                    insert_row(c, "old-1")?;
+                    inside_tx.send(()).unwrap();
+                    let _ = go_rx.recv();
+                    Ok(1)
+                })
+            });
+            wait_queued(&old, 2);
+            go.send(()).unwrap();
+            holder.join().unwrap();
+            (first, second)
+        };
+        inside_rx.recv().unwrap();
+        // The claim waits on the row lock.
+        let claimer = new.clone();
+        let claim = thread::spawn(move || claimer.claim("p"));
+        let mut watcher = db.client();
+        loop {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            if waiting == 1 {
+                break;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!claim.is_finished());
+        // The batch goes on and commits; only then does the claim go through.
+        go_tx.send(()).unwrap();
+        assert_eq!(first.join().unwrap().unwrap(), Applied::Done(1));
+        assert_eq!(second.join().unwrap().unwrap(), Applied::Done(1));
+        assert_eq!(claim.join().unwrap().unwrap(), 2);
+        new.apply("p", "new-0", |c| insert_row(c, "new-0")).unwrap();
+        assert!(matches!(
+            old.apply("p", "old-2", |c| insert_row(c, "old-2")),
+            Err(PgStateError::Fenced {
+                held: 1,
+                current: Some(2),
+                ..
+            })
+        ));
+        let order: Vec<(String, i64)> = db
+            .client()
+            .query("SELECT id, epoch FROM rows ORDER BY seq", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("old-0".to_owned(), 1),
+                ("old-1".to_owned(), 1),
+                ("new-0".to_owned(), 2)
+            ]
+        );
+    });
+}
+
+#[test]
 fn a_claim_waits_for_a_batch_holding_the_partition_and_gives_up_after_its_timeout() {
     within(|| {
         let db = TestDb::new();
