@@ -240,7 +240,8 @@ impl<S: Store> GroupCommit<S> {
         }
     }
 
-    /// Answers a failed write now (or logs it, for a write nobody waits for).
+    /// Answers a failed write now (or logs it, for a write nobody waits
+    /// for); a write that wants its outcome is told it, asked or not.
     fn reject(&mut self, op: Box<S::Op>, error: S::Error) {
         self.counters.failed_writes += 1;
         if op.is_asked() {
@@ -249,7 +250,9 @@ impl<S: Store> GroupCommit<S> {
             self.counters.failed_told_writes += 1;
             tracing::warn!(write = op.describe(), %error, "a told write failed");
         }
-        op.fail(error);
+        if op.wants_outcome() {
+            op.fail(error);
+        }
     }
 
     /// Undoes the write in hand: its savepoint, or, for a bare write, the
