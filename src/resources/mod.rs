@@ -6,6 +6,9 @@
 //!   connection whose writes are group-committed.
 //! - `RemoteDatabase` (features `amqp` and `sqlite`): a `Database` served from
 //!   a broker queue, whose writes carry ids and take effect exactly once.
+//! - `postgres::PgState` (feature `postgres`): state in PostgreSQL, reachable
+//!   from any owner process: group-committed writes, exactly-once effects by
+//!   message id, and a fencing epoch per partition.
 //!
 //! Each manager comes with a message enum (or opaque message type) and a
 //! handle wrapper ([`CounterHandle`], [`PrinterHandle`], `DatabaseHandle`)
@@ -89,6 +92,11 @@ use lifecycle;
 mod counter;
 #[cfg(feature = "sqlite")]
 mod database;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod group_commit;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 mod printer;
 #[cfg(all(feature = "amqp", feature = "sqlite"))]
 mod remote_database;
