@@ -1142,3 +1142,65 @@ fn handles_and_errors_cross_threads() {
     error::<PgOpenError>();
     error::<custody::resources::postgres::RefusedPgWrite<fn()>>();
 }
+
+/// The awaitable twins from a one-thread tokio executor with many tasks at
+/// once: claims, writes, fenced applies (each id once, duplicates answered
+/// as such) and reads, all answered after their commits.
+#[test]
+fn awaited_writes_and_applies_from_many_tasks_are_each_committed_once() {
+    per_backend(|backend| {
+        let db = TestDb::new();
+        let rt = Runtime::new();
+        let state = spawn(&rt, &db, "state", backend);
+        let executor = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        const TASKS: usize = 16;
+        const IDS: usize = 20;
+        let (done, duplicates) = executor.block_on(async {
+            state.write_async(|c| c.execute(ROWS, &[])).await.unwrap();
+            assert_eq!(state.claim_async("p").await.unwrap(), 1);
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|t| {
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        let (mut done, mut duplicates) = (0, 0);
+                        for i in 0..IDS {
+                            let id = format!("m{}", (i + t) % IDS);
+                            let key = id.clone();
+                            match state
+                                .apply_async("p", id, move |c| insert_row(c, &key))
+                                .await
+                                .unwrap()
+                            {
+                                Applied::Done(1) => done += 1,
+                                Applied::Duplicate => duplicates += 1,
+                                other => panic!("{other:?}"),
+                            }
+                        }
+                        (done, duplicates)
+                    })
+                })
+                .collect();
+            let (mut done, mut duplicates) = (0, 0);
+            for task in tasks {
+                let (d, u) = task.await.unwrap();
+                done += d;
+                duplicates += u;
+            }
+            let rows = state
+                .call_async(|c| {
+                    c.query_one("SELECT count(*) FROM rows", &[])
+                        .map(|r| r.get::<_, i64>(0))
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(rows, IDS as i64, "every id once");
+            (done, duplicates)
+        });
+        assert_eq!(done, IDS, "each id applied by exactly one task");
+        assert_eq!(duplicates, TASKS * IDS - IDS);
+        assert_eq!(db.count("SELECT count(*) FROM custody_applied"), IDS as i64);
+    });
+}

@@ -445,6 +445,100 @@ impl PgStateHandle {
         })?
     }
 
+    /// The awaitable [`claim`](PgStateHandle::claim).
+    ///
+    /// # Errors
+    ///
+    /// As [`claim`](PgStateHandle::claim).
+    pub fn claim_async(
+        &self,
+        partition: impl Into<String>,
+    ) -> impl Future<Output = Result<i64, PgStateError>> + Send + '_ {
+        let partition = partition.into();
+        let ask = self
+            .handle
+            .ask_async(|reply| PgStateMsg(Op::Claim(partition, reply)));
+        async move { ask.await? }
+    }
+
+    /// The awaitable [`call`](PgStateHandle::call).
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](PgStateHandle::call).
+    pub fn call_async<T, F>(
+        &self,
+        f: F,
+    ) -> impl Future<Output = Result<T, PgStateError>> + Send + '_
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut PgConn<'_>) -> T + Send + 'static,
+    {
+        let ask = self.handle.ask_async(|reply| {
+            PgStateMsg(Op::Call(Box::new(move |session: &mut Session| {
+                reply.send(session.between_batches().map(|mut conn| f(&mut conn)));
+            })))
+        });
+        async move { ask.await? }
+    }
+
+    /// The awaitable [`write`](PgStateHandle::write): resolves with `f`'s
+    /// value once its batch is committed, without blocking the thread that
+    /// polls it. Dropped before it resolves, the write may still be
+    /// committed (see [cancel safety](crate::future#cancel-safety)).
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](PgStateHandle::write).
+    pub fn write_async<T, F>(
+        &self,
+        f: F,
+    ) -> impl Future<Output = Result<T, PgStateError>> + Send + '_
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut PgConn<'_>) -> Result<T, PgStateError> + Send + 'static,
+    {
+        let ask = self.handle.ask_async(|reply| {
+            PgStateMsg(Op::Write(Box::new(WriteOp {
+                work: Some(f),
+                value: None,
+                reply: Some(reply),
+            })))
+        });
+        async move { ask.await? }
+    }
+
+    /// The awaitable [`apply`](PgStateHandle::apply): fenced, once per
+    /// message id, resolved after the commit. Dropped before it resolves,
+    /// the write may still be committed; apply it again with the same id to
+    /// learn its outcome (a `Duplicate` if it was).
+    ///
+    /// # Errors
+    ///
+    /// As [`apply`](PgStateHandle::apply).
+    pub fn apply_async<T, F>(
+        &self,
+        partition: impl Into<String>,
+        message_id: impl Into<String>,
+        f: F,
+    ) -> impl Future<Output = Result<Applied<T>, PgStateError>> + Send + '_
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut PgConn<'_>) -> Result<T, PgStateError> + Send + 'static,
+    {
+        let (partition, message_id) = (partition.into(), message_id.into());
+        let ask = self.handle.ask_async(|reply| {
+            PgStateMsg(Op::Write(Box::new(ApplyOp {
+                partition,
+                message_id,
+                work: Some(f),
+                value: None,
+                reply: Some(reply),
+            })))
+        });
+        async move { ask.await? }
+    }
+
     /// Like [`write`](PgStateHandle::write), without waiting: `f`'s value is
     /// dropped, and a failure is logged and counted in
     /// [`PgStateStats::failed_told_writes`].
