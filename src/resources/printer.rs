@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use thiserror::Error;
 
-use crate::future::Tell;
+use crate::future::{Ask, Tell};
 use crate::{AskError, Context, Handle, Manager, Reply, Runtime, SendError, SpawnError};
 
 /// The messages a [`Printer`] accepts.
@@ -364,6 +364,15 @@ impl PrinterHandle {
     /// As [`Handle::ask`].
     pub fn stats(&self) -> Result<PrinterStats, AskError> {
         self.handle.ask(PrinterMsg::Stats)
+    }
+
+    /// The awaitable [`stats`](PrinterHandle::stats).
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::ask_async`].
+    pub fn stats_async(&self) -> Ask<'_, PrinterMsg, PrinterStats> {
+        self.handle.ask_async(PrinterMsg::Stats)
     }
 
     /// The underlying handle: every other call ([`Handle::stats`] for the

@@ -152,6 +152,63 @@ fn ask_call_and_join_async_answer(backend: Backend) {
     });
 }
 
+/// The resources' awaitable calls: the printer's and (with SQLite) the
+/// database's, answered as their blocking twins are.
+fn resources_answer_their_awaited_calls(backend: Backend) {
+    on_every_executor(backend, |backend, executor| {
+        let rt = runtime(backend);
+        let out = custody::resources::SharedBuffer::new();
+        let printer = custody::resources::Printer::new(out.clone())
+            .spawn(&rt, "printer")
+            .unwrap();
+        executor.block_on(async {
+            printer.print_async("one").await.unwrap();
+            printer.print_async("two").await.unwrap();
+            printer.flush_async().await.unwrap();
+            assert_eq!(out.lines(), ["one", "two"]);
+            assert_eq!(printer.stats_async().await.unwrap().lines, 2);
+            printer.join_async().await.unwrap();
+        });
+        #[cfg(feature = "sqlite")]
+        {
+            use custody::resources::Database;
+            use custody::sql_values;
+            let db = Database::in_memory()
+                .init_sql("CREATE TABLE t (n INTEGER)")
+                .spawn(&rt, "db")
+                .unwrap();
+            executor.block_on(async {
+                assert_eq!(
+                    db.execute_async("INSERT INTO t VALUES (?1)", sql_values![1])
+                        .await
+                        .unwrap(),
+                    1
+                );
+                let two = db
+                    .write_async(|conn| conn.execute("INSERT INTO t VALUES (2)", []))
+                    .await
+                    .unwrap();
+                assert_eq!(two, 1);
+                let failed = db
+                    .write_async(|conn| conn.execute("INSERT INTO missing VALUES (3)", []))
+                    .await;
+                assert!(failed.is_err(), "a failing write fails alone");
+                let sum = db
+                    .call_async(|conn| {
+                        conn.query_row("SELECT sum(n) FROM t", [], |r| r.get::<_, i64>(0))
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(sum, 3);
+                let stats = db.stats_async().await.unwrap();
+                assert_eq!(stats.failed_writes, 1);
+                db.join_async().await.unwrap();
+            });
+        }
+    });
+}
+
 fn tell_async_waits_for_room_and_every_accepted_message_is_handled_once(backend: Backend) {
     on_every_executor(backend, |backend, executor| {
         const ASYNC_SENDERS: u64 = 40;
@@ -703,6 +760,7 @@ fn cancelled_sends_are_never_handled_and_accepted_ones_always_are(backend: Backe
 
 backend_tests!(
     ask_call_and_join_async_answer,
+    resources_answer_their_awaited_calls,
     tell_async_waits_for_room_and_every_accepted_message_is_handled_once,
     a_dropped_tell_async_was_not_accepted_and_join_does_not_wait_for_it,
     a_woken_send_dropped_unused_passes_its_wake_up_on,

@@ -445,6 +445,18 @@ impl DatabaseHandle {
         Ok(self.handle.ask(|reply| DatabaseMsg(Op::Stats(reply)))?)
     }
 
+    /// The awaitable [`stats`](DatabaseHandle::stats).
+    ///
+    /// # Errors
+    ///
+    /// As [`stats`](DatabaseHandle::stats).
+    pub fn stats_async(
+        &self,
+    ) -> impl Future<Output = Result<DatabaseStats, DatabaseError>> + Send + '_ {
+        let ask = self.handle.ask_async(|reply| DatabaseMsg(Op::Stats(reply)));
+        async move { Ok(ask.await?) }
+    }
+
     /// The underlying handle: every other call ([`Handle::stats`] for the
     /// runtime's counters of this manager, [`Handle::len`], ...).
     pub fn handle(&self) -> &Handle<DatabaseMsg> {
