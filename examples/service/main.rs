@@ -85,21 +85,6 @@ impl From<DatabaseError> for Failure {
     }
 }
 
-/// Runs a blocking call on tokio's blocking pool, so that it never holds up
-/// an executor worker. Only `GET /stats` needs it: the database's own
-/// counters (`DatabaseHandle::stats`) have no awaitable twin.
-async fn blocking<T: Send + 'static>(
-    call: impl FnOnce() -> Result<T, DatabaseError> + Send + 'static,
-) -> Result<T, Failure> {
-    match tokio::task::spawn_blocking(call).await {
-        Ok(result) => Ok(result?),
-        Err(error) => Err(Failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the database call failed: {error}"),
-        )),
-    }
-}
-
 /// `POST /events`: one row, answered once committed.
 async fn create_event(
     State(app): State<App>,
@@ -139,8 +124,7 @@ async fn count_events(State(app): State<App>) -> Result<Json<Value>, Failure> {
 
 /// `GET /stats`: the runtime's counters and the database's.
 async fn stats(State(app): State<App>) -> Result<Json<Value>, Failure> {
-    let db = app.db.clone();
-    let database = blocking(move || db.stats()).await?;
+    let database = app.db.stats_async().await?;
     Ok(Json(json!({
         "managers": managers_json(&app.rt.stats()),
         "database": {
