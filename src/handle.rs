@@ -10,6 +10,7 @@ use crate::deadlock::{Cycle, WaitNode};
 use crate::error::{AskError, JoinError, SendError, SendTimeoutError, TrySendError};
 use crate::fuzz;
 use crate::mailbox::{Backend, Capacity, Envelope, Mailbox, SendFailure};
+use crate::observe::{self, Observed};
 use crate::reply::{self, Ending, HoldsSlot, Reply, Waiter};
 use crate::runtime::Inner;
 use crate::stats::{Counters, ManagerStats};
@@ -30,6 +31,8 @@ pub(crate) struct Shared<M> {
     pub(crate) waits: Arc<WaitNode>,
     pub(crate) backend: Backend,
     pub(crate) capacity: Capacity,
+    /// What observers see: samples, stall watch, refusals, tracing.
+    pub(crate) observed: Observed,
 }
 
 impl<M> Shared<M> {
@@ -128,7 +131,17 @@ impl<M> Refusal<M> {
 impl<M: Send + 'static> Handle<M> {
     #[inline]
     fn post(&self, msg: M, wait: Wait) -> Result<(), Refusal<M>> {
-        self.post_envelope(Envelope::Msg(msg), wait)
+        let observed = &self.shared.observed;
+        let envelope = if observed.trace {
+            Envelope::Traced(Box::new((msg, observe::Trace::here())))
+        } else {
+            Envelope::Msg(msg)
+        };
+        let posted = self.post_envelope(envelope, wait);
+        if posted.is_ok() {
+            observed.sent(|| self.shared.mailbox.len());
+        }
+        posted
     }
 
     #[inline]
@@ -145,6 +158,7 @@ impl<M: Send + 'static> Handle<M> {
             if refused.nudge {
                 shared.mailbox.nudge();
             }
+            shared.observed.refused();
             let msg = envelope.into_msg().expect("post only sends messages");
             return Err(Refusal::Stopped(msg));
         }
@@ -199,6 +213,7 @@ impl<M: Send + 'static> Handle<M> {
 
     #[cold]
     fn undo(&self, failure: SendFailure<Envelope<M>>) -> Refusal<M> {
+        self.shared.observed.refused();
         if self.shared.mailbox.gate.leave(1) {
             self.shared.mailbox.nudge();
         }

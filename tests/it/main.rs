@@ -35,6 +35,7 @@ mod graceful;
 mod join;
 mod misbehaving;
 mod nothing_lost;
+mod observe;
 mod one_thread;
 mod panics;
 mod queue;
