@@ -104,3 +104,133 @@ fn describe() {
         "deliveries moved to the dead-letter queue"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    //! A manager served from an outside queue (a broker queue, feature
+    //! `amqp`) adds the queue's counters; a fake settler stands for the
+    //! broker here, and a recorder of the test's own reads the series.
+
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use metrics::{
+        Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString,
+    };
+
+    use crate::mailbox::SettleOutside;
+    use crate::{Context, Manager, OutsideStats, Runtime};
+
+    #[derive(Default)]
+    struct Counters(Mutex<HashMap<(String, String), Arc<AtomicU64>>>);
+
+    struct Cell(Arc<AtomicU64>);
+
+    impl CounterFn for Cell {
+        fn increment(&self, value: u64) {
+            self.0.fetch_add(value, Ordering::Relaxed);
+        }
+        fn absolute(&self, value: u64) {
+            self.0.fetch_max(value, Ordering::Relaxed);
+        }
+    }
+
+    impl Recorder for &'static Counters {
+        fn describe_counter(&self, _: KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let manager = key
+                .labels()
+                .find(|l| l.key() == "manager")
+                .map(|l| l.value().to_owned())
+                .unwrap_or_default();
+            let mut all = self.0.lock().unwrap();
+            let cell = all.entry((key.name().to_owned(), manager)).or_default();
+            Counter::from_arc(Arc::new(Cell(Arc::clone(cell))))
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    struct Queue;
+
+    impl SettleOutside for Queue {
+        fn settle(&self, _up_to: u64) {}
+        fn failed(&self, _tag: u64, _panic: &str) {}
+        fn stats(&self) -> OutsideStats {
+            OutsideStats {
+                delivered: 7,
+                redelivered: 2,
+                acked: 5,
+                dead_lettered: 1,
+                stale: 0,
+            }
+        }
+    }
+
+    struct Sink;
+
+    impl Manager for Sink {
+        type Msg = u32;
+        fn handle(&mut self, _n: u32, _ctx: &mut Context<'_, u32>) {}
+    }
+
+    #[test]
+    fn a_manager_served_from_a_queue_exports_the_queue_counters() {
+        let counters: &'static Counters = Box::leak(Box::default());
+        metrics::set_global_recorder(counters).expect("the lib tests' only recorder");
+        let rt = Runtime::new();
+        let h = rt
+            .manager("queue-served")
+            .outside(Box::new(Queue))
+            .spawn(Sink)
+            .unwrap();
+        h.deliver(1, 1).map_err(|_| ()).unwrap();
+        h.join().unwrap();
+        let get = |name: &str| {
+            counters
+                .0
+                .lock()
+                .unwrap()
+                .get(&(name.to_owned(), "queue-served".to_owned()))
+                .map(|c| c.load(Ordering::Relaxed))
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // A round that read the stats before the join may come first.
+        while get("custody_messages_handled_total") != Some(1) {
+            assert!(Instant::now() < deadline, "no queue counters within 60 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(get("custody_queue_delivered_total"), Some(7));
+        assert_eq!(get("custody_queue_redelivered_total"), Some(2));
+        assert_eq!(get("custody_queue_acked_total"), Some(5));
+        assert_eq!(get("custody_queue_dead_lettered_total"), Some(1));
+        // A manager without a queue has none of them.
+        let plain = rt.own("plain", ()).unwrap();
+        plain.call(|_| ()).unwrap();
+        while counters
+            .0
+            .lock()
+            .unwrap()
+            .get(&(
+                "custody_messages_handled_total".to_owned(),
+                "plain".to_owned(),
+            ))
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "no series for plain within 60 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!counters.0.lock().unwrap().contains_key(&(
+            "custody_queue_delivered_total".to_owned(),
+            "plain".to_owned()
+        )));
+    }
+}

@@ -131,7 +131,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use histogram::Percentiles;
-pub use top::{TopOptions, top, top_to};
+pub use top::{Ended, TopOptions, top, top_to};
 
 pub(crate) use config::{ManagerSettings, Settings};
 use histogram::Histogram;

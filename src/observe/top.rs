@@ -11,6 +11,32 @@ use std::time::{Duration, Instant};
 use crate::runtime::Runtime;
 use crate::stats::{ManagerState, Stats};
 
+/// Why [`top`] returned.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use custody::Runtime;
+/// use custody::observe::{self, Ended, TopOptions};
+///
+/// let rt = Runtime::new();
+/// rt.own("n", 0u8)?;
+/// let once = TopOptions::new().duration(Some(Duration::ZERO));
+/// assert_eq!(observe::top_to(&rt, &once, &mut std::io::sink())?, Ended::Duration);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ended {
+    /// The duration of [`TopOptions::duration`] passed.
+    Duration,
+    /// `q` was read ([`TopOptions::quit_on_q`]).
+    Quit,
+    /// Every manager of the runtime has stopped.
+    Stopped,
+}
+
 /// How [`top`] draws: how often, for how long, and whether `q` quits.
 ///
 /// # Examples
@@ -127,7 +153,7 @@ impl TopOptions {
 /// Draws a live table of `runtime`'s managers on standard output until the
 /// options say to stop, or every manager has stopped: state, mailbox depth,
 /// messages handled per second, p50 and p99 service time, handled, panics,
-/// restarts, and alerts (stalled, growing).
+/// restarts, and alerts (stalled, growing). Returns why it ended.
 ///
 /// # Errors
 ///
@@ -146,7 +172,7 @@ impl TopOptions {
 /// observe::top(&rt, &TopOptions::new().duration(Some(Duration::from_secs(5))).quit_on_q(true))?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn top(runtime: &Runtime, options: &TopOptions) -> io::Result<()> {
+pub fn top(runtime: &Runtime, options: &TopOptions) -> io::Result<Ended> {
     top_to(runtime, options, &mut io::stdout().lock())
 }
 
@@ -173,7 +199,7 @@ pub fn top(runtime: &Runtime, options: &TopOptions) -> io::Result<()> {
 /// assert!(screen.contains("MANAGER") && screen.contains("counter"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn top_to(runtime: &Runtime, options: &TopOptions, out: &mut dyn Write) -> io::Result<()> {
+pub fn top_to(runtime: &Runtime, options: &TopOptions, out: &mut dyn Write) -> io::Result<Ended> {
     let quit = Arc::new(AtomicBool::new(false));
     if options.quit_on_q {
         let quit = Arc::clone(&quit);
@@ -236,18 +262,25 @@ pub fn top_to(runtime: &Runtime, options: &TopOptions, out: &mut dyn Write) -> i
                 .managers
                 .iter()
                 .all(|m| m.state == ManagerState::Stopped);
-        if all_stopped || quit.load(Ordering::Relaxed) {
-            break Ok(());
+        if all_stopped {
+            break Ok(Ended::Stopped);
+        }
+        if quit.load(Ordering::Relaxed) {
+            break Ok(Ended::Quit);
         }
         let until_end = options.duration.map(|d| d.saturating_sub(start.elapsed()));
         if until_end.is_some_and(|left| left.is_zero()) {
-            break Ok(());
+            break Ok(Ended::Duration);
         }
         let pause = until_end.map_or(options.refresh, |left| left.min(options.refresh));
         // Sleep in short steps, to see `q` soon.
         let wake = Instant::now() + pause;
-        while Instant::now() < wake && !quit.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(10).min(wake - Instant::now()));
+        while !quit.load(Ordering::Relaxed) {
+            let left = wake.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(10)));
         }
     };
     quit.store(true, Ordering::Relaxed);

@@ -46,3 +46,4 @@ mod stats;
 mod stress;
 mod supervision;
 mod sync;
+mod top;

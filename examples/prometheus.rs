@@ -1,0 +1,71 @@
+//! Point Prometheus at a running runtime: the `metrics` feature's series,
+//! served by `metrics-exporter-prometheus` on loopback while a demo
+//! workload runs, for `--seconds N` (default 2).
+//!
+//! ```text
+//! cargo run --features metrics --example prometheus -- --seconds 60
+//! curl -s http://127.0.0.1:<port>/metrics | grep custody_
+//! ```
+//!
+//! A Prometheus `scrape_configs` entry for it:
+//!
+//! ```text
+//! - job_name: custody-demo
+//!   static_configs:
+//!     - targets: ["127.0.0.1:<port>"]
+//! ```
+
+mod demo;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::thread;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("prometheus: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let seconds = demo::seconds_arg(2.0)?;
+    demo::quiet_flaky_panics();
+    // A free port on loopback (the exporter does not say which one it got).
+    let addr: SocketAddr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()?;
+    println!("serving http://{addr}/metrics for {seconds:?}");
+    let mut demo = demo::start()?;
+    thread::sleep(seconds);
+    demo.stop_producers();
+    let scraped = scrape(addr)?;
+    let series: Vec<&str> = scraped
+        .lines()
+        .filter(|l| l.starts_with("custody_messages_handled_total"))
+        .collect();
+    println!("{}", series.join("\n"));
+    println!("{}", demo.rt.stats());
+    // What is still queued is discarded (and counted): a demo need not drain.
+    demo.rt.shutdown_now();
+    Ok(())
+}
+
+/// One GET of `/metrics`, with nothing but the standard library.
+fn scrape(addr: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
