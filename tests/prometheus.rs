@@ -147,6 +147,7 @@ fn scenario() {
                 && get("custody_restarts_total") == Some(m.restarts as f64)
                 && get("custody_messages_refused_total") == Some(m.refused as f64)
                 && get("custody_mailbox_depth") == Some(m.queued as f64)
+                && get("custody_service_seconds_count") == m.service.map(|p| p.samples as f64)
         })
     };
     let seen = loop {

@@ -4,13 +4,13 @@
 //! series (the counters with their counts since the start).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 
 use super::Observed;
+use super::histogram::Histogram;
 use crate::stats::ManagerStats;
 
 /// Sets the counters and gauges of one manager from its stats (on the
@@ -28,6 +28,7 @@ pub(crate) fn manager(observed: &Observed, stats: &ManagerStats) {
     gauge!("custody_stalled", "manager" => label()).set(if stalled { 1.0 } else { 0.0 });
     let growing = stats.growing.is_some();
     gauge!("custody_mailbox_growing", "manager" => label()).set(if growing { 1.0 } else { 0.0 });
+    histograms(observed);
     if let Some(queue) = stats.outside {
         counter!("custody_queue_delivered_total", "manager" => label()).absolute(queue.delivered);
         counter!("custody_queue_redelivered_total", "manager" => label())
@@ -38,16 +39,39 @@ pub(crate) fn manager(observed: &Observed, stats: &ManagerStats) {
     }
 }
 
-/// Records a sampled service time (on the manager thread).
-pub(crate) fn service(name: &Arc<str>, service: Duration) {
-    histogram!("custody_service_seconds", "manager" => Arc::clone(name))
-        .record(service.as_secs_f64());
-}
-
-/// Records a sampled mailbox wait (on the manager thread).
-pub(crate) fn wait(name: &Arc<str>, wait: Duration) {
-    histogram!("custody_mailbox_wait_seconds", "manager" => Arc::clone(name))
-        .record(wait.as_secs_f64());
+/// Forwards what a manager's histograms gained since the last round.
+fn histograms(observed: &Observed) {
+    let mut exported = observed
+        .exported
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (service_then, wait_then) = &mut *exported;
+    for (name, histogram, then) in [
+        (
+            "custody_service_seconds",
+            &observed.times.service,
+            service_then,
+        ),
+        (
+            "custody_mailbox_wait_seconds",
+            &observed.times.wait,
+            wait_then,
+        ),
+    ] {
+        let now = histogram.counts();
+        then.resize(now.len(), 0);
+        if now == *then {
+            continue;
+        }
+        let series = histogram!(name, "manager" => Arc::clone(&observed.label));
+        for (i, (&count, before)) in now.iter().zip(then.iter()).enumerate() {
+            if count > *before {
+                let value = Histogram::bucket_value(i).as_secs_f64();
+                series.record_many(value, usize::try_from(count - before).unwrap_or(usize::MAX));
+            }
+        }
+        *then = now;
+    }
 }
 
 /// Describes every series (to whichever recorder is installed now).

@@ -94,9 +94,21 @@ impl Histogram {
         self.count.store(self.count.load(Relaxed) + 1, Relaxed);
     }
 
+    /// The count of every bucket.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn counts(&self) -> Vec<u64> {
+        self.buckets.iter().map(|b| b.load(Relaxed)).collect()
+    }
+
+    /// The value a bucket stands for: its middle.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn bucket_value(index: usize) -> Duration {
+        Duration::from_nanos(middle(index))
+    }
+
     /// The p50, p99 and max of what was recorded; `None` before the first.
     pub(crate) fn percentiles(&self) -> Option<Percentiles> {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let counts = self.counts();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;

@@ -85,13 +85,15 @@
 //! `custody_queue_delivered_total`, `custody_queue_redelivered_total`,
 //! `custody_queue_acked_total` and `custody_queue_dead_lettered_total`.
 //!
-//! The counters and gauges are not pushed by the senders or the manager:
-//! the watch thread reads the counters the runtime keeps anyway and sets
-//! them (`Counter::absolute`, `Gauge::set`) on every round, looking the
-//! series up through the facade each time. The histograms are recorded by
-//! the manager thread on sampled messages only, looked up each time too.
-//! Nothing caches a handle, so a recorder installed after the runtime
-//! started receives every series, with the counts since the start.
+//! Nothing is pushed by the senders or the manager thread: on every round
+//! (at most 250 ms apart) the watch thread reads the counters the runtime
+//! keeps anyway and sets them (`Counter::absolute`, `Gauge::set`), and
+//! forwards what the runtime's own histograms gained since its last round
+//! (each value as the middle of its bucket, so within 12.5%), looking every
+//! series up through the facade each time. Nothing caches a handle, so a
+//! recorder installed after the runtime started receives every series, the
+//! counters with their counts since the start (the histograms from the
+//! round after the install).
 //! [`RuntimeBuilder::metrics`](crate::RuntimeBuilder::metrics) turns the
 //! export off for one runtime.
 //!
@@ -295,6 +297,9 @@ pub(crate) struct Observed {
     /// Sends refused (stopped, full, timed out, deadlock).
     refused: AtomicU64,
     alerts: Mutex<Alerts>,
+    /// The histogram counts already forwarded to the facade (watch thread).
+    #[cfg(feature = "metrics")]
+    exported: Mutex<(Vec<u64>, Vec<u64>)>,
 }
 
 impl Observed {
@@ -316,6 +321,8 @@ impl Observed {
             times: Padded(Times::default()),
             refused: AtomicU64::new(0),
             alerts: Mutex::new(Alerts::default()),
+            #[cfg(feature = "metrics")]
+            exported: Mutex::new((Vec::new(), Vec::new())),
         }
     }
 
@@ -420,10 +427,6 @@ impl Observed {
 
     fn record_wait(&self, wait: Duration) {
         self.times.wait.record(wait);
-        #[cfg(feature = "metrics")]
-        if self.metrics {
-            export::wait(&self.label, wait);
-        }
     }
 
     #[cold]
@@ -451,10 +454,6 @@ impl Observed {
     fn timed(&self, at: Instant, span: Option<tracing::Span>) {
         let service = at.elapsed();
         self.times.service.record(service);
-        #[cfg(feature = "metrics")]
-        if self.metrics {
-            export::service(&self.label, service);
-        }
         if let Some(span) = span {
             trace::handled(&span, service);
         }
