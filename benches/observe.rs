@@ -12,7 +12,9 @@
 //!
 //! `cargo bench --features metrics --bench observe [-- --rounds N]`
 
-use std::time::{Duration, Instant};
+#![cfg_attr(not(feature = "metrics"), allow(dead_code))]
+
+use std::time::Instant;
 
 use custody::{Context, Handle, Manager, Reply, Runtime};
 
@@ -55,20 +57,18 @@ fn ask(h: &Handle<Msg>) -> f64 {
     start.elapsed().as_nanos() as f64 / ASKS as f64
 }
 
+/// One configuration: how to build its runtime, and its results.
 struct Config {
     name: &'static str,
-    _rt: Runtime,
-    h: Handle<Msg>,
+    build: fn() -> Runtime,
     tell: Vec<f64>,
     ask: Vec<f64>,
 }
 
-fn config(name: &'static str, rt: Runtime) -> Config {
-    let h = rt.spawn("sum", Sum(0)).unwrap();
+fn config(name: &'static str, build: fn() -> Runtime) -> Config {
     Config {
         name,
-        _rt: rt,
-        h,
+        build,
         tell: Vec::new(),
         ask: Vec::new(),
     }
@@ -80,18 +80,22 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// Each round builds every configuration's runtime afresh (so no
+/// configuration keeps a lucky or unlucky placement of its threads for the
+/// whole run), warms it up, and measures it; the order rotates each round.
 fn rounds(configs: &mut [Config], n: usize) {
-    // A warm-up round, not kept.
-    for c in configs.iter() {
-        tell(&c.h);
-        ask(&c.h);
-    }
     for round in 0..n {
-        // Rotate the order each round, so no configuration always goes first.
         for i in 0..configs.len() {
             let c = &mut configs[(i + round) % configs.len()];
-            c.tell.push(tell(&c.h));
-            c.ask.push(ask(&c.h));
+            let rt = (c.build)();
+            let h = rt.spawn("sum", Sum(0)).unwrap();
+            for i in 0..TELLS / 10 {
+                h.tell(Msg::Add(i)).map_err(|_| ()).unwrap();
+            }
+            h.join().unwrap();
+            c.tell.push(tell(&h));
+            c.ask.push(ask(&h));
+            rt.shutdown();
         }
     }
 }
@@ -117,8 +121,56 @@ fn print(phase: &str, configs: &[Config]) {
     }
 }
 
+/// `--count tell|ask CONFIG N`: only N tells (then a join) or N asks on a
+/// fresh runtime of one configuration, for an instruction count under
+/// valgrind (`--tool=callgrind`): the difference between two sizes,
+/// divided by the difference in N, is the instructions per message, both
+/// threads included, free of the machine's noise.
+fn count(what: &str, config: &str, n: u64) {
+    let rt = match config {
+        #[cfg(feature = "metrics")]
+        "off" => Runtime::builder().metrics(false).build(),
+        "on" => Runtime::builder().build(),
+        "traced" => Runtime::builder().trace_messages(true).build(),
+        #[cfg(feature = "metrics")]
+        "prometheus" => {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("the recorder installs");
+            Runtime::builder().build()
+        }
+        other => panic!("unknown configuration {other}"),
+    }
+    .unwrap();
+    let h = rt.spawn("sum", Sum(0)).unwrap();
+    match what {
+        "tell" => {
+            for i in 0..n {
+                h.tell(Msg::Add(i)).map_err(|_| ()).unwrap();
+            }
+            h.join().unwrap();
+        }
+        "ask" => {
+            for _ in 0..n {
+                std::hint::black_box(h.ask(Msg::Get).unwrap());
+            }
+        }
+        other => panic!("unknown operation {other}"),
+    }
+    rt.shutdown();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--count") {
+        let arg = |k: usize| args.get(i + k).map(String::as_str).unwrap_or("");
+        count(
+            arg(1),
+            arg(2),
+            arg(3).parse().expect("--count tell|ask CONFIG N"),
+        );
+        return;
+    }
     let n = args
         .iter()
         .position(|a| a == "--rounds")
@@ -131,30 +183,33 @@ fn main() {
     } else {
         1
     };
-    let built = || Runtime::builder();
-    let mut first = vec![
-        config("off", built().metrics(false).build().unwrap()),
-        config("on, no recorder", built().build().unwrap()),
-        config(
-            "traced, no subscriber",
-            built().trace_messages(true).build().unwrap(),
-        ),
-    ];
-    rounds(&mut first, n);
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .expect("the recorder installs");
-    let mut second = vec![
-        config("off", built().metrics(false).build().unwrap()),
-        config("on, prometheus", built().build().unwrap()),
-    ];
-    rounds(&mut second, n);
-    println!(
-        "median of {n} rounds, each running every configuration in turn; ratio = ns/op / off's ns/op in the same phase"
-    );
-    print("phase 1: no recorder installed", &first);
-    print("phase 2: the Prometheus recorder installed", &second);
-    // The watch thread exports once per round of its own; let it run once
-    // more so its cost is in nothing measured above.
-    std::thread::sleep(Duration::from_millis(1));
+    #[cfg(not(feature = "metrics"))]
+    {
+        let _ = n;
+        println!(
+            "built without the feature `metrics`: only --count works (--count tell|ask on|traced N)"
+        );
+    }
+    #[cfg(feature = "metrics")]
+    {
+        let off = || Runtime::builder().metrics(false).build().unwrap();
+        let on = || Runtime::builder().build().unwrap();
+        let traced = || Runtime::builder().trace_messages(true).build().unwrap();
+        let mut first = vec![
+            config("off", off),
+            config("on, no recorder", on),
+            config("traced, no subscriber", traced),
+        ];
+        rounds(&mut first, n);
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the recorder installs");
+        let mut second = vec![config("off", off), config("on, prometheus", on)];
+        rounds(&mut second, n);
+        println!(
+            "median of {n} rounds, each running every configuration in turn; ratio = ns/op / off's ns/op in the same phase"
+        );
+        print("phase 1: no recorder installed", &first);
+        print("phase 2: the Prometheus recorder installed", &second);
+    }
 }

@@ -133,7 +133,7 @@ impl<M: Send + 'static> Handle<M> {
     fn post(&self, msg: M, wait: Wait) -> Result<(), Refusal<M>> {
         let observed = &self.shared.observed;
         let envelope = if observed.trace {
-            Envelope::Traced(Box::new((msg, observe::Trace::here())))
+            observe::traced(msg)
         } else {
             Envelope::Msg(msg)
         };

@@ -223,10 +223,7 @@ impl<Mg: Manager> Supervisor<'_, Mg> {
         let manager = &mut self.manager;
         let observed = &self.handle.shared.observed;
         let begun = observed.begin();
-        let outcome = {
-            let _span = begun.enter();
-            panic::catch_unwind(AssertUnwindSafe(|| manager.handle(msg, &mut ctx)))
-        };
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| manager.handle(msg, &mut ctx)));
         self.handle.shared.counters.add_handled();
         observed.end(begun);
         match outcome {

@@ -141,6 +141,14 @@ pub(crate) use trace::Trace;
 
 use crate::util::Padded;
 
+/// A message for a manager that traces messages: boxed with the caller's
+/// span and the time (out of line: the untraced send path stays small).
+#[cold]
+#[inline(never)]
+pub(crate) fn traced<M>(msg: M) -> crate::mailbox::Envelope<M> {
+    crate::mailbox::Envelope::Traced(Box::new((msg, Trace::here())))
+}
+
 /// One message in this many has its service time measured.
 const SERVICE_SAMPLE: u64 = 16;
 
@@ -271,6 +279,18 @@ std::thread_local! {
 #[cfg(feature = "metrics")]
 const WAIT_SAMPLE: u32 = 64;
 
+/// Counts a send from this thread: `true` for one in [`WAIT_SAMPLE`].
+/// Out of line, so that the send path stays small enough to inline.
+#[cfg(feature = "metrics")]
+#[inline(never)]
+fn count_send() -> bool {
+    SENDS.with(|n| {
+        let sends = n.get().wrapping_add(1);
+        n.set(sends);
+        sends.is_multiple_of(WAIT_SAMPLE)
+    })
+}
+
 /// A manager's two histograms.
 #[derive(Default)]
 struct Times {
@@ -332,16 +352,10 @@ impl Observed {
 
     /// After a send was accepted: one send in 64 per thread may sample the
     /// wait. `depth` reads the mailbox depth.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn sent(&self, depth: impl FnOnce() -> usize) {
         #[cfg(feature = "metrics")]
-        if self.metrics
-            && SENDS.with(|n| {
-                let sends = n.get().wrapping_add(1);
-                n.set(sends);
-                sends.is_multiple_of(WAIT_SAMPLE)
-            })
-        {
+        if self.metrics && count_send() {
             self.take_ticket(depth);
         }
         #[cfg(not(feature = "metrics"))]
@@ -379,9 +393,10 @@ impl Observed {
     }
 
     /// The manager thread is about to handle a message: numbers it, and
-    /// decides whether to time it.
+    /// decides whether to time it (the start time, if so). A traced
+    /// message's span is entered here, and exited by [`end`](Self::end).
     #[inline]
-    pub(crate) fn begin(&self) -> Begun {
+    pub(crate) fn begin(&self) -> Option<Instant> {
         let n = self.started.load(Relaxed) + 1;
         self.started.store(n, Relaxed);
         #[cfg(feature = "metrics")]
@@ -393,18 +408,13 @@ impl Observed {
         {
             self.wait_sampled();
         }
-        if self.trace
-            && let Some(trace) = trace::take()
-        {
-            return self.begin_traced(trace);
+        if self.trace {
+            return self.begin_traced(n);
         }
         if n.is_multiple_of(SERVICE_SAMPLE) {
-            return Begun {
-                at: Some(Instant::now()),
-                span: None,
-            };
+            return Some(Instant::now());
         }
-        Begun::default()
+        None
     }
 
     #[cfg(feature = "metrics")]
@@ -431,31 +441,35 @@ impl Observed {
 
     #[cold]
     #[inline(never)]
-    fn begin_traced(&self, trace: Trace) -> Begun {
+    fn begin_traced(&self, n: u64) -> Option<Instant> {
         let now = Instant::now();
-        let wait = now.saturating_duration_since(trace.sent);
-        self.record_wait(wait);
-        Begun {
-            at: Some(now),
-            span: Some(trace::handling(&self.label, &trace, wait)),
+        match trace::take() {
+            Some(trace) => {
+                let wait = now.saturating_duration_since(trace.sent);
+                self.record_wait(wait);
+                trace::enter(trace::handling(&self.label, &trace, wait));
+                Some(now)
+            }
+            None => n.is_multiple_of(SERVICE_SAMPLE).then_some(now),
         }
     }
 
-    /// The manager thread has handled the message `begun` started.
+    /// The manager thread has handled the message [`begin`](Self::begin)
+    /// started at `at` (if timed).
     #[inline]
-    pub(crate) fn end(&self, begun: Begun) {
-        if let Some(at) = begun.at {
-            self.timed(at, begun.span);
+    pub(crate) fn end(&self, at: Option<Instant>) {
+        if let Some(at) = at {
+            self.timed(at);
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn timed(&self, at: Instant, span: Option<tracing::Span>) {
+    fn timed(&self, at: Instant) {
         let service = at.elapsed();
         self.times.service.record(service);
-        if let Some(span) = span {
-            trace::handled(&span, service);
+        if self.trace {
+            trace::exit(service);
         }
     }
 
@@ -499,21 +513,5 @@ impl Observed {
                 arrived,
                 handled,
             })
-    }
-}
-
-/// A message being handled: when it started (if timed), and its span (if
-/// traced).
-#[derive(Default)]
-pub(crate) struct Begun {
-    at: Option<Instant>,
-    span: Option<tracing::Span>,
-}
-
-impl Begun {
-    /// Enters the message's span, if it is traced.
-    #[inline]
-    pub(crate) fn enter(&self) -> Option<tracing::span::Entered<'_>> {
-        self.span.as_ref().map(tracing::Span::enter)
     }
 }

@@ -33,6 +33,8 @@ impl Trace {
 
 std::thread_local! {
     static OPENED: RefCell<Option<Trace>> = const { RefCell::new(None) };
+    /// The span of the traced message being handled on this thread.
+    static HANDLING: RefCell<Option<tracing::span::EnteredSpan>> = const { RefCell::new(None) };
 }
 
 /// Keeps the capture of the message just opened on this thread.
@@ -59,9 +61,16 @@ pub(crate) fn handling(manager: &str, trace: &Trace, wait: Duration) -> tracing:
     span
 }
 
-/// Records the service time on a message's span.
-pub(crate) fn handled(span: &tracing::Span, service: Duration) {
-    span.record("service_us", duration_us(service));
+/// Enters a message's span until [`exit`].
+pub(crate) fn enter(span: tracing::Span) {
+    HANDLING.with(|slot| *slot.borrow_mut() = Some(span.entered()));
+}
+
+/// Exits the span of the message just handled, recording its service time.
+pub(crate) fn exit(service: Duration) {
+    if let Some(entered) = HANDLING.with(|slot| slot.borrow_mut().take()) {
+        entered.exit().record("service_us", duration_us(service));
+    }
 }
 
 fn duration_us(d: Duration) -> u64 {
