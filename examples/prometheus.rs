@@ -21,6 +21,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 
@@ -46,15 +47,38 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut demo = demo::start()?;
     thread::sleep(seconds);
     demo.stop_producers();
-    let scraped = scrape(addr)?;
-    let series: Vec<&str> = scraped
+    // Stop at once (what is queued is discarded, and counted): a demo need
+    // not drain. Then the exporter catches up with the final counts.
+    demo.rt.shutdown_now();
+    let stats = demo.rt.stats();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let scraped = loop {
+        let scraped = scrape(addr)?;
+        let agrees = stats.managers.iter().all(|m| {
+            let line = format!(
+                "custody_messages_handled_total{{manager=\"{}\"}} {}",
+                m.name, m.handled
+            );
+            scraped.lines().any(|l| l == line)
+        });
+        if agrees {
+            break scraped;
+        }
+        if Instant::now() > deadline {
+            return Err(
+                format!("/metrics never agreed with the stats:\n{scraped}\n{stats}").into(),
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    for line in scraped
         .lines()
         .filter(|l| l.starts_with("custody_messages_handled_total"))
-        .collect();
-    println!("{}", series.join("\n"));
-    println!("{}", demo.rt.stats());
-    // What is still queued is discarded (and counted): a demo need not drain.
-    demo.rt.shutdown_now();
+    {
+        println!("{line}");
+    }
+    println!("{stats}");
+    println!("/metrics agrees with rt.stats()");
     Ok(())
 }
 

@@ -177,3 +177,64 @@ fn scenario() {
     go.send(()).unwrap();
     rt.shutdown();
 }
+
+/// `examples/prometheus.rs` itself, run as a child process: it serves
+/// `/metrics`, the test scrapes it while the workload runs, and the example
+/// ends by itself once its own last scrape agrees with its `rt.stats()`.
+#[test]
+fn the_example_serves_the_series_while_its_workload_runs() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples")
+        .join("prometheus");
+    assert!(
+        example.exists(),
+        "{} is missing: `cargo test --features metrics` builds it",
+        example.display()
+    );
+    let mut child = Command::new(&example)
+        .args(["--seconds", "3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the example starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a first line").unwrap();
+    let addr: SocketAddr = first
+        .strip_prefix("serving http://")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {first:?}"));
+    // Scraped while the workload runs: every demo manager shows up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = samples(&scrape(addr));
+        let all = ["orders", "db", "flaky", "mailer", "bounded"]
+            .iter()
+            .all(|name| {
+                seen.contains_key(&(
+                    "custody_messages_handled_total".to_owned(),
+                    (*name).to_owned(),
+                ))
+            });
+        if all {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every manager within 30 s: {seen:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{rest:#?}");
+    assert!(
+        rest.iter().any(|l| l == "/metrics agrees with rt.stats()"),
+        "{rest:#?}"
+    );
+}
