@@ -502,10 +502,13 @@ impl Observed {
         }
     }
 
-    /// The growth episode the watch reported, while it lasts.
+    /// The growth episode the watch reported, while it lasts: not once the
+    /// depth is back down to where it began (the watch ends the episode at
+    /// its next round).
     pub(crate) fn growing(&self, depth: usize) -> Option<Growing> {
         self.alerts()
             .growing
+            .filter(|&(_, from, _, _)| depth > from)
             .map(|(since, from, arrived, handled)| Growing {
                 growing_for: since.elapsed(),
                 from,
