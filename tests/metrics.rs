@@ -285,3 +285,37 @@ fn a_runtime_with_metrics_off_exports_nothing() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_sampled_wait_covers_the_time_a_message_spent_queued() {
+    install();
+    let rt = Runtime::new();
+    let h = rt.own("queued", ()).unwrap();
+    let (go, wait) = mpsc::channel::<()>();
+    let (inside, is_inside) = mpsc::channel::<()>();
+    h.cast(move |_| {
+        inside.send(()).unwrap();
+        let _ = wait.recv();
+    })
+    .unwrap();
+    is_inside.recv().unwrap();
+    // From a thread of its own, so that its 64th send takes the ticket.
+    let sender = h.clone();
+    thread::spawn(move || {
+        for _ in 0..64 {
+            sender.cast(|_| {}).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    let queued_for = Duration::from_millis(40);
+    thread::sleep(queued_for);
+    go.send(()).unwrap();
+    h.join().unwrap();
+    let waited = h.handle().stats().wait.expect("the 64th send was sampled");
+    assert_eq!(waited.samples, 1);
+    // At least the time it sat behind the blocked message (a bucket's
+    // middle is within 1/8 of the value).
+    assert!(waited.max >= queued_for * 7 / 8, "{waited:?}");
+    rt.shutdown();
+}

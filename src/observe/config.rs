@@ -33,6 +33,7 @@ impl Default for Settings {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ManagerSettings {
     pub(crate) stall_after: Option<Duration>,
+    pub(crate) growth_window: Option<Duration>,
     pub(crate) trace: Option<bool>,
 }
 
@@ -63,7 +64,8 @@ impl RuntimeBuilder {
     /// The window over which a growing mailbox is reported (default 10 s;
     /// zero is taken as 1 ms): its depth grew over a whole window while
     /// more messages arrived than were handled. See
-    /// [`ManagerStats::growing`](crate::ManagerStats::growing).
+    /// [`ManagerStats::growing`](crate::ManagerStats::growing);
+    /// [`ManagerBuilder::growth_window`] sets it for one manager.
     ///
     /// # Examples
     ///
@@ -148,6 +150,28 @@ impl ManagerBuilder<'_> {
     /// ```
     pub fn stall_after(mut self, threshold: Duration) -> Self {
         self.options.observe.stall_after = Some(threshold.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// This manager's growth window (default: the runtime's
+    /// [`growth_window`](RuntimeBuilder::growth_window); zero is taken as
+    /// 1 ms).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use custody::Runtime;
+    ///
+    /// let rt = Runtime::new();
+    /// // A batch importer's queue may grow for a minute before it catches up.
+    /// let importer = rt.manager("importer").growth_window(Duration::from_secs(60)).own(())?;
+    /// importer.call(|_| ())?;
+    /// assert_eq!(rt.stats().get("importer").unwrap().growing, None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn growth_window(mut self, window: Duration) -> Self {
+        self.options.observe.growth_window = Some(window.max(Duration::from_millis(1)));
         self
     }
 

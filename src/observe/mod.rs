@@ -47,6 +47,7 @@
 //!
 //! A mailbox is *growing* when, over a whole window
 //! ([`RuntimeBuilder::growth_window`](crate::RuntimeBuilder::growth_window),
+//! [`ManagerBuilder::growth_window`](crate::ManagerBuilder::growth_window),
 //! default 10 s), its depth never came back down to where the window began,
 //! rose over each half of the window (a depth that rose once and then stayed
 //! flat is not growing), and more messages arrived than were handled. It is
@@ -305,6 +306,7 @@ pub(crate) struct Observed {
     #[cfg(feature = "metrics")]
     metrics: bool,
     stall_after: Duration,
+    growth_window: Duration,
     /// The manager's name, as a label and span field.
     label: Arc<str>,
     /// The number of messages the manager has started; written by the
@@ -331,6 +333,7 @@ impl Observed {
             #[cfg(feature = "metrics")]
             metrics: runtime.metrics,
             stall_after: manager.stall_after.unwrap_or(runtime.stall_after),
+            growth_window: manager.growth_window.unwrap_or(runtime.growth_window),
             label: Arc::from(name),
             started: Padded(AtomicU64::new(0)),
             #[cfg(feature = "metrics")]

@@ -43,9 +43,11 @@ fn run(runtime: &Weak<Inner>, settings: &Settings) {
         for (control, daemon) in &managers {
             let stats = control.stats(*daemon);
             let observed = control.observed();
-            shortest = shortest.min(observed.stall_after);
+            shortest = shortest
+                .min(observed.stall_after)
+                .min(observed.growth_window);
             observed.watch_stall(&stats, now);
-            observed.watch_growth(&stats, now, settings.growth_window);
+            observed.watch_growth(&stats, now);
             #[cfg(feature = "metrics")]
             if settings.metrics {
                 super::export::manager(observed, &stats);
@@ -101,7 +103,8 @@ impl Observed {
     /// Tracks the growth window; reports a mailbox that grew over each
     /// half of a whole window while arrivals outpaced handling, once per
     /// episode.
-    fn watch_growth(&self, stats: &ManagerStats, now: Instant, window: Duration) {
+    fn watch_growth(&self, stats: &ManagerStats, now: Instant) {
+        let window = self.growth_window;
         let depth = stats.queued;
         let handled = stats.handled;
         let mut alerts = self.alerts();

@@ -15,6 +15,7 @@ backend_tests!(
     a_manager_stall_threshold_overrides_the_runtime_one,
     a_growing_mailbox_is_reported_and_the_episode_ends_when_it_drains,
     a_steady_mailbox_is_not_reported_growing,
+    a_manager_growth_window_overrides_the_runtime_one,
     refused_sends_are_counted,
     the_stats_table_shows_a_stall,
     the_live_view_draws_every_manager_with_its_alerts,
@@ -164,6 +165,38 @@ fn a_steady_mailbox_is_not_reported_growing(backend: Backend) {
         assert_eq!(m.growing, None);
         latch.open();
         h.join().unwrap();
+    });
+}
+
+fn a_manager_growth_window_overrides_the_runtime_one(backend: Backend) {
+    within("growth window per manager", move || {
+        let rt = Runtime::builder()
+            .backend(backend)
+            .growth_window(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        let (probe, _) = Probe::new();
+        let (patient, patient_latch) = blocked_probe(&rt, "patient", probe);
+        let (probe, _) = Probe::new();
+        let eager = rt
+            .manager("eager")
+            .growth_window(Duration::from_millis(30))
+            .spawn(probe)
+            .unwrap();
+        let eager_latch = crate::support::block(&eager);
+        let growing = wait_for(&rt, "eager", |m| {
+            eager.tell(Msg::Add(1)).unwrap();
+            patient.tell(Msg::Add(1)).unwrap();
+            thread::sleep(Duration::from_millis(1));
+            m.growing
+        });
+        assert!(growing.growing_for >= Duration::from_millis(30));
+        // Grown as much, but within the runtime's hour.
+        assert_eq!(rt.stats().get("patient").unwrap().growing, None);
+        eager_latch.open();
+        patient_latch.open();
+        eager.join().unwrap();
+        patient.join().unwrap();
     });
 }
 
