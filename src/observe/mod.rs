@@ -7,11 +7,11 @@
 //!
 //! Every manager keeps a histogram of its *service time* (how long `handle`
 //! took), sampled: one message in 16 is timed (two clock reads), the rest
-//! cost one store of a sequence number. [`ManagerStats::service`](crate::ManagerStats::service) gives its
-//! p50, p99 and max. With the feature `metrics` (or message tracing on), a
+//! cost one store of a sequence number.
+//! [`ManagerStats::service`](crate::ManagerStats::service) gives its p50,
+//! p99 and max. With the feature `metrics` (or message tracing on), a
 //! histogram of the *mailbox wait* (from the send to the start of `handle`)
-//! is kept too
-//! ([`ManagerStats::wait`](crate::ManagerStats::wait)).
+//! is kept too ([`ManagerStats::wait`](crate::ManagerStats::wait)).
 //!
 //! # How the wait is measured without a timestamp per message
 //!
@@ -26,8 +26,9 @@
 //! compares each number with the ticket (one load of a line only sampled
 //! sends write) and, when it reaches it, records the time since the note
 //! and frees the slot. The ticket is exact when nothing else is sent or
-//! taken between the send and its depth read; otherwise the sample is
-//! attributed to a neighbouring message, off by its service time at most.
+//! taken between the send and its depth read; otherwise it lands on a
+//! message that many places away, and the sample is off by their service
+//! times.
 //! A manager is sampled at most once per round trip of its queue, so a
 //! deep queue yields fewer samples (each one still true).
 //!
@@ -42,8 +43,10 @@
 //! ([`RuntimeBuilder::stall_after`](crate::RuntimeBuilder::stall_after),
 //! [`ManagerBuilder::stall_after`](crate::ManagerBuilder::stall_after),
 //! default 10 s): a `warn` event is traced once, and
-//! [`ManagerStats::stalled`](crate::ManagerStats::stalled) shows it until the message returns. The time
-//! shown is a lower bound: the message started before the watch saw it.
+//! [`ManagerStats::stalled`](crate::ManagerStats::stalled) shows it until
+//! the message returns. The time shown is a lower bound: the message
+//! started before the watch saw it. Only messages are watched: a hook
+//! (`idle`, `started`, ...) that never returns is not reported.
 //!
 //! A mailbox is *growing* when, over a whole window
 //! ([`RuntimeBuilder::growth_window`](crate::RuntimeBuilder::growth_window),
@@ -52,8 +55,8 @@
 //! rose over each half of the window (a depth that rose once and then stayed
 //! flat is not growing), and more messages arrived than were handled. It is
 //! reported once per episode (a `warn` event) and shows in
-//! [`ManagerStats::growing`](crate::ManagerStats::growing) until the depth comes back down to where the
-//! episode began.
+//! [`ManagerStats::growing`](crate::ManagerStats::growing) until the depth
+//! comes back down to where the episode began.
 //!
 //! # Traces that follow a message
 //!
@@ -63,7 +66,7 @@
 //! (target `custody::message`, fields `manager`, `wait_us`, `service_us`)
 //! that *follows from* the caller's span. The capture travels in a boxed
 //! envelope of its own, used only by managers with tracing on: without it
-//! the envelope and the send path are unchanged.
+//! the envelope is unchanged and the send path checks one flag.
 //!
 //! # The `metrics` facade
 //!
