@@ -257,4 +257,78 @@ mod tests {
             "plain".to_owned()
         )));
     }
+
+    /// Admits no delivery: each is dropped unhandled, never started.
+    struct AdmitsNone;
+
+    impl SettleOutside for AdmitsNone {
+        fn settle(&self, _up_to: u64) {}
+        fn failed(&self, _tag: u64, _panic: &str) {}
+        fn stats(&self) -> OutsideStats {
+            OutsideStats::default()
+        }
+        fn admit(&self, _tag: u64) -> bool {
+            false
+        }
+    }
+
+    enum Step {
+        Block(std::sync::mpsc::Receiver<()>),
+        Go,
+    }
+
+    struct Stepper;
+
+    impl Manager for Stepper {
+        type Msg = Step;
+        fn handle(&mut self, step: Step, _ctx: &mut Context<'_, Step>) {
+            if let Step::Block(wait) = step {
+                let _ = wait.recv();
+            }
+        }
+    }
+
+    #[test]
+    fn a_wait_ticket_that_can_no_longer_be_reached_is_freed_by_the_watch() {
+        let rt = Runtime::new();
+        let h = rt
+            .manager("stale-ticket")
+            .outside(Box::new(AdmitsNone))
+            .spawn(Stepper)
+            .unwrap();
+        let (go, wait) = std::sync::mpsc::channel();
+        h.tell(Step::Block(wait)).map_err(|_| ()).unwrap();
+        // Queued behind the blocked message: deliveries never started...
+        for tag in 1..=5 {
+            h.deliver(Step::Go, tag).map_err(|_| ()).unwrap();
+        }
+        // ... then tells from a thread of their own: its 64th takes a ticket
+        // that counts the five deliveries.
+        let sender = h.clone();
+        std::thread::spawn(move || {
+            for _ in 0..64 {
+                sender.tell(Step::Go).map_err(|_| ()).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+        let observed = &h.shared.observed;
+        assert!(
+            observed.pending_ticket().is_some(),
+            "the 64th tell took a ticket"
+        );
+        go.send(()).unwrap();
+        h.join().unwrap();
+        // Every message was started; the ticket is beyond them all.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while observed.pending_ticket().is_some() {
+            assert!(Instant::now() < deadline, "the ticket was never freed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            h.stats().wait,
+            None,
+            "no wait was measured from the old note"
+        );
+    }
 }

@@ -41,8 +41,13 @@ fn run(runtime: &Weak<Inner>, settings: &Settings) {
         let now = Instant::now();
         let mut shortest = settings.growth_window;
         for (control, daemon) in &managers {
-            let stats = control.stats(*daemon);
             let observed = control.observed();
+            // Read before the stats: see `expire_ticket`.
+            #[cfg(feature = "metrics")]
+            let ticket = observed.pending_ticket();
+            let stats = control.stats(*daemon);
+            #[cfg(feature = "metrics")]
+            observed.expire_ticket(ticket, &stats);
             shortest = shortest
                 .min(observed.stall_after)
                 .min(observed.growth_window);
@@ -160,6 +165,46 @@ impl Observed {
             window_ms = millis(elapsed),
             "mailbox growing: arrivals outpaced handling over a whole window"
         );
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Observed {
+    /// The wait ticket in flight, if any.
+    pub(super) fn pending_ticket(&self) -> Option<u64> {
+        let ticket = self
+            .sample
+            .ticket
+            .load(std::sync::atomic::Ordering::Acquire);
+        (ticket != super::NO_TICKET).then_some(ticket)
+    }
+
+    /// Frees the sample slot when its ticket can no longer be reached: every
+    /// message the ticket counted was, when `stats` was read (after the
+    /// ticket), either started or still queued, unless it was dropped
+    /// unhandled (a stale delivery of an outside queue) or was not a message
+    /// (a wake-up). A ticket beyond what was started and queued (plus one
+    /// message carried between batches) would otherwise be reached only by
+    /// a later message, whose wait would then be measured from the old note.
+    fn expire_ticket(&self, ticket: Option<u64>, stats: &ManagerStats) {
+        let Some(ticket) = ticket else {
+            return;
+        };
+        if ticket <= self.started() + stats.queued as u64 + 1 {
+            return;
+        }
+        if let Ok(mut at) = self.sample.at.try_lock()
+            && self
+                .sample
+                .ticket
+                .load(std::sync::atomic::Ordering::Acquire)
+                == ticket
+        {
+            *at = None;
+            self.sample
+                .ticket
+                .store(super::NO_TICKET, std::sync::atomic::Ordering::Release);
+        }
     }
 }
 
