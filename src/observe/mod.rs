@@ -30,7 +30,10 @@
 //! message that many places away, and the sample is off by their service
 //! times.
 //! A manager is sampled at most once per round trip of its queue, so a
-//! deep queue yields fewer samples (each one still true).
+//! deep queue yields fewer samples (each one still true). A ticket that can
+//! no longer be reached (it counted deliveries of an outside queue that
+//! were dropped unhandled) is freed by the watch thread below, rather than
+//! waiting for a later message to be measured from the old note.
 //!
 //! # Stalled managers and growing mailboxes
 //!
