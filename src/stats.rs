@@ -145,6 +145,7 @@ pub struct ManagerStats {
 /// let rt = Runtime::new();
 /// let n = rt.own("n", 0u64)?;
 /// n.call(|n| *n += 1)?;
+/// n.join()?; // the answer comes from inside the handler, before it is counted
 /// let stats = rt.stats();
 /// assert_eq!(stats.get("n").map(|m| m.handled), Some(1));
 /// println!("{stats}");
