@@ -11,6 +11,7 @@ use crate::error::{AskError, JoinError, SendError, SendTimeoutError, TrySendErro
 use crate::future::{Ask, Join, Tell};
 use crate::fuzz;
 use crate::mailbox::{Backend, Capacity, Envelope, Mailbox, SendFailure};
+use crate::observe::{self, Observed};
 use crate::reply::{self, Ending, HoldsSlot, Reply, Waiter};
 use crate::runtime::Inner;
 use crate::stats::{Counters, ManagerStats};
@@ -31,6 +32,8 @@ pub(crate) struct Shared<M> {
     pub(crate) waits: Arc<WaitNode>,
     pub(crate) backend: Backend,
     pub(crate) capacity: Capacity,
+    /// What observers see: samples, stall watch, refusals, tracing.
+    pub(crate) observed: Observed,
 }
 
 impl<M> Shared<M> {
@@ -132,9 +135,26 @@ impl<M> Refusal<M> {
 }
 
 impl<M: Send + 'static> Handle<M> {
+    /// The envelope `msg` travels in: a traced one when this manager's
+    /// messages are traced.
+    #[inline]
+    pub(crate) fn envelope(&self, msg: M) -> Envelope<M> {
+        if self.shared.observed.trace {
+            observe::traced(msg)
+        } else {
+            Envelope::Msg(msg)
+        }
+    }
+
     #[inline]
     fn post(&self, msg: M, wait: Wait) -> Result<(), Refusal<M>> {
-        self.post_envelope(Envelope::Msg(msg), wait)
+        let observed = &self.shared.observed;
+        let envelope = self.envelope(msg);
+        let posted = self.post_envelope(envelope, wait);
+        if posted.is_ok() {
+            observed.sent(|| self.shared.mailbox.len());
+        }
+        posted
     }
 
     #[inline]
@@ -151,6 +171,7 @@ impl<M: Send + 'static> Handle<M> {
             if refused.nudge {
                 shared.mailbox.nudge();
             }
+            shared.observed.refused();
             let msg = envelope.into_msg().expect("post only sends messages");
             return Err(Refusal::Stopped(msg));
         }
@@ -207,6 +228,7 @@ impl<M: Send + 'static> Handle<M> {
 
     #[cold]
     pub(crate) fn undo(&self, failure: SendFailure<Envelope<M>>) -> Refusal<M> {
+        self.shared.observed.refused();
         if self.shared.mailbox.gate.leave(1) {
             self.shared.mailbox.nudge();
         }

@@ -125,6 +125,7 @@ mod loom_models;
 mod mailbox;
 mod manager;
 mod manager_thread;
+pub mod observe;
 mod owner;
 pub mod queue;
 mod reply;

@@ -221,8 +221,11 @@ impl<Mg: Manager> Supervisor<'_, Mg> {
     fn handle_one(&mut self, msg: Mg::Msg) -> bool {
         let mut ctx = Context::new(self.handle);
         let manager = &mut self.manager;
+        let observed = &self.handle.shared.observed;
+        let begun = observed.begin();
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| manager.handle(msg, &mut ctx)));
         self.handle.shared.counters.add_handled();
+        observed.end(begun);
         match outcome {
             Ok(()) => true,
             Err(payload) => {
@@ -443,7 +446,9 @@ fn discard_rest<Mg: Manager>(
     }
     while gate.unfinished() > held {
         match rx.recv(Some(Instant::now() + DISCARD_POLL)) {
-            Ok(envelope @ (Envelope::Msg(_) | Envelope::Delivered(_))) => discard(Some(envelope)),
+            Ok(envelope @ (Envelope::Msg(_) | Envelope::Delivered(_) | Envelope::Traced(_))) => {
+                discard(Some(envelope))
+            }
             Ok(Envelope::Wake) | Err(RecvFailure::Timeout) | Err(RecvFailure::Empty) => {}
             Err(RecvFailure::Disconnected) => break,
         }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::mailbox::Backend;
+use crate::observe::{Growing, Percentiles, Stalled};
 
 /// Counters written only by the manager thread, read by anyone.
 ///
@@ -119,6 +120,19 @@ pub struct ManagerStats {
     pub unhandled: u64,
     /// For a manager served from an outside queue, that queue's counters.
     pub outside: Option<OutsideStats>,
+    /// Sends refused: stopped, full, timed out, or a deadlock.
+    pub refused: u64,
+    /// Service time (in `handle`) of a sample of the messages: one in 16,
+    /// and every traced one. `None` before the first sample.
+    pub service: Option<Percentiles>,
+    /// Mailbox wait (from the send to the start of `handle`) of a sample of
+    /// the messages: with the feature `metrics`, or for traced messages;
+    /// see [`observe`](crate::observe).
+    pub wait: Option<Percentiles>,
+    /// Set while the message in hand has run past the stall threshold.
+    pub stalled: Option<Stalled>,
+    /// Set while the mailbox is in a growth episode.
+    pub growing: Option<Growing>,
 }
 
 /// A snapshot of every manager of a runtime; `Display` prints it as a table.
@@ -131,6 +145,7 @@ pub struct ManagerStats {
 /// let rt = Runtime::new();
 /// let n = rt.own("n", 0u64)?;
 /// n.call(|n| *n += 1)?;
+/// n.join()?; // the answer comes from inside the handler, before it is counted
 /// let stats = rt.stats();
 /// assert_eq!(stats.get("n").map(|m| m.handled), Some(1));
 /// println!("{stats}");
@@ -195,6 +210,20 @@ impl fmt::Display for Stats {
             .iter()
             .zip(self.managers.iter().map(|m| &m.name))
         {
+            if let Some(s) = m.stalled {
+                writeln!(
+                    f,
+                    "{name}: stalled on message {} for {:?}",
+                    s.message, s.running_for
+                )?;
+            }
+            if let Some(g) = m.growing {
+                writeln!(
+                    f,
+                    "{name}: mailbox growing from {} to {} for {:?}",
+                    g.from, g.to, g.growing_for
+                )?;
+            }
             if let Some(o) = m.outside {
                 writeln!(
                     f,

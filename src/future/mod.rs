@@ -84,7 +84,6 @@ use crate::current;
 use crate::deadlock::{Token, WaitNode};
 use crate::error::{AskError, JoinError, SendError};
 use crate::handle::{Handle, Refusal};
-use crate::mailbox::Envelope;
 use crate::reply::{HoldsSlot, Waiter};
 use crate::runtime::ShutdownReport;
 use crate::wakers::Key;
@@ -103,7 +102,7 @@ pub struct Tell<'a, M: Send + 'static> {
 impl<'a, M: Send + 'static> Tell<'a, M> {
     pub(crate) fn new(handle: &'a Handle<M>, msg: M) -> Tell<'a, M> {
         Tell {
-            posting: Posting::new(handle, Envelope::Msg(msg)),
+            posting: Posting::new(handle, handle.envelope(msg)),
             done: false,
         }
     }
@@ -162,7 +161,7 @@ impl<'a, M: Send + 'static, R: Send + 'static> Ask<'a, M, R> {
         waiter: Waiter<dyn HoldsSlot<Value = R>>,
     ) -> Ask<'a, M, R> {
         Ask {
-            state: AskState::Sending(Posting::for_ask(handle, Envelope::Msg(msg))),
+            state: AskState::Sending(Posting::for_ask(handle, handle.envelope(msg))),
             waiter,
             edge_checked: false,
         }

@@ -84,6 +84,7 @@ impl<'a, M: Send + 'static> Posting<'a, M> {
                 if refused.nudge {
                     shared.mailbox.nudge();
                 }
+                shared.observed.refused();
                 let msg = envelope.into_msg().expect("posts carry messages");
                 return Poll::Ready(Err(Refusal::Stopped(msg)));
             }
@@ -95,6 +96,7 @@ impl<'a, M: Send + 'static> Posting<'a, M> {
                 Ok(()) => {
                     self.counted = false;
                     self.stop_waiting(false);
+                    shared.observed.sent(|| shared.mailbox.len());
                     return Poll::Ready(Ok(()));
                 }
                 Err(SendFailure::Full(back)) => envelope = back,

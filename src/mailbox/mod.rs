@@ -25,6 +25,7 @@ pub(crate) use gate::Gate;
 pub(crate) use outside::SettleOutside;
 
 use crate::error::CapacityError;
+use crate::observe::{Trace, trace};
 use crate::wakers::Wakers;
 
 /// Which channel implementation carries a manager's messages.
@@ -148,6 +149,9 @@ impl fmt::Display for Capacity {
 pub(crate) enum Envelope<M> {
     Msg(M),
     Delivered(Box<(M, u64)>),
+    /// A message sent to a manager that traces messages, with its sender's
+    /// span and send time (see `observe::trace`).
+    Traced(Box<(M, Trace)>),
     Wake,
 }
 
@@ -165,6 +169,11 @@ impl<M> Envelope<M> {
                 let (m, tag) = *delivered;
                 Some((m, Some(tag)))
             }
+            Envelope::Traced(traced) => {
+                let (m, capture) = *traced;
+                trace::stash(capture);
+                Some((m, None))
+            }
             Envelope::Wake => None,
         }
     }
@@ -174,6 +183,7 @@ impl<M> Envelope<M> {
         match self {
             Envelope::Msg(m) => Some(m),
             Envelope::Delivered(delivered) => Some(delivered.0),
+            Envelope::Traced(traced) => Some(traced.0),
             Envelope::Wake => None,
         }
     }

@@ -6,6 +6,7 @@ use super::Runtime;
 use crate::error::BuildError;
 use crate::fuzz;
 use crate::mailbox::{Backend, Capacity};
+use crate::observe;
 
 /// The smallest stack a manager thread may ask for: enough to unwind a
 /// handler's panic with a backtrace printed (`RUST_BACKTRACE=1` needs about
@@ -31,13 +32,15 @@ const MIN_STACK: usize = 64 * 1024;
 pub const DEFAULT_MAX_BATCH: usize = 1024;
 
 #[derive(Clone, Debug)]
-pub(super) struct Config {
+pub(crate) struct Config {
     pub(super) backend: Backend,
     pub(super) capacity: Capacity,
     pub(super) thread_prefix: String,
     pub(super) stack_size: Option<usize>,
     pub(super) max_batch: usize,
     pub(super) fuzz: Option<(u64, Duration)>,
+    /// Stall threshold, growth window, tracing, metrics.
+    pub(crate) observe: observe::Settings,
 }
 
 /// Configures a [`Runtime`].
@@ -59,7 +62,7 @@ pub(super) struct Config {
 /// ```
 #[derive(Clone, Debug)]
 pub struct RuntimeBuilder {
-    config: Config,
+    pub(crate) config: Config,
     /// Set by `fuzz_max_pause`, before or after `fuzz`.
     fuzz_max_pause: Option<Duration>,
 }
@@ -74,6 +77,7 @@ impl Default for RuntimeBuilder {
                 stack_size: None,
                 max_batch: DEFAULT_MAX_BATCH,
                 fuzz: None,
+                observe: observe::Settings::default(),
             },
             fuzz_max_pause: None,
         }

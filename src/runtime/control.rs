@@ -2,6 +2,7 @@
 //! it stops, aborts and reports on managers of every message type.
 
 use crate::handle::Shared;
+use crate::observe::Observed;
 use crate::stats::{ManagerState, ManagerStats};
 
 /// The runtime's type-erased view of one manager.
@@ -12,6 +13,7 @@ pub(crate) trait Control: Send + Sync {
     fn has_exited(&self) -> bool;
     fn unhandled(&self) -> u64;
     fn stats(&self, daemon: bool) -> ManagerStats;
+    fn observed(&self) -> &Observed;
 }
 
 impl<M: Send + 'static> Shared<M> {
@@ -25,18 +27,25 @@ impl<M: Send + 'static> Shared<M> {
         } else {
             ManagerState::Running
         };
+        let handled = self.counters.handled();
+        let queued = self.mailbox.len();
         ManagerStats {
             name: self.name.clone(),
             backend: self.backend,
             daemon,
             state,
-            handled: self.counters.handled(),
+            handled,
             panicked: self.counters.panicked(),
             restarts: self.counters.restarts(),
-            queued: self.mailbox.len(),
+            queued,
             unfinished: self.mailbox.gate.unfinished(),
             unhandled: self.mailbox.gate.dropped(),
             outside: self.mailbox.outside().map(|o| o.stats()),
+            refused: self.observed.refused_count(),
+            service: self.observed.service(),
+            wait: self.observed.wait(),
+            stalled: self.observed.stalled(handled),
+            growing: self.observed.growing(queued),
         }
     }
 }
@@ -64,5 +73,9 @@ impl<M: Send + 'static> Control for Shared<M> {
 
     fn stats(&self, daemon: bool) -> ManagerStats {
         Shared::stats(self, daemon)
+    }
+
+    fn observed(&self) -> &Observed {
+        &self.observed
     }
 }

@@ -35,7 +35,7 @@ use crate::owner::Owner;
 use crate::schedule;
 use crate::stats::Stats;
 use crate::supervision::PanicPolicy;
-use control::Control;
+pub(crate) use control::Control;
 
 /// Ids for runtimes, unique in the process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     shut_down: Condvar,
     /// The timer manager, once spawned.
     timers: Mutex<Option<Handle<schedule::Entry>>>,
+    /// The watch thread (stalls, growing mailboxes, metrics) has started.
+    watch_started: AtomicBool,
 }
 
 impl Inner {
@@ -76,7 +78,21 @@ impl Inner {
             max_batch: self.config.max_batch,
             policy: PanicPolicy::Resume,
             outside: None,
+            observe: Default::default(),
         }
+    }
+
+    /// Every manager's control and whether it is a daemon, for the watch
+    /// thread.
+    pub(crate) fn controls(&self) -> Vec<(Arc<dyn Control>, bool)> {
+        self.registry()
+            .iter()
+            .map(|e| (Arc::clone(&e.control), e.daemon))
+            .collect()
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
     }
 
     /// The runtime's timer manager, spawned on first use.
@@ -202,6 +218,7 @@ impl Runtime {
                 driver_started: AtomicBool::new(false),
                 shut_down: Condvar::new(),
                 timers: Mutex::new(None),
+                watch_started: AtomicBool::new(false),
             }),
         }
     }

@@ -11,6 +11,7 @@ use crate::handle::{Handle, Shared};
 use crate::mailbox::{Backend, Capacity, Mailbox, SettleOutside};
 use crate::manager::Manager;
 use crate::manager_thread::{self, Factory, Spec};
+use crate::observe::{self, ManagerSettings, Observed};
 use crate::owner::{Owned, Owner};
 use crate::stats::Counters;
 use crate::supervision::PanicPolicy;
@@ -41,12 +42,12 @@ use crate::util::Padded;
 #[must_use = "a ManagerBuilder does nothing until `spawn` or `own`"]
 pub struct ManagerBuilder<'rt> {
     pub(super) runtime: &'rt Runtime,
-    pub(super) options: SpawnOptions,
+    pub(crate) options: SpawnOptions,
 }
 
 /// Everything about a manager but the manager itself.
 #[derive(Debug)]
-pub(super) struct SpawnOptions {
+pub(crate) struct SpawnOptions {
     pub(super) name: String,
     pub(super) backend: Backend,
     pub(super) capacity: Capacity,
@@ -56,6 +57,8 @@ pub(super) struct SpawnOptions {
     /// For a manager served from an outside queue: the queue's settler,
     /// part of the mailbox from the start.
     pub(super) outside: Option<Outside>,
+    /// Stall threshold and message tracing, if not the runtime's.
+    pub(crate) observe: ManagerSettings,
 }
 
 /// An outside queue's settler, on its way into a mailbox.
@@ -401,6 +404,7 @@ impl Inner {
             name: name.clone(),
             backend: options.backend,
             capacity,
+            observed: Observed::new(&name, &inner.config.observe, &options.observe),
         });
         let handle = Handle {
             shared: Arc::clone(&shared),
@@ -431,6 +435,9 @@ impl Inner {
             control: shared,
             thread: Some(thread),
         });
+        if !inner.watch_started.swap(true, Ordering::Relaxed) {
+            observe::watch::start(Arc::downgrade(self), inner.config.observe.clone());
+        }
         Ok(handle)
     }
 }
