@@ -10,21 +10,7 @@ use std::time::{Duration, Instant};
 
 use custody::resources::rusqlite::Connection;
 
-/// The example binary that `cargo test` builds next to the test binaries.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples; run it with default features",
-        path.display()
-    );
-    path
-}
+use crate::support::example;
 
 #[test]
 fn sigint_mid_ingest_loses_no_acknowledged_row() {

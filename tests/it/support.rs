@@ -35,6 +35,24 @@ pub fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     within("scenario", f)
 }
 
+/// The example binary that `cargo test` builds next to the test binaries
+/// (with the features the example needs: run the tests with those).
+#[allow(dead_code)] // used only by feature-gated modules
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds the examples; run it with default features",
+        path.display()
+    );
+    path
+}
+
 pub fn runtime(backend: Backend) -> Runtime {
     Runtime::builder()
         .backend(backend)

@@ -2,28 +2,11 @@
 //! screen read with `capture-pane`. Fails (never skips) without tmux.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::thread;
 use std::time::Duration;
 
-use crate::support::within;
-
-/// The example binary that `cargo test` builds next to the test binaries.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples",
-        path.display()
-    );
-    path
-}
+use crate::support::{example, within};
 
 /// A tmux server of the test's own (its own socket), killed on drop.
 struct Tmux {
