@@ -220,6 +220,44 @@ fn a_traced_message_is_handled_in_a_span_that_follows_from_its_caller() {
     });
 }
 
+/// The awaitable sends carry the caller's span the same way: the span
+/// current where the future is made.
+#[test]
+fn awaited_messages_follow_from_their_callers_too() {
+    seen();
+    within(|| {
+        for backend in Backend::ALL {
+            let name = format!("traced-async-{backend}");
+            let rt = Runtime::builder()
+                .backend(backend)
+                .trace_messages(true)
+                .build()
+                .unwrap();
+            let h = rt.spawn(name.as_str(), Worker).unwrap();
+            let told =
+                tracing::info_span!("request", id = 51u64).in_scope(|| h.tell_async(Msg::Work));
+            futures_lite::future::block_on(told)
+                .map_err(|_| ())
+                .unwrap();
+            let asked =
+                tracing::info_span!("request", id = 52u64).in_scope(|| h.ask_async(Msg::Ask));
+            assert_eq!(futures_lite::future::block_on(asked).unwrap(), 7);
+            futures_lite::future::block_on(h.join_async()).unwrap();
+            rt.shutdown();
+            let spans = message_spans(&name);
+            assert_eq!(spans.len(), 2, "{spans:#?}");
+            for (span, id) in spans.iter().zip(["51", "52"]) {
+                assert_eq!(span.follows.len(), 1, "{span:#?}");
+                let (cause, fields) = &span.follows[0];
+                assert_eq!(
+                    (cause.as_str(), fields.get("id").map(String::as_str)),
+                    ("request", Some(id))
+                );
+            }
+        }
+    });
+}
+
 #[test]
 fn without_tracing_no_message_span_is_made() {
     seen();
