@@ -104,7 +104,7 @@ impl<T> Slot<T> {
                 .take();
             match asker {
                 Some(Asker::Thread(thread)) => thread.unpark(),
-                Some(Asker::Task(waker)) => waker.wake(),
+                Some(Asker::Task(waker)) => crate::wakers::wake(waker),
                 None => {}
             }
         }

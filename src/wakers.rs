@@ -137,7 +137,7 @@ impl Wakers {
         // Woken outside the lock: a waker may run the task at once.
         match first {
             Some((_, waker)) => {
-                waker.wake();
+                wake(waker);
                 true
             }
             None => false,
@@ -152,8 +152,18 @@ impl Wakers {
             std::mem::take(&mut inner.queue)
         };
         for (_, waker) in all {
-            waker.wake();
+            wake(waker);
         }
+    }
+}
+
+/// Wakes a task. A waker is the executor's code, run here on whatever
+/// thread makes the condition true (often a manager thread, between two
+/// messages): a panic in it is caught and traced, so that it cannot end that
+/// thread; the task it should have woken is then the executor's problem.
+pub(crate) fn wake(waker: Waker) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake())).is_err() {
+        tracing::error!("a task's waker panicked; the panic was caught");
     }
 }
 
@@ -220,6 +230,25 @@ mod tests {
         list.wake_all();
         assert_eq!((woken(&a), woken(&b)), (0, 1));
         assert!(list.is_empty());
+    }
+
+    struct Panics;
+    impl Wake for Panics {
+        fn wake(self: Arc<Self>) {
+            panic!("a waker that panics");
+        }
+    }
+
+    #[test]
+    fn a_panicking_waker_is_caught_and_the_next_is_still_woken() {
+        let list = Wakers::new();
+        let (b, wb) = counting();
+        list.register(None, &Waker::from(Arc::new(Panics)));
+        list.register(None, &wb);
+        list.wake_all();
+        assert_eq!(woken(&b), 1);
+        list.register(None, &Waker::from(Arc::new(Panics)));
+        assert!(list.wake_one(), "it was woken, and its panic caught");
     }
 
     #[test]

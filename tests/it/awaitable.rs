@@ -310,6 +310,36 @@ fn a_woken_send_dropped_unused_passes_its_wake_up_on(backend: Backend) {
     assert_eq!(handle.ask(Msg::Get).unwrap(), 101);
 }
 
+/// A waker is the executor's code, run on the manager thread when a slot
+/// frees: one that panics does not end the manager.
+fn a_waker_that_panics_on_the_manager_thread_does_not_end_it(backend: Backend) {
+    struct Panics(AtomicUsize);
+    impl Wake for Panics {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            panic!("a waker that panics");
+        }
+    }
+    quiet_panics();
+    let rt = bounded_runtime(backend, 1);
+    let (probe, _log) = Probe::new();
+    let (handle, latch) = blocked_probe(&rt, "probe", probe);
+    handle.tell(Msg::Add(1)).unwrap(); // the one slot is taken
+    let panics = Arc::new(Panics(AtomicUsize::new(0)));
+    let waker = Waker::from(Arc::clone(&panics));
+    let mut send = handle.tell_async(Msg::Add(10));
+    assert!(poll_once(&mut send, &waker).is_pending());
+    latch.open();
+    waits_until("the panicking wake-up", || {
+        panics.0.load(Ordering::SeqCst) > 0
+    });
+    let (_, fine) = counting_waker();
+    assert!(matches!(poll_once(&mut send, &fine), Poll::Ready(Ok(()))));
+    let h = handle.clone();
+    within("join", move || h.join()).unwrap();
+    assert_eq!(handle.ask(Msg::Get).unwrap(), 11, "the manager carried on");
+}
+
 fn a_dropped_ask_async_may_still_be_handled_and_its_answer_is_dropped(backend: Backend) {
     let rt = runtime(backend);
     let owner = rt.own("owner", Vec::<u32>::new()).unwrap();
@@ -764,6 +794,7 @@ backend_tests!(
     tell_async_waits_for_room_and_every_accepted_message_is_handled_once,
     a_dropped_tell_async_was_not_accepted_and_join_does_not_wait_for_it,
     a_woken_send_dropped_unused_passes_its_wake_up_on,
+    a_waker_that_panics_on_the_manager_thread_does_not_end_it,
     a_dropped_ask_async_may_still_be_handled_and_its_answer_is_dropped,
     futures_resolve_when_the_manager_panics_or_drops_the_reply,
     waiting_futures_resolve_when_the_runtime_stops_at_once,
