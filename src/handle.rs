@@ -481,6 +481,13 @@ impl<M: Send + 'static> Handle<M> {
     /// full. Waiting senders are woken one per message the manager takes
     /// out, first come first served, beside threads blocked in `tell`.
     ///
+    /// Fairness: the freed slot goes to whichever sender takes it first.
+    /// The channel wakes a blocked thread for it while this list wakes the
+    /// first waiting future. A future that loses the slot keeps its place
+    /// at the front, and a send that finds room is never made to queue. So
+    /// neither kind is shut out for good, but under sustained pressure from
+    /// threads a future can wait several slots for its turn.
+    ///
     /// Nothing happens until the future is polled. Dropped before it
     /// resolves, the message was not accepted: see
     /// [cancel safety](crate::future#cancel-safety).
