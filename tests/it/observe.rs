@@ -45,6 +45,9 @@ fn service_time_percentiles_are_kept_for_a_sample(backend: Backend) {
             slow.call(|_| thread::sleep(Duration::from_millis(1)))
                 .unwrap();
         }
+        // A call is answered from inside its handler, before the loop
+        // records the handled message: join waits for that.
+        slow.join().unwrap();
         let service = slow
             .handle()
             .stats()
