@@ -1,8 +1,9 @@
-//! The primitives under the gate and the reply slot: `std`'s, or loom's when
-//! the crate is built with `RUSTFLAGS="--cfg loom"` (see `src/loom_models.rs`).
+//! The primitives under the gate, the reply slot and the list of waiting
+//! tasks: `std`'s, or loom's when the crate is built with
+//! `RUSTFLAGS="--cfg loom"` (see `src/loom_models.rs`).
 //!
-//! `src/mailbox/gate.rs` and `src/reply.rs` take their atomics, locks, thread
-//! parking and clock from here, so that the loom models check the production
+//! `src/mailbox/gate.rs`, `src/reply.rs` and `src/wakers.rs` take their
+//! atomics, locks, thread parking and clock from here, so that the loom models check the production
 //! code itself, not a copy of it. Everything else in the crate keeps using
 //! `std` directly. `Arc` is not in the list: the reply slot's `Arc` is shared
 //! with `handle.rs` and `owner.rs` and coerced to `Arc<dyn Unanswered>`,
