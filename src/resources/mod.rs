@@ -98,6 +98,8 @@ mod group_commit;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 mod printer;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod refused;
 #[cfg(all(feature = "amqp", feature = "sqlite"))]
 mod remote_database;
 
@@ -106,9 +108,12 @@ pub use counter::{Counter, CounterHandle, CounterMsg};
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use database::{
     DEFAULT_MAX_BATCH_WRITES, Database, DatabaseBuilder, DatabaseError, DatabaseHandle,
-    DatabaseMsg, DatabaseStats, OpenError, RefusedWrite, Synchronous,
+    DatabaseMsg, DatabaseStats, OpenError, Synchronous,
 };
 pub use printer::{Printer, PrinterError, PrinterHandle, PrinterMsg, PrinterStats, SharedBuffer};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub use refused::RefusedWrite;
 #[cfg(all(feature = "amqp", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "amqp", feature = "sqlite"))))]
 pub use remote_database::{

@@ -1,10 +1,10 @@
 //! What a database call can fail with, and a refused told write.
 
-use std::fmt;
 use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::resources::RefusedWrite;
 use crate::{AskError, SpawnError};
 
 /// Why a database request failed. (Opening a database fails with an
@@ -151,99 +151,6 @@ fn is_transient_sqlite(error: &rusqlite::Error) -> bool {
                 | ErrorCode::FileLockingProtocolFailed
         )
     )
-}
-
-/// A told write ([`tell_execute`](super::DatabaseHandle::tell_execute) or
-/// [`tell_write`](super::DatabaseHandle::tell_write)) that the database manager
-/// refused; the write comes back: `(sql, params)` for `tell_execute`, the
-/// closure for `tell_write`.
-///
-/// Its `Debug` does not need `T: Debug` (closures are not), and it converts
-/// into [`DatabaseError::Stopped`] for `?`, dropping the write: call
-/// [`into_inner`](RefusedWrite::into_inner) first to keep it.
-///
-/// # Examples
-///
-/// ```
-/// use custody::{Runtime, sql_values};
-/// use custody::resources::{Database, RefusedWrite};
-///
-/// let rt = Runtime::new();
-/// let db = Database::in_memory().spawn(&rt, "db")?;
-/// db.stop();
-/// db.join()?;
-/// let refused = db.tell_execute("INSERT INTO t VALUES (?1)", sql_values![7]).unwrap_err();
-/// assert!(matches!(&refused, RefusedWrite::Stopped { manager, .. } if manager == "db"));
-/// assert_eq!(refused.to_string(), "database manager `db` is stopped: the told write was refused");
-/// let (sql, params) = refused.into_inner();
-/// assert_eq!(sql, "INSERT INTO t VALUES (?1)");
-/// assert_eq!(params, sql_values![7]);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Error)]
-#[non_exhaustive]
-pub enum RefusedWrite<T> {
-    /// The manager is stopping or stopped.
-    #[error("database manager `{manager}` is stopped: the told write was refused")]
-    Stopped {
-        /// The manager's name.
-        manager: String,
-        /// The write that was not sent.
-        write: T,
-    },
-    /// Told from a manager into the database's full bounded mailbox while the
-    /// database waits (through a chain of asks) on that manager: waiting for
-    /// room would never end.
-    #[error("telling database manager `{manager}` would deadlock: {}", cycle.join(" -> "))]
-    Deadlock {
-        /// The manager's name.
-        manager: String,
-        /// The write that was not sent.
-        write: T,
-        /// The managers around the cycle, the sender first and last.
-        cycle: Vec<String>,
-    },
-}
-
-impl<T> RefusedWrite<T> {
-    /// The write that was not sent.
-    pub fn into_inner(self) -> T {
-        match self {
-            RefusedWrite::Stopped { write, .. } | RefusedWrite::Deadlock { write, .. } => write,
-        }
-    }
-
-    /// The write that was not sent, borrowed.
-    pub fn write(&self) -> &T {
-        match self {
-            RefusedWrite::Stopped { write, .. } | RefusedWrite::Deadlock { write, .. } => write,
-        }
-    }
-
-    /// The name of the manager that refused it.
-    pub fn manager(&self) -> &str {
-        match self {
-            RefusedWrite::Stopped { manager, .. } | RefusedWrite::Deadlock { manager, .. } => {
-                manager
-            }
-        }
-    }
-}
-
-impl<T> fmt::Debug for RefusedWrite<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RefusedWrite::Stopped { manager, .. } => f
-                .debug_struct("Stopped")
-                .field("manager", manager)
-                .finish_non_exhaustive(),
-            RefusedWrite::Deadlock { manager, cycle, .. } => f
-                .debug_struct("Deadlock")
-                .field("manager", manager)
-                .field("cycle", cycle)
-                .finish_non_exhaustive(),
-        }
-    }
 }
 
 impl<T> From<RefusedWrite<T>> for DatabaseError {

@@ -8,8 +8,9 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, params_from_iter};
 
 use super::group_commit::WriteOp;
-use super::{DatabaseError, DatabaseStats, RefusedWrite};
-use crate::{Handle, Reply, SendError};
+use super::{DatabaseError, DatabaseStats};
+use crate::resources::refused::{RefusedWrite, refused_write};
+use crate::{Handle, Reply};
 
 struct ExecuteOp {
     sql: String,
@@ -409,28 +410,15 @@ impl DatabaseHandle {
         self.handle
             .tell(DatabaseMsg(Op::Write(Box::new(op))))
             .map_err(|refused| {
-                let cycle = match &refused {
-                    SendError::Deadlock { cycle, .. } => Some(cycle.clone()),
-                    _ => None,
-                };
-                let op = match refused.into_inner().0 {
-                    Op::Write(op) => {
-                        let op: Box<dyn Any> = op;
-                        op.downcast::<O>().ok()
-                    }
-                    Op::Call(_) | Op::Stats(_) => None,
-                };
-                let op = op.expect("a refused tell gives back the write it was sent");
-                let manager = self.handle.name().to_owned();
-                let write = input(*op);
-                match cycle {
-                    Some(cycle) => RefusedWrite::Deadlock {
-                        manager,
-                        write,
-                        cycle,
+                refused_write(
+                    refused,
+                    self.handle.name(),
+                    |msg: DatabaseMsg| match msg.0 {
+                        Op::Write(op) => Some(op as Box<dyn Any>),
+                        Op::Call(_) | Op::Stats(_) => None,
                     },
-                    None => RefusedWrite::Stopped { manager, write },
-                }
+                    input,
+                )
             })
     }
 

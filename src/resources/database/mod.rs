@@ -36,7 +36,7 @@ mod open;
 use std::fmt;
 use std::path::Path;
 
-pub use error::{DatabaseError, OpenError, RefusedWrite};
+pub use error::{DatabaseError, OpenError};
 pub(crate) use group_commit::GroupCommit;
 #[cfg(feature = "amqp")]
 pub(crate) use group_commit::{CommitCheck, WriteOp};

@@ -1,12 +1,12 @@
-//! What a `PgState` request can fail with, why one could not be opened, and
-//! a refused told write.
+//! What a `PgState` request can fail with, and why one could not be opened.
+//! (A refused told write is the shared [`RefusedWrite`].)
 
-use std::fmt;
 use std::sync::Arc;
 
 use ::postgres::error::SqlState;
 use thiserror::Error;
 
+use crate::resources::RefusedWrite;
 use crate::{AskError, SpawnError};
 
 /// Why a [`PgState`](super::PgState) request failed. (Opening one fails with
@@ -86,7 +86,7 @@ pub enum PgStateError {
         reason: &'static str,
     },
     /// A told write was refused (the manager is stopping or stopped); this
-    /// is what a [`RefusedPgWrite`] becomes when converted by `?`.
+    /// is what a [`RefusedWrite`] becomes when converted by `?`.
     #[error("manager `{manager}` is stopped")]
     Stopped {
         /// The manager's name.
@@ -193,67 +193,12 @@ pub enum PgOpenError {
     Spawn(#[from] SpawnError),
 }
 
-/// A told write ([`tell_write`](super::PgStateHandle::tell_write),
-/// [`tell_apply`](super::PgStateHandle::tell_apply)) that the manager refused;
-/// the closure comes back, not run.
-///
-/// Its `Debug` does not need `T: Debug`, and it converts into
-/// [`PgStateError::Stopped`] for `?`, dropping the write.
-#[derive(Error)]
-#[non_exhaustive]
-pub enum RefusedPgWrite<T> {
-    /// The manager is stopping or stopped.
-    #[error("manager `{manager}` is stopped: the told write was refused")]
-    Stopped {
-        /// The manager's name.
-        manager: String,
-        /// The write that was not sent.
-        write: T,
-    },
-    /// Told from a manager into the full bounded mailbox of a `PgState` that
-    /// waits (through a chain of asks) on that manager.
-    #[error("telling manager `{manager}` would deadlock: {}", cycle.join(" -> "))]
-    Deadlock {
-        /// The manager's name.
-        manager: String,
-        /// The write that was not sent.
-        write: T,
-        /// The managers around the cycle, the sender first and last.
-        cycle: Vec<String>,
-    },
-}
-
-impl<T> RefusedPgWrite<T> {
-    /// The write that was not sent.
-    pub fn into_inner(self) -> T {
-        match self {
-            RefusedPgWrite::Stopped { write, .. } | RefusedPgWrite::Deadlock { write, .. } => write,
-        }
-    }
-}
-
-impl<T> fmt::Debug for RefusedPgWrite<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RefusedPgWrite::Stopped { manager, .. } => f
-                .debug_struct("Stopped")
-                .field("manager", manager)
-                .finish_non_exhaustive(),
-            RefusedPgWrite::Deadlock { manager, cycle, .. } => f
-                .debug_struct("Deadlock")
-                .field("manager", manager)
-                .field("cycle", cycle)
-                .finish_non_exhaustive(),
-        }
-    }
-}
-
-impl<T> From<RefusedPgWrite<T>> for PgStateError {
+impl<T> From<RefusedWrite<T>> for PgStateError {
     /// Keeps the reason and drops the write.
-    fn from(refused: RefusedPgWrite<T>) -> PgStateError {
+    fn from(refused: RefusedWrite<T>) -> PgStateError {
         match refused {
-            RefusedPgWrite::Stopped { manager, .. } => PgStateError::Stopped { manager },
-            RefusedPgWrite::Deadlock { cycle, .. } => {
+            RefusedWrite::Stopped { manager, .. } => PgStateError::Stopped { manager },
+            RefusedWrite::Deadlock { cycle, .. } => {
                 PgStateError::Runtime(AskError::Deadlock { cycle })
             }
         }

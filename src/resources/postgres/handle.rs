@@ -7,8 +7,9 @@ use std::fmt;
 use std::time::Duration;
 
 use super::store::{PgConn, PgWriteOp, Session};
-use super::{Applied, PgStateError, PgStateStats, RefusedPgWrite};
-use crate::{Handle, Reply, SendError};
+use super::{Applied, PgStateError, PgStateStats};
+use crate::resources::refused::{RefusedWrite, refused_write};
+use crate::{Handle, Reply};
 
 /// An unfenced write: a closure, answered with its value.
 struct WriteOp<F, T: Send + 'static> {
@@ -545,7 +546,7 @@ impl PgStateHandle {
     ///
     /// # Errors
     ///
-    /// [`RefusedPgWrite`] if the manager is stopping or stopped; `f` comes
+    /// [`RefusedWrite`] if the manager is stopping or stopped; `f` comes
     /// back inside, not run.
     ///
     /// # Examples
@@ -560,7 +561,7 @@ impl PgStateHandle {
     /// state.join()?; // committed (or failed, and counted)
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn tell_write<T, F>(&self, f: F) -> Result<(), RefusedPgWrite<F>>
+    pub fn tell_write<T, F>(&self, f: F) -> Result<(), RefusedWrite<F>>
     where
         T: Send + 'static,
         F: FnOnce(&mut PgConn<'_>) -> Result<T, PgStateError> + Send + 'static,
@@ -577,7 +578,7 @@ impl PgStateHandle {
     ///
     /// # Errors
     ///
-    /// [`RefusedPgWrite`] if the manager is stopping or stopped; `f` comes
+    /// [`RefusedWrite`] if the manager is stopping or stopped; `f` comes
     /// back inside, not run.
     ///
     /// # Examples
@@ -601,7 +602,7 @@ impl PgStateHandle {
         partition: impl Into<String>,
         message_id: impl Into<String>,
         f: F,
-    ) -> Result<(), RefusedPgWrite<F>>
+    ) -> Result<(), RefusedWrite<F>>
     where
         T: Send + 'static,
         F: FnOnce(&mut PgConn<'_>) -> Result<T, PgStateError> + Send + 'static,
@@ -622,32 +623,19 @@ impl PgStateHandle {
         &self,
         op: O,
         input: impl FnOnce(O) -> T,
-    ) -> Result<(), RefusedPgWrite<T>> {
+    ) -> Result<(), RefusedWrite<T>> {
         self.handle
             .tell(PgStateMsg(Op::Write(Box::new(op))))
             .map_err(|refused| {
-                let cycle = match &refused {
-                    SendError::Deadlock { cycle, .. } => Some(cycle.clone()),
-                    _ => None,
-                };
-                let op = match refused.into_inner().0 {
-                    Op::Write(op) => {
-                        let op: Box<dyn Any> = op;
-                        op.downcast::<O>().ok()
-                    }
-                    _ => None,
-                };
-                let op = op.expect("a refused tell gives back the write it was sent");
-                let manager = self.handle.name().to_owned();
-                let write = input(*op);
-                match cycle {
-                    Some(cycle) => RefusedPgWrite::Deadlock {
-                        manager,
-                        write,
-                        cycle,
+                refused_write(
+                    refused,
+                    self.handle.name(),
+                    |msg: PgStateMsg| match msg.0 {
+                        Op::Write(op) => Some(op as Box<dyn Any>),
+                        _ => None,
                     },
-                    None => RefusedPgWrite::Stopped { manager, write },
-                }
+                    input,
+                )
             })
     }
 

@@ -110,7 +110,7 @@ mod store;
 use std::fmt;
 use std::time::Duration;
 
-pub use error::{PgOpenError, PgStateError, RefusedPgWrite};
+pub use error::{PgOpenError, PgStateError};
 pub use handle::{PgStateHandle, PgStateMsg};
 pub use store::PgConn;
 
