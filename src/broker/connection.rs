@@ -939,7 +939,12 @@ impl Link {
     /// `error` as [`BrokerError::QueueMismatch`] if the broker refused the
     /// declaration of `queue` with `args` because the queue exists with
     /// other arguments (`PRECONDITION_FAILED`); unchanged otherwise.
-    fn mismatch(&self, error: BrokerError, queue: &str, args: &FieldTable) -> BrokerError {
+    pub(crate) fn mismatch(
+        &self,
+        error: BrokerError,
+        queue: &str,
+        args: &FieldTable,
+    ) -> BrokerError {
         let BrokerError::Operation { source, .. } = &error else {
             return error;
         };

@@ -83,6 +83,32 @@ pub enum BrokerError {
     /// [`QueueMismatch`].
     #[error("{0}")]
     QueueMismatch(Box<QueueMismatch>),
+    /// A sharded kind's partition count is out of range: it must be 1 to
+    /// [`MAX_PARTITIONS`](super::shard::MAX_PARTITIONS).
+    #[error("a sharded kind needs 1 to 4096 partitions; `{kind}` was given {partitions}")]
+    InvalidPartitions {
+        /// The kind.
+        kind: String,
+        /// The count asked for.
+        partitions: u32,
+    },
+    /// The sharded kind exists on the broker with another partition count
+    /// (recorded by the first process that declared it): routing with
+    /// another count would send a key to another partition. Keep the
+    /// recorded count, or drain the kind, delete its queues and declare it
+    /// again.
+    #[error(
+        "the sharded kind `{kind}` has {} on the broker; this process asked for {asked}",
+        match recorded { Some(n) => format!("{n} partitions"), None => "another partition count".to_owned() }
+    )]
+    PartitionMismatch {
+        /// The kind.
+        kind: String,
+        /// The count recorded on the broker, when its reply could be read.
+        recorded: Option<u32>,
+        /// The count this process asked for.
+        asked: u32,
+    },
     /// The broker did not answer an operation in time.
     #[error("{what} on the AMQP broker at {host} got no answer within {waited:?}")]
     Timeout {

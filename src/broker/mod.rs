@@ -257,6 +257,7 @@ mod names;
 mod remote;
 mod reply;
 mod serve;
+pub mod shard;
 
 pub use admin::DeadMessage;
 pub use connection::{
@@ -272,3 +273,4 @@ pub use reply::RemoteReply;
 pub use serve::Served;
 #[cfg(feature = "sqlite")]
 pub(crate) use serve::{Ownership, is_served, ownership};
+pub use shard::{PartitionKey, Sharded, ShardedBuilder, ShardedHandle, fnv1a_64, partition_of};

@@ -7,6 +7,9 @@
 //! custody.<name>.limit     what the broker dead-lettered at its delivery limit
 //! custody.<name>.charges   the owners' durable record of charges
 //! custody.done.<producer>  a producer's done records (and its answers)
+//! custody.<kind>.<p>       partition p of a sharded kind: a mailbox as above
+//! custody.<kind>.partitions  the kind's partition count (empty; x-max-length)
+//! custody.<kind>.members   the exchange a sharded kind's members beat on
 //! ```
 
 use super::error::BrokerError;
@@ -52,6 +55,16 @@ pub(crate) fn done_queue(producer: &str) -> String {
 /// The queue holding the owners' durable record of charges.
 pub(crate) fn charges_queue(name: &str) -> String {
     format!("{}.charges", mailbox_queue(name))
+}
+
+/// The empty queue that records a sharded kind's partition count.
+pub(crate) fn partitions_queue(kind: &str) -> String {
+    format!("{}.partitions", mailbox_queue(kind))
+}
+
+/// The fanout exchange the members of a sharded kind beat on.
+pub(crate) fn members_exchange(kind: &str) -> String {
+    format!("{}.members", mailbox_queue(kind))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ mod spawn;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -188,6 +188,29 @@ impl Inner {
 /// ```
 pub struct Runtime {
     inner: Arc<Inner>,
+    /// Whether dropping this value shuts the runtime down: true for the
+    /// runtime a user built, false for one borrowed back from a
+    /// [`WeakRuntime`] by the crate's own threads.
+    owning: bool,
+}
+
+/// A reference to a runtime that neither keeps it alive nor shuts it down:
+/// for the crate's own threads that spawn managers later (a sharded kind's
+/// member).
+#[derive(Clone)]
+#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+pub(crate) struct WeakRuntime(Weak<Inner>);
+
+#[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+impl WeakRuntime {
+    /// The runtime, while it exists; dropping what this returns does not
+    /// shut it down.
+    pub(crate) fn upgrade(&self) -> Option<Runtime> {
+        self.0.upgrade().map(|inner| Runtime {
+            inner,
+            owning: false,
+        })
+    }
 }
 
 impl Default for Runtime {
@@ -220,7 +243,14 @@ impl Runtime {
                 timers: Mutex::new(None),
                 watch_started: AtomicBool::new(false),
             }),
+            owning: true,
         }
+    }
+
+    /// A reference that neither keeps this runtime alive nor shuts it down.
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+    pub(crate) fn downgrade(&self) -> WeakRuntime {
+        WeakRuntime(Arc::downgrade(&self.inner))
     }
 
     /// A runtime with the defaults: crossbeam-channel, unbounded mailboxes,
@@ -553,6 +583,8 @@ impl Runtime {
 /// returns at once instead.
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.shutdown();
+        if self.owning {
+            self.shutdown();
+        }
     }
 }

@@ -100,7 +100,7 @@ impl<M: Serialize> RemoteHandle<M> {
         R: DeserializeOwned,
         F: FnOnce(RemoteReply<R>) -> M,
     {
-        self.ask_until(make, None, None)
+        self.ask_until(0, make, None, None)
     }
 
     /// Like [`ask`](RemoteHandle::ask), ending with
@@ -116,11 +116,13 @@ impl<M: Serialize> RemoteHandle<M> {
         R: DeserializeOwned,
         F: FnOnce(RemoteReply<R>) -> M,
     {
-        self.ask_until(make, deadline_after(timeout), Some(timeout))
+        self.ask_until(0, make, deadline_after(timeout), Some(timeout))
     }
 
-    fn ask_until<R, F>(
+    /// An ask to route `route`, ending at `deadline` if there is one.
+    pub(crate) fn ask_until<R, F>(
         &self,
+        route: usize,
         make: F,
         deadline: Option<Instant>,
         timeout: Option<Duration>,
@@ -130,16 +132,18 @@ impl<M: Serialize> RemoteHandle<M> {
         F: FnOnce(RemoteReply<R>) -> M,
     {
         let remote = &*self.remote;
-        let queue = || remote.queue.clone();
+        let queue = || remote.routes[route].clone();
         let send_deadline = match (deadline, remote.link.confirm_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let msg = make(RemoteReply::placeholder());
-        let (msg, id, body) = self.prepare(msg).map_err(|e| RemoteAskError::NotSent {
-            queue: queue(),
-            reason: e.to_string(),
-        })?;
+        let (msg, id, body) = self
+            .prepare(msg, route)
+            .map_err(|e| RemoteAskError::NotSent {
+                queue: queue(),
+                reason: e.to_string(),
+            })?;
         let session = match self.answering_session(send_deadline) {
             Ok(session) => session,
             Err(e) => {
@@ -159,7 +163,7 @@ impl<M: Serialize> RemoteHandle<M> {
                 .channel
                 .basic_publish(
                     ShortString::from(""),
-                    ShortString::from(remote.queue.as_str()),
+                    ShortString::from(remote.routes[route].as_str()),
                     mandatory(),
                     &body,
                     props,
@@ -168,7 +172,7 @@ impl<M: Serialize> RemoteHandle<M> {
                 .await
         });
         let waited = timeout.unwrap_or(remote.link.settings.confirm_timeout);
-        if let Err(e) = self.conclude(msg, &id, outcome, waited) {
+        if let Err(e) = self.conclude(msg, &id, route, outcome, waited) {
             return Err(match e {
                 RemoteSendError::Timeout { .. } if timeout.is_some() => RemoteAskError::Timeout {
                     queue: queue(),

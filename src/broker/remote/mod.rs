@@ -31,6 +31,7 @@ use super::connection::{Broker, Link, block_until, error_chain};
 use super::error::{BrokerError, RemoteSendError, TellAllError};
 use super::names;
 use super::serve::unique;
+use super::shard::partition;
 use crate::util::deadline_after;
 
 /// How long an unused done queue outlives its producer (a producer that
@@ -105,7 +106,14 @@ impl<M> fmt::Debug for RemoteHandle<M> {
 struct Remote {
     link: Arc<Link>,
     name: String,
+    /// `custody.<name>`: the queue of a plain handle, the prefix of a
+    /// sharded kind's partition queues.
     queue: String,
+    /// Where messages go: the one queue of a plain handle (route 0), or
+    /// each partition's queue, by partition.
+    routes: Vec<String>,
+    /// The partition count of a sharded kind, `None` for a plain handle.
+    partitions: Option<u32>,
     producer: String,
     done_queue: String,
     next_id: AtomicU64,
@@ -201,7 +209,15 @@ impl Remote {
     fn open_session(&self, deadline: Option<Instant>) -> Result<Arc<Session>, BrokerError> {
         let link = &*self.link;
         let channel = link.confirmed_channel_until(deadline)?;
-        link.declare_mailbox(&channel, &self.name)?;
+        match self.partitions {
+            None => link.declare_mailbox(&channel, &self.name)?,
+            Some(n) => {
+                partition::declare_count(link, &channel, &self.name, n)?;
+                for p in 0..n {
+                    link.declare_mailbox(&channel, &partition::partition_name(&self.name, p))?;
+                }
+            }
+        }
         let done_queue = &self.done_queue;
         let mut args = FieldTable::default();
         args.insert(
@@ -254,12 +270,39 @@ impl Remote {
 impl<M: Serialize> RemoteHandle<M> {
     pub(crate) fn new(broker: &Broker, name: &str) -> Result<RemoteHandle<M>, BrokerError> {
         names::check_name(name)?;
+        RemoteHandle::with_routes(broker, name, None)
+    }
+
+    /// A handle to every partition of the sharded kind `kind`: route `p`
+    /// is partition `p`'s queue.
+    pub(crate) fn sharded(
+        broker: &Broker,
+        kind: &str,
+        partitions: u32,
+    ) -> Result<RemoteHandle<M>, BrokerError> {
+        partition::check(kind, partitions)?;
+        RemoteHandle::with_routes(broker, kind, Some(partitions))
+    }
+
+    fn with_routes(
+        broker: &Broker,
+        name: &str,
+        partitions: Option<u32>,
+    ) -> Result<RemoteHandle<M>, BrokerError> {
         let link = Arc::clone(&broker.link);
         let producer = producer_id();
         let done_queue = names::done_queue(&producer);
+        let routes = match partitions {
+            None => vec![names::mailbox_queue(name)],
+            Some(n) => (0..n)
+                .map(|p| names::mailbox_queue(&partition::partition_name(name, p)))
+                .collect(),
+        };
         let remote = Remote {
             name: name.to_owned(),
             queue: names::mailbox_queue(name),
+            routes,
+            partitions,
             producer,
             done_queue,
             next_id: AtomicU64::new(0),
@@ -303,9 +346,19 @@ impl<M: Serialize> RemoteHandle<M> {
     /// As [`tell`](RemoteHandle::tell). After a `Timeout` the broker may still
     /// take the message; `join` does not wait for it.
     pub fn tell_timeout(&self, msg: M, timeout: Duration) -> Result<(), RemoteSendError<M>> {
-        let (msg, id, body) = self.prepare(msg)?;
+        self.tell_timeout_on(0, msg, timeout)
+    }
+
+    /// [`tell_timeout`](Self::tell_timeout) to route `route`.
+    pub(crate) fn tell_timeout_on(
+        &self,
+        route: usize,
+        msg: M,
+        timeout: Duration,
+    ) -> Result<(), RemoteSendError<M>> {
+        let (msg, id, body) = self.prepare(msg, route)?;
         let deadline = deadline_after(timeout);
-        let flight = self.launch(msg, id, Arc::new(body), deadline, None)?;
+        let flight = self.launch(msg, id, Arc::new(body), route, deadline, None)?;
         let mut confirmed = 0;
         let mut refused = Vec::new();
         self.land(
@@ -354,6 +407,14 @@ impl<M: Serialize> RemoteHandle<M> {
     where
         I: IntoIterator<Item = M>,
     {
+        self.tell_all_on(msgs.into_iter().map(|msg| (0, msg)))
+    }
+
+    /// [`tell_all`](Self::tell_all), each message to its own route.
+    pub(crate) fn tell_all_on<I>(&self, msgs: I) -> Result<(), TellAllError<M>>
+    where
+        I: IntoIterator<Item = (usize, M)>,
+    {
         const WINDOW: usize = 1024;
         let timeout = self.remote.link.settings.confirm_timeout;
         let next_deadline = || deadline_after(timeout);
@@ -363,16 +424,16 @@ impl<M: Serialize> RemoteHandle<M> {
         // Once no connection came in time, the rest are refused without
         // waiting for one again.
         let mut broken: Option<String> = None;
-        for msg in msgs {
+        for (route, msg) in msgs {
             if let Some(reason) = &broken {
                 refused.push(RemoteSendError::Unreachable {
                     msg,
-                    queue: self.remote.queue.clone(),
+                    queue: self.remote.routes[route].clone(),
                     reason: reason.clone(),
                 });
                 continue;
             }
-            let (msg, id, body) = match self.prepare(msg) {
+            let (msg, id, body) = match self.prepare(msg, route) {
                 Ok(prepared) => prepared,
                 Err(e) => {
                     refused.push(e);
@@ -385,7 +446,15 @@ impl<M: Serialize> RemoteHandle<M> {
                 // Only on the channel of the messages in flight: once it is
                 // lost, they go again first, so that the order holds.
                 let after = in_flight.last().map(|f: &Flight<M>| Arc::clone(&f.session));
-                match self.launch_once(msg, id, body, next_deadline(), None, after.as_deref()) {
+                match self.launch_once(
+                    msg,
+                    id,
+                    body,
+                    route,
+                    next_deadline(),
+                    None,
+                    after.as_deref(),
+                ) {
                     Launch::Flying(flight) => in_flight.push(flight),
                     Launch::Again(msg, id, body, _) => {
                         let flights = std::mem::take(&mut in_flight);
@@ -401,7 +470,7 @@ impl<M: Serialize> RemoteHandle<M> {
                             self.remote.joins.forget(&id);
                             refused.push(RemoteSendError::Unreachable {
                                 msg,
-                                queue: self.remote.queue.clone(),
+                                queue: self.remote.routes[route].clone(),
                                 reason: reason.clone(),
                             });
                             break;
@@ -453,11 +522,12 @@ impl<M: Serialize> RemoteHandle<M> {
         mut msg: M,
         mut id: String,
         mut body: Arc<Vec<u8>>,
+        route: usize,
         deadline: Option<Instant>,
         mut cut: Option<String>,
     ) -> Result<Flight<M>, RemoteSendError<M>> {
         loop {
-            match self.launch_once(msg, id, body, deadline, cut, None) {
+            match self.launch_once(msg, id, body, route, deadline, cut, None) {
                 Launch::Flying(flight) => return Ok(flight),
                 Launch::Refused(e) => return Err(e),
                 Launch::Again(m, i, b, c) => (msg, id, body, cut) = (m, i, b, c),
@@ -467,27 +537,32 @@ impl<M: Serialize> RemoteHandle<M> {
 
     /// One try of [`launch`](Self::launch); with `after`, only on that
     /// session (the one of the messages in flight before this one).
+    // The message travels by value through every try (given back in
+    // `Again` and `Refused`), so its parts stay separate arguments.
+    #[allow(clippy::too_many_arguments)]
     fn launch_once(
         &self,
         msg: M,
         id: String,
         body: Arc<Vec<u8>>,
+        route: usize,
         deadline: Option<Instant>,
         cut: Option<String>,
         after: Option<&Session>,
     ) -> Launch<M> {
         let session = match self.remote.session(deadline) {
             Ok(session) => session,
-            Err(e) => return Launch::Refused(self.unsent(msg, &id, cut, &e)),
+            Err(e) => return Launch::Refused(self.unsent(msg, &id, route, cut, &e)),
         };
         if after.is_some_and(|after| after.id != session.id) {
             return Launch::Again(msg, id, body, cut);
         }
-        match self.start(&session, &id, Arc::clone(&body)) {
+        match self.start(&session, &id, Arc::clone(&body), route) {
             Started::Sending(sending) => Launch::Flying(Flight {
                 msg,
                 id,
                 body,
+                route,
                 session,
                 sending,
             }),
@@ -497,7 +572,7 @@ impl<M: Serialize> RemoteHandle<M> {
                 self.remote.joins.forget(&id);
                 Launch::Refused(RemoteSendError::Disconnected {
                     msg,
-                    queue: self.remote.queue.clone(),
+                    queue: self.remote.routes[route].clone(),
                     reason: e.to_string(),
                 })
             }
@@ -525,14 +600,15 @@ impl<M: Serialize> RemoteHandle<M> {
                     msg,
                     id,
                     body,
+                    route,
                     session,
                     sending,
                 } = flight;
                 match block_until(deadline, sending) {
                     Some(Err(e)) if self.lost_with(&session, &e) => {
-                        cut.push((msg, id, body, e.to_string()));
+                        cut.push((msg, id, body, route, e.to_string()));
                     }
-                    outcome => match self.conclude(msg, &id, outcome, waited) {
+                    outcome => match self.conclude(msg, &id, route, outcome, waited) {
                         Ok(()) => *confirmed += 1,
                         Err(e) => refused.push(e),
                     },
@@ -542,18 +618,18 @@ impl<M: Serialize> RemoteHandle<M> {
                 break;
             }
             let deadline = next_deadline();
-            for (msg, id, body, why) in cut {
+            for (msg, id, body, route, why) in cut {
                 if let Some(reason) = broken {
                     self.remote.joins.forget(&id);
                     refused.push(RemoteSendError::Disconnected {
                         msg,
-                        queue: self.remote.queue.clone(),
+                        queue: self.remote.routes[route].clone(),
                         reason: format!("{why}; not sent again: {reason}"),
                     });
                     continue;
                 }
                 tracing::debug!(id, "a publish cut by a lost connection: sending it again");
-                match self.launch(msg, id, body, deadline, Some(why)) {
+                match self.launch(msg, id, body, route, deadline, Some(why)) {
                     Ok(flight) => flights.push(flight),
                     Err(e) => {
                         *broken = Some(unsent_reason(&e));
@@ -586,11 +662,12 @@ impl<M: Serialize> RemoteHandle<M> {
         &self,
         msg: M,
         id: &str,
+        route: usize,
         cut: Option<String>,
         why: &BrokerError,
     ) -> RemoteSendError<M> {
         self.remote.joins.forget(id);
-        let queue = self.remote.queue.clone();
+        let queue = self.remote.routes[route].clone();
         match cut {
             Some(cut) => RemoteSendError::Disconnected {
                 msg,
@@ -609,10 +686,10 @@ impl<M: Serialize> RemoteHandle<M> {
     /// the connection's I/O thread at once, in call order, without waiting
     /// for them to be written; the returned future then waits for the write
     /// and the confirm.
-    fn start(&self, session: &Session, id: &str, body: Arc<Vec<u8>>) -> Started {
+    fn start(&self, session: &Session, id: &str, body: Arc<Vec<u8>>, route: usize) -> Started {
         let props = codec::message_properties(id, &self.remote.producer);
         let channel = session.channel.clone();
-        let queue = ShortString::from(self.remote.queue.as_str());
+        let queue = ShortString::from(self.remote.routes[route].as_str());
         let mut sending: Sending = Box::pin(async move {
             channel
                 .basic_publish(ShortString::from(""), queue, mandatory(), &body, props)
@@ -633,14 +710,14 @@ impl<M: Serialize> RemoteHandle<M> {
 
     /// Encodes the message and gives it an id, counted for `join` from now
     /// on (the done record may beat the confirm).
-    fn prepare(&self, msg: M) -> Result<(M, String, Vec<u8>), RemoteSendError<M>> {
+    fn prepare(&self, msg: M, route: usize) -> Result<(M, String, Vec<u8>), RemoteSendError<M>> {
         let remote = &*self.remote;
         let body = match codec::encode(&msg) {
             Ok(body) => body,
             Err(reason) => {
                 return Err(RemoteSendError::Encode {
                     msg,
-                    queue: remote.queue.clone(),
+                    queue: remote.routes[route].clone(),
                     reason,
                 });
             }
@@ -660,10 +737,11 @@ impl<M: Serialize> RemoteHandle<M> {
         &self,
         msg: M,
         id: &str,
+        route: usize,
         outcome: Option<lapin::Result<Confirmation>>,
         waited: Duration,
     ) -> Result<(), RemoteSendError<M>> {
-        let queue = || self.remote.queue.clone();
+        let queue = || self.remote.routes[route].clone();
         let refused = match outcome {
             Some(Ok(confirm)) if confirm.is_ack() => match confirm.take_message() {
                 None => return Ok(()),
@@ -693,6 +771,11 @@ impl<M: Serialize> RemoteHandle<M> {
 }
 
 impl<M> RemoteHandle<M> {
+    /// The broker's confirm timeout, what a `tell` waits at most.
+    pub(crate) fn confirm_timeout(&self) -> Duration {
+        self.remote.link.settings.confirm_timeout
+    }
+
     /// Messages confirmed (or being sent) and not yet reported done.
     pub fn outstanding(&self) -> usize {
         self.remote.joins.state().outstanding.len()
@@ -781,6 +864,8 @@ struct Flight<M> {
     msg: M,
     id: String,
     body: Arc<Vec<u8>>,
+    /// Which of the handle's queues it goes to.
+    route: usize,
     session: Arc<Session>,
     sending: Sending,
 }
@@ -796,7 +881,7 @@ fn mandatory() -> BasicPublishOptions {
 
 /// A producer id unique across processes and machines in practice: the
 /// process id, the start time in nanoseconds, and a counter.
-fn producer_id() -> String {
+pub(crate) fn producer_id() -> String {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());

@@ -149,6 +149,12 @@ impl<M: Send + 'static> Served<M> {
             && self.owner.serving.load(Ordering::SeqCst)
     }
 
+    /// Whether the serving ended for good on its own (its consumer thread
+    /// returned): not while a lost connection is being replaced.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
     /// Stops serving gracefully and waits until it is done (see [`Served`]).
     pub fn stop(mut self) {
         self.finish();
