@@ -3,12 +3,14 @@
 //! partitions the assignment gives this member (and only those).
 //!
 //! ```text
-//! every beat:   publish Beat { member, partitions, leaving: false }
+//! every beat:   publish Beat { member, partitions, ready, leaving: false }
 //! each beat heard:  note the member as seen now (leaving: forget it)
 //! live members: seen within the member timeout
 //! in touch:     this member heard its own beat within the timeout
-//! when in touch and warmed up (two beats since it started):
-//!     mine = assign(live members)[me]
+//! ready:        warmed up (two beats since it started: it has heard the
+//!               others), and says so in its beats
+//! when in touch and ready:
+//!     mine = assign(live members that are ready)[me]
 //!     p in mine, not served:      serve it (as the active owner, or as the
 //!                                 standby of a holder that is handing over)
 //!     p served, not in mine:      stop it on a thread of its own (graceful:
@@ -62,6 +64,10 @@ const MAX_MEMBER_ID: usize = 200;
 pub(crate) struct Beat {
     pub(crate) member: String,
     pub(crate) partitions: u32,
+    /// Warmed up: it has heard the others for two beats and serves its
+    /// share. Only ready members are given partitions, so the others hand
+    /// a partition over only to a member that is about to subscribe.
+    pub(crate) ready: bool,
     pub(crate) leaving: bool,
 }
 
@@ -268,17 +274,20 @@ where
             heard: beats,
         };
         let started = Instant::now();
-        let mut seen: HashMap<String, Instant> = HashMap::new();
+        // Each member heard: when, and whether it said it was ready.
+        let mut seen: HashMap<String, (Instant, bool)> = HashMap::new();
         let mut next_beat = Instant::now();
         let ended = loop {
             if self.view.leave.load(Ordering::SeqCst) {
                 break None;
             }
             let now = Instant::now();
+            let ready = started.elapsed() >= self.timing.beat * 2;
             if now >= next_beat {
                 let beat = Beat {
                     member: self.id.clone(),
                     partitions: self.partitions,
+                    ready,
                     leaving: false,
                 };
                 beats.publish(&self.broker, &self.kind, &beat, self.timing.beat);
@@ -293,14 +302,21 @@ where
                 }
             }
             let now = Instant::now();
-            seen.retain(|_, at| now.duration_since(*at) <= self.timing.member_timeout);
+            seen.retain(|_, (at, _)| now.duration_since(*at) <= self.timing.member_timeout);
             let mut members: Vec<String> = seen.keys().cloned().collect();
             members.sort();
             let in_touch = seen.contains_key(&self.id);
             self.reap_stopped();
-            let warmed_up = started.elapsed() >= self.timing.beat * 2;
-            if in_touch && warmed_up {
-                let mine: BTreeSet<u32> = assign::owned_by(&members, self.partitions, &self.id)
+            if in_touch && ready {
+                // This member counts as ready from now on, even before its
+                // next beat says so.
+                let mut assignees: Vec<String> = seen
+                    .iter()
+                    .filter(|(m, (_, r))| *r || **m == self.id)
+                    .map(|(m, _)| m.clone())
+                    .collect();
+                assignees.sort();
+                let mine: BTreeSet<u32> = assign::owned_by(&assignees, self.partitions, &self.id)
                     .into_iter()
                     .collect();
                 if let Err(why) = self.reconcile(&mine) {
@@ -316,7 +332,7 @@ where
     }
 
     /// Takes one beat heard on the exchange.
-    fn hear(&self, body: &[u8], seen: &mut HashMap<String, Instant>) {
+    fn hear(&self, body: &[u8], seen: &mut HashMap<String, (Instant, bool)>) {
         match Beat::parse(body) {
             Ok(beat) if beat.partitions != self.partitions => {
                 self.view.rejected.fetch_add(1, Ordering::Relaxed);
@@ -332,7 +348,7 @@ where
                 seen.remove(&beat.member);
             }
             Ok(beat) => {
-                seen.insert(beat.member, Instant::now());
+                seen.insert(beat.member, (Instant::now(), beat.ready));
             }
             Err(reason) => {
                 self.view.rejected.fetch_add(1, Ordering::Relaxed);
@@ -439,6 +455,7 @@ where
         let beat = Beat {
             member: self.id.clone(),
             partitions: self.partitions,
+            ready: false,
             leaving: true,
         };
         beats.publish(&self.broker, &self.kind, &beat, self.timing.beat);
@@ -472,6 +489,7 @@ mod tests {
         let beat = Beat {
             member: "m-1".to_owned(),
             partitions: 8,
+            ready: true,
             leaving: false,
         };
         let body = codec::encode(&beat).unwrap();

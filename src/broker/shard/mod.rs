@@ -40,7 +40,12 @@
 //!   [`member_timeout`](ShardedBuilder::member_timeout) (2 s by default);
 //!   a member leaving gracefully says so in a last beat and is forgotten at
 //!   once.
-//! - **Assignment.** From the sorted list of live members, every member
+//! - **Warm-up.** A member that just started listens for two beats before
+//!   it takes anything (it has then heard every live member), and says in
+//!   its beats when it is ready; only ready members are given partitions.
+//!   So the holders of the partitions a newcomer is to get hand them over
+//!   only once it is about to subscribe to them.
+//! - **Assignment.** From the sorted list of ready live members, every member
 //!   computes the same assignment: rendezvous hashing (each partition ranks
 //!   the members by a hash of member and partition) with a bound on load, so
 //!   that every member serves ⌊P/k⌋ or ⌈P/k⌉ partitions: within one
