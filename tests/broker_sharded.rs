@@ -386,7 +386,8 @@ fn sharded_owner_process() {
         .owner(format!("pid-{}", std::process::id()))
         .spawn(&rt, "state")
         .unwrap();
-    let member = connect(builder())
+    // A short heartbeat: the broker gives up on a frozen owner in seconds.
+    let member = connect(builder().heartbeat(Duration::from_secs(1)))
         .sharded(kind, KILL_PARTITIONS)
         .beat(BEAT)
         .member_timeout(MEMBER_TIMEOUT)
@@ -477,7 +478,11 @@ fn pg_server() -> String {
 
 impl TestDb {
     fn new() -> TestDb {
-        let name = format!("custody_sharded_{}", std::process::id());
+        TestDb::new_named("kill")
+    }
+
+    fn new_named(label: &str) -> TestDb {
+        let name = format!("custody_sharded_{label}_{}", std::process::id());
         let mut admin = Client::connect(&format!("{}/postgres", pg_server()), NoTls)
             .unwrap_or_else(|e| panic!("PostgreSQL at {} cannot be reached: {e}", pg_server()));
         admin
@@ -631,6 +636,139 @@ fn a_sigkilled_owners_partitions_are_served_again_and_nothing_is_lost_or_applied
             .unwrap()
             .get(0);
         assert!(epochs >= 2, "no partition changed owner");
+        drop(children);
+        drop(kind);
+    });
+}
+
+/// Sends ids `from..to` in order, retrying each until confirmed.
+fn produce(ops: &custody::broker::ShardedHandle<Op>, from: u64, to: u64, confirmed: &AtomicU64) {
+    for id in from..to {
+        let key = format!("acct-{}", id % 30);
+        let mut op = Op::Add { id, key, seq: 0 };
+        loop {
+            match ops.tell(op) {
+                Ok(()) => break,
+                Err(e) => op = e.into_inner(),
+            }
+        }
+        confirmed.store(id + 1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_frozen_owner_is_replaced_and_fenced_when_it_wakes_up() {
+    within_limit(Duration::from_secs(240), "sigstop", || {
+        let db = TestDb::new_named("stop");
+        db.client()
+            .batch_execute("CREATE TABLE ledger (id bigint NOT NULL, key text NOT NULL)")
+            .unwrap();
+        {
+            let rt = Runtime::new();
+            let state = PgState::builder(db.url()).spawn(&rt, "setup").unwrap();
+            state.claims().unwrap();
+        }
+        let kind = Kind::new("stop", KILL_PARTITIONS);
+        let owners: Owners = Arc::default();
+        let mut children = Killed(
+            (0..2)
+                .map(|slot| spawn_owner(&kind.name, &db.url(), slot, &owners))
+                .collect(),
+        );
+        let sets = || owners.lock().unwrap().values().cloned().collect::<Vec<_>>();
+        wait_for(Duration::from_secs(60), "2 owner processes balance", || {
+            let s = sets();
+            s.len() == 2 && balanced(&s, KILL_PARTITIONS)
+        });
+        let sender = connect(builder());
+        let ops = sender
+            .sharded_handle::<Op>(&kind.name, KILL_PARTITIONS)
+            .unwrap();
+        let confirmed = AtomicU64::new(0);
+        produce(&ops, 0, 200, &confirmed);
+        ops.join_timeout(Duration::from_secs(30)).unwrap();
+
+        // Freeze owner 0 with deliveries on their way to it.
+        let frozen_set = owners.lock().unwrap().get(&0).cloned().unwrap();
+        let pid = children.0[0].id().to_string();
+        let signal = |sig: &str| {
+            assert!(
+                Command::new("kill")
+                    .args([sig, &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        };
+        signal("-STOP");
+        produce(&ops, 200, 400, &confirmed);
+        // The other owner serves the frozen one's partitions: it subscribes
+        // once it stops hearing it, and the broker makes it active once the
+        // frozen connection's heartbeat expires.
+        wait_for(
+            Duration::from_secs(60),
+            "the frozen owner's partitions taken",
+            || {
+                owners
+                    .lock()
+                    .unwrap()
+                    .get(&1)
+                    .is_some_and(|s| frozen_set.iter().all(|p| s.contains(p)))
+            },
+        );
+        ops.join_timeout(Duration::from_secs(60)).unwrap();
+        // It wakes up, holding whatever it had been sent.
+        signal("-CONT");
+        produce(&ops, 400, 500, &confirmed);
+        ops.join_timeout(Duration::from_secs(60)).unwrap();
+        wait_for(
+            Duration::from_secs(30),
+            "balanced again after it woke up",
+            || {
+                let s = sets();
+                s.len() == 2 && balanced(&s, KILL_PARTITIONS)
+            },
+        );
+        produce(&ops, 500, 600, &confirmed);
+        ops.join_timeout(Duration::from_secs(60)).unwrap();
+
+        let per_id: BTreeMap<i64, i64> = db
+            .client()
+            .query("SELECT id, count(*) FROM ledger GROUP BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(per_id.len(), 600, "an id was lost");
+        assert!(per_id.values().all(|&n| n == 1), "an id applied twice");
+        let rows = db
+            .client()
+            .query(
+                "SELECT partition, epoch FROM custody_applied ORDER BY partition, applied_at",
+                &[],
+            )
+            .unwrap();
+        let mut last: HashMap<String, i64> = HashMap::new();
+        for r in &rows {
+            let (partition, epoch): (String, i64) = (r.get(0), r.get(1));
+            let prev = last.insert(partition.clone(), epoch).unwrap_or(0);
+            assert!(
+                epoch >= prev,
+                "{partition}: epoch {epoch} committed after {prev}"
+            );
+        }
+        // The frozen owner's partitions changed owner at least once.
+        for p in &frozen_set {
+            let epoch: i64 = db
+                .client()
+                .query_one(
+                    "SELECT epoch FROM custody_epochs WHERE partition = $1",
+                    &[&format!("p{p}")],
+                )
+                .unwrap()
+                .get(0);
+            assert!(epoch >= 2, "p{p} was never claimed by another owner");
+        }
         drop(children);
         drop(kind);
     });

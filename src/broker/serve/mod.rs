@@ -187,6 +187,22 @@ where
     Mg: Manager,
     Mg::Msg: DeserializeOwned,
 {
+    serve_on(broker, rt, name, manager, false)
+}
+
+/// [`serve`]; with `one_channel`, on one channel only: a lost channel ends
+/// the serving, the manager stopped at once (see `Owner::one_channel`).
+pub(crate) fn serve_on<Mg>(
+    broker: &Broker,
+    rt: &Runtime,
+    name: &str,
+    manager: Mg,
+    one_channel: bool,
+) -> Result<Served<Mg::Msg>, BrokerError>
+where
+    Mg: Manager,
+    Mg::Msg: DeserializeOwned,
+{
     names::check_name(name)?;
     let link = Arc::clone(&broker.link);
     let queue = names::mailbox_queue(name);
@@ -230,6 +246,7 @@ where
         counts: Counts::default(),
         reporter: Mutex::new(None),
         aborted: OnceLock::new(),
+        one_channel,
     });
     let settler: Box<dyn SettleOutside> = Box::new(Settler(Arc::clone(&owner)));
     let handle = match rt.manager(name).outside(settler).spawn(manager) {
@@ -343,6 +360,7 @@ fn report_broker_dead_letters(owner: &Owner) -> Result<Arc<Owner>, BrokerError> 
         counts: Counts::default(),
         reporter: Mutex::new(None),
         aborted: OnceLock::new(),
+        one_channel: false,
     });
     let consumer = match reporter.consume_on(&channel) {
         Ok(consumer) => consumer,

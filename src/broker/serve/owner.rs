@@ -64,6 +64,12 @@ pub(crate) struct Owner {
     /// the channel was lost, by the manager itself when it found it was
     /// superseded, or by an immediate stop); set once it is spawned.
     pub(super) aborted: OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
+    /// Serve on one channel only: a lost channel ends the serving as a loss
+    /// for good does (the manager stopped at once), even with reconnecting
+    /// on. A sharded kind's partitions are served so: a new manager serves
+    /// the partition on the next channel, so no manager's state (a claim)
+    /// outlives the channel it was earned on.
+    pub(super) one_channel: bool,
 }
 
 /// How many times each message stopped an owner while it was handled alone
@@ -404,7 +410,7 @@ impl Owner {
                 old.close(200, ShortString::from("custody: the channel is given up")),
             );
         }
-        if !self.link.settings.reconnect || self.link.is_final() {
+        if !self.link.settings.reconnect || self.link.is_final() || self.one_channel {
             // Not serving once the consumer thread has stopped the manager.
             tracing::warn!(queue = %self.queue, "the channel is lost, for good: stopping at once");
             return None;

@@ -21,8 +21,17 @@
 //! ```
 //!
 //! Out of touch (its channel lost, a freeze), a member changes nothing: it
-//! keeps what it serves (each served partition reconnects on its own) and
-//! takes nothing new, so a member cut off never grabs every partition.
+//! keeps what it serves and takes nothing new, so a member cut off never
+//! grabs every partition.
+//!
+//! A partition is served on one channel only: when that channel is lost,
+//! its manager is stopped at once (what its mailbox held of the lost channel
+//! is dropped, never acknowledged) and the serving ends; the member serves
+//! the partition again, with a new manager, once there is a connection and
+//! the partition is still its own. So a manager's state (a claim on the
+//! partition's epoch) never outlives the channel it was earned on: a write
+//! fenced after a claim means that channel is gone, and nothing it handled
+//! is acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::{self, AssertUnwindSafe};
@@ -414,7 +423,7 @@ where
             let Some(rt) = self.rt.upgrade() else {
                 return Err("the runtime is gone".to_owned());
             };
-            match serve::serve(&self.broker, &rt, &name, manager) {
+            match serve::serve_on(&self.broker, &rt, &name, manager, true) {
                 Ok(served) => {
                     tracing::info!(kind = %self.kind, partition = p, member = %self.id, "serving a partition");
                     self.view.taken.fetch_add(1, Ordering::Relaxed);
