@@ -28,11 +28,12 @@
 //! PostgreSQL (`CUSTODY_PG_URL`, default postgres://postgres@127.0.0.1:5432).
 //! Run with `cargo run --features amqp,postgres --example sharded`.
 //! Options: `--owners N` (default 3), `--ops N` per producer (default
-//! 400), `--no-kill`, `--cluster` (the nodes of `scripts/rabbitmq-cluster`,
+//! 400), `--batch N` (operations a producer sends at once with `tell_all`,
+//! default 1: one confirmed `tell` after another), `--no-kill`, `--cluster` (the nodes of `scripts/rabbitmq-cluster`,
 //! `CUSTODY_CLUSTER_URLS` or 127.0.0.1:5681-5683).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +65,34 @@ enum AccountOp {
         to: String,
         cents: i64,
     },
+}
+
+impl AccountOp {
+    fn id(&self) -> &str {
+        match self {
+            AccountOp::Deposit { id, .. } | AccountOp::Transfer { id, .. } => id,
+        }
+    }
+}
+
+/// Counts confirmed operations into the expected balances.
+fn record(confirmed: &Mutex<Confirmed>, sent: &AtomicU64, ops: Vec<AccountOp>) {
+    let mut c = confirmed.lock().unwrap();
+    for op in ops {
+        match op {
+            AccountOp::Deposit { account, cents, .. } => {
+                *c.balances.entry(account).or_default() += cents;
+            }
+            AccountOp::Transfer {
+                from, to, cents, ..
+            } => {
+                *c.balances.entry(from).or_default() -= cents;
+                *c.balances.entry(to).or_default() += cents;
+            }
+        }
+        c.ops += 1;
+        sent.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl PartitionKey for AccountOp {
@@ -306,6 +335,7 @@ fn orchestrate(args: &[String]) -> Result<bool, Box<dyn std::error::Error>> {
     };
     let owners_n = value("--owners", 3).clamp(1, 26) as usize;
     let ops_per_producer = value("--ops", 400);
+    let batch = value("--batch", 1).max(1) as usize;
     if flag("--cluster") {
         let urls = std::env::var("CUSTODY_CLUSTER_URLS").unwrap_or_else(|_| {
             (5681..=5683)
@@ -321,7 +351,14 @@ fn orchestrate(args: &[String]) -> Result<bool, Box<dyn std::error::Error>> {
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))?;
     admin.batch_execute(&format!("CREATE DATABASE {db_name}"))?;
     let db = format!("{}/{db_name}", pg_server());
-    let result = run(&kind, &db, owners_n, ops_per_producer, !flag("--no-kill"));
+    let result = run(
+        &kind,
+        &db,
+        owners_n,
+        ops_per_producer,
+        batch,
+        !flag("--no-kill"),
+    );
     let broker = broker()?;
     if let Err(e) = broker.delete_sharded(&kind, PARTITIONS) {
         eprintln!("the kind's queues were not deleted: {e}");
@@ -346,6 +383,7 @@ fn run(
     db: &str,
     owners_n: usize,
     ops_per_producer: u64,
+    batch: usize,
     kill: bool,
 ) -> Result<bool, Box<dyn std::error::Error>> {
     // The tables, before the owners race to create them.
@@ -400,6 +438,7 @@ fn run(
                     rng ^= rng << 17;
                     rng
                 };
+                let mut chunk = Vec::new();
                 for i in 0..ops_per_producer {
                     let id = format!("op-{k}-{i}");
                     let cents = (next() % 1000) as i64 + 1;
@@ -417,33 +456,36 @@ fn run(
                             cents,
                         }
                     };
-                    let mut op = op;
-                    // Until confirmed, with the same id: applied once.
-                    loop {
-                        match ops.tell(op.clone()) {
-                            Ok(()) => break,
+                    chunk.push(op);
+                    if chunk.len() < batch && i + 1 < ops_per_producer {
+                        continue;
+                    }
+                    // Until confirmed, with the same ids: applied once.
+                    let mut unconfirmed = std::mem::take(&mut chunk);
+                    while !unconfirmed.is_empty() {
+                        let all = unconfirmed.clone();
+                        match ops.tell_all(unconfirmed) {
+                            Ok(()) => {
+                                record(&confirmed, &sent, all);
+                                break;
+                            }
                             Err(e) => {
-                                eprintln!("not confirmed, sent again: {e}");
-                                op = e.into_inner();
+                                eprintln!("{} not confirmed, sent again", e.refused.len());
+                                let refused = e.into_inner();
+                                let ids: HashSet<&str> =
+                                    refused.iter().map(AccountOp::id).collect();
+                                record(
+                                    &confirmed,
+                                    &sent,
+                                    all.into_iter()
+                                        .filter(|op| !ids.contains(op.id()))
+                                        .collect(),
+                                );
+                                unconfirmed = refused;
                                 std::thread::sleep(Duration::from_millis(50));
                             }
                         }
                     }
-                    let mut c = confirmed.lock().unwrap();
-                    match op {
-                        AccountOp::Deposit { account, cents, .. } => {
-                            *c.balances.entry(account).or_default() += cents;
-                        }
-                        AccountOp::Transfer {
-                            from, to, cents, ..
-                        } => {
-                            *c.balances.entry(from).or_default() -= cents;
-                            *c.balances.entry(to).or_default() += cents;
-                        }
-                    }
-                    c.ops += 1;
-                    drop(c);
-                    sent.fetch_add(1, Ordering::Relaxed);
                 }
             })
         })
