@@ -251,7 +251,8 @@ Workloads:
             (reference: raw-lapin, the AMQP client alone)
   scale     spawn 1,000 and 10,000 managers (tiny: 200), one ask each,
             graceful shutdown, in a child process: time per phase and peak
-            RSS (VmHWM), at the default and a 256 KiB stack; then a ring of
+            RSS (VmHWM), at the default and a 256 KiB stack, and with the
+            process's futex hash enlarged (Linux 6.16+); then a ring of
             1,000 managers passing a token with tell (ns per hop). A table
             of its own, after the main one
   python-queue

@@ -21,8 +21,9 @@ use crate::section::{Report, Settings, Value, median, status_kib};
 pub const NAME: &str = "scale";
 
 /// The hidden flag that makes the tool run one spawn / ask / shutdown
-/// measurement and print it: `--scale-child MANAGERS STACK_BYTES` (0 for
-/// the runtime's default stack).
+/// measurement and print it: `--scale-child MANAGERS STACK_BYTES
+/// [FUTEX_SLOTS]` (a stack of 0: the runtime's default; futex slots: see
+/// [`set_futex_slots`]).
 pub const CHILD_FLAG: &str = "--scale-child";
 
 /// One spawn / ask / shutdown run, as the child prints it.
@@ -113,19 +114,69 @@ pub fn child_main(args: &[String]) -> Option<ExitCode> {
     }
     let number = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok());
     let (Some(managers), Some(stack)) = (number(1), number(2)) else {
-        eprintln!("compare: {CHILD_FLAG} MANAGERS STACK_BYTES");
+        eprintln!("compare: {CHILD_FLAG} MANAGERS STACK_BYTES [FUTEX_SLOTS]");
         return Some(ExitCode::from(2));
     };
+    if let Some(slots) = number(3)
+        && let Err(message) = set_futex_slots(slots)
+    {
+        eprintln!("compare: no futex hash of {slots} slots: {message}");
+        return Some(ExitCode::from(3));
+    }
     let phases = spawn_ask_shutdown(managers, (stack > 0).then_some(stack));
     println!("{}", phases.line());
     Some(ExitCode::SUCCESS)
 }
 
+/// Sizes this process's private futex hash (Linux 6.16 and later):
+/// `prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, slots)`; 0 selects the
+/// global hash. The kernel sizes the private hash from the online CPUs
+/// (16 slots on 2 CPUs) whatever the number of threads, so with thousands
+/// of threads asleep each futex wake walks a long chain.
+///
+/// # Errors
+///
+/// The OS error, on an older kernel or another system.
+pub fn set_futex_slots(slots: usize) -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    {
+        const PR_FUTEX_HASH: libc::c_int = 78;
+        const PR_FUTEX_HASH_SET_SLOTS: libc::c_ulong = 1;
+        // SAFETY: prctl with integer arguments only; no memory is passed
+        // to or from the kernel.
+        #[allow(unsafe_code)]
+        let done = unsafe {
+            libc::prctl(
+                PR_FUTEX_HASH,
+                PR_FUTEX_HASH_SET_SLOTS,
+                slots as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        if done == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error().to_string())
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = slots;
+        Err("a Linux prctl".to_owned())
+    }
+}
+
 /// Runs one spawn / ask / shutdown in a child process of this binary.
-fn in_child(managers: usize, stack_bytes: usize) -> Result<Phases, String> {
+fn in_child(
+    managers: usize,
+    stack_bytes: usize,
+    futex_slots: Option<usize>,
+) -> Result<Phases, String> {
     let exe = std::env::current_exe().map_err(|e| format!("no path to this binary: {e}"))?;
     let output = Command::new(exe)
         .args([CHILD_FLAG, &managers.to_string(), &stack_bytes.to_string()])
+        .args(futex_slots.map(|slots| slots.to_string()))
         .output()
         .map_err(|e| format!("running the child: {e}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -209,6 +260,17 @@ fn sizes(settings: Settings) -> (Vec<usize>, usize, u64) {
 /// `RUST_MIN_STACK` says otherwise) and a small one.
 const STACKS: [(usize, &str); 2] = [(0, "default (2 MiB)"), (256 * 1024, "256 KiB")];
 
+/// The futex hash of the `futex-hash` rows (default stack): 16,384 slots
+/// instead of the kernel's default for this many CPUs.
+const FUTEX_SLOTS: usize = 16_384;
+
+/// One configuration of a spawn / ask / shutdown row.
+struct Config {
+    design: &'static str,
+    stack: (usize, &'static str),
+    futex_slots: Option<usize>,
+}
+
 /// Measures every size of the mode, runs interleaved.
 pub fn run(settings: Settings) -> Report {
     let (counts, ring_managers, ring_hops) = sizes(settings);
@@ -234,15 +296,35 @@ pub fn run(settings: Settings) -> Report {
         ],
         ..Report::default()
     };
-    let stacks: &[(usize, &str)] = if settings.tiny { &STACKS[..1] } else { &STACKS };
+    let mut configs = vec![Config {
+        design: "spawn-ask-shutdown",
+        stack: STACKS[0],
+        futex_slots: None,
+    }];
+    if !settings.tiny {
+        configs.push(Config {
+            design: "spawn-ask-shutdown",
+            stack: STACKS[1],
+            futex_slots: None,
+        });
+        configs.push(Config {
+            design: "futex-hash-16384",
+            stack: STACKS[0],
+            futex_slots: Some(FUTEX_SLOTS),
+        });
+    }
     let mut failed = Vec::new();
     for &managers in &counts {
-        for &(stack, stack_name) in stacks {
+        for config in &configs {
+            let (stack, stack_name) = config.stack;
             let mut phases = Vec::new();
             for _ in 0..runs {
-                match in_child(managers, stack) {
+                match in_child(managers, stack, config.futex_slots) {
                     Ok(p) => phases.push(p),
-                    Err(message) => failed.push(format!("{managers} managers: {message}")),
+                    Err(message) => {
+                        failed.push(format!("{} {managers} managers: {message}", config.design));
+                        break;
+                    }
                 }
             }
             if phases.is_empty() {
@@ -256,7 +338,7 @@ pub fn run(settings: Settings) -> Report {
             let spawn = ms(|p| p.spawn);
             let ask = ms(|p| p.ask);
             report.rows.push(vec![
-                Value::Text("spawn-ask-shutdown".to_owned()),
+                Value::Text(config.design.to_owned()),
                 Value::Number(managers as f64, 0),
                 Value::Text(stack_name.to_owned()),
                 Value::Number(ms(Phases::total), 1),
@@ -286,6 +368,13 @@ pub fn run(settings: Settings) -> Report {
         Value::Missing,
         Value::Number(median(&mut hops), 0),
     ]);
+    if !settings.tiny {
+        report.notes.push(format!(
+            "futex-hash-16384: the child first sets its private futex hash to \
+             {FUTEX_SLOTS} slots (prctl PR_FUTEX_HASH, Linux 6.16+; the kernel's \
+             default follows the CPUs, 16 slots on 2)"
+        ));
+    }
     report.notes.push(format!(
         "ring: {ring_hops} hops a run; the same ring on kameo, ractor and actix: \
          `cargo run --release -p custody-frameworks -- --workload ring`"
