@@ -601,7 +601,12 @@ fn main() -> ExitCode {
         eprintln!("compare: {name}");
         let report = run(settings);
         match options.format {
-            Format::Json => output.push_str(&report.json()),
+            Format::Json => {
+                output.push_str(&report.json());
+                for note in &report.notes {
+                    eprintln!("compare: {name}: {note}");
+                }
+            }
             Format::Table | Format::Csv => output.push_str(&report.table()),
         }
     }
