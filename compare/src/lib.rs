@@ -18,4 +18,7 @@ pub mod counter;
 pub mod database;
 pub mod measure;
 pub mod printer;
+pub mod python_queue;
 pub mod report;
+pub mod scale;
+pub mod section;

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 use custody_compare::broker;
 use custody_compare::measure::Sample;
 use custody_compare::report::{self, Machine, Reference, Row};
-use custody_compare::{ask, async_ask, async_write, counter, database, measure, printer};
+use custody_compare::section::{self, Settings};
+use custody_compare::{
+    ask, async_ask, async_write, counter, database, measure, printer, python_queue, scale,
+};
 
 /// One workload: its designs (the reference first), the thread counts it is
 /// measured at, and one run of a design.
@@ -98,6 +101,15 @@ const WORKLOADS: &[Workload] = &[
         budget_scale: 1,
         run: |design, threads, k| broker::run(design, threads, k).into(),
     },
+];
+
+/// Workloads with a report of their own (`section.rs`), printed after the
+/// table: their rows have columns the table has not.
+type Section = (&'static str, fn(Settings) -> section::Report);
+
+const SECTIONS: &[Section] = &[
+    (scale::NAME, scale::run),
+    (python_queue::NAME, python_queue::run),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +211,8 @@ struct Options {
     svg: Option<PathBuf>,
     /// Indices into `WORKLOADS`, in its order.
     workloads: Vec<usize>,
+    /// Indices into `SECTIONS`, in its order.
+    sections: Vec<usize>,
 }
 
 enum Command {
@@ -235,6 +249,17 @@ Workloads:
   broker    (feature amqp, needs RabbitMQ) one producer, one consumer through a
             durable quorum queue, each message confirmed and handled
             (reference: raw-lapin, the AMQP client alone)
+  scale     spawn 1,000 and 10,000 managers (tiny: 200), one ask each,
+            graceful shutdown, in a child process: time per phase and peak
+            RSS (VmHWM), at the default and a 256 KiB stack, and with the
+            process's futex hash enlarged (Linux 6.16+); then a ring of
+            1,000 managers passing a token with tell (ns per hop). A table
+            of its own, after the main one
+  python-queue
+            CPython's queue.Queue (python3, a child process) beside
+            JoinableQueue: producers put, consumers get and task_done, join;
+            1 and 1, then 4 and 4, unbounded and maxsize 100: ns per item
+            and how many times faster custody is (skipped without python3)
 
 Options:
       --quick            fewer and smaller runs (about 35 s)
@@ -257,6 +282,7 @@ fn workload_names() -> String {
     WORKLOADS
         .iter()
         .map(|w| w.name)
+        .chain(SECTIONS.iter().map(|s| s.0))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -266,6 +292,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut format: Option<Format> = None;
     let mut svg = None;
     let mut chosen = Vec::new();
+    let mut sections = Vec::new();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -330,6 +357,10 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
                             workload_names()
                         ));
                     }
+                    if let Some(i) = SECTIONS.iter().position(|s| s.0 == name) {
+                        sections.push(i);
+                        continue;
+                    }
                     let Some(i) = WORKLOADS.iter().position(|w| w.name == name) else {
                         return Err(format!(
                             "unknown workload `{name}`; valid workloads: {}",
@@ -342,18 +373,27 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
             _ => return Ok(Command::Help),
         }
     }
-    let workloads = if chosen.is_empty() {
+    let all = chosen.is_empty() && sections.is_empty();
+    let workloads = if all {
         (0..WORKLOADS.len()).collect()
     } else {
         chosen.sort_unstable();
         chosen.dedup();
         chosen
     };
+    let sections = if all {
+        (0..SECTIONS.len()).collect()
+    } else {
+        sections.sort_unstable();
+        sections.dedup();
+        sections
+    };
     Ok(Command::Run(Options {
         mode: mode.unwrap_or(Mode::Default),
         format: format.unwrap_or(Format::Table),
         svg,
         workloads,
+        sections,
     }))
 }
 
@@ -503,7 +543,12 @@ fn measure(options: &Options) -> Vec<Row> {
 }
 
 fn main() -> ExitCode {
-    let options = match parse(std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The scale workload's child process: one measurement, then exit.
+    if let Some(code) = scale::child_main(&args) {
+        return code;
+    }
+    let options = match parse(args) {
         Ok(Command::Help) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -531,7 +576,8 @@ fn main() -> ExitCode {
         );
     }
     let rows = measure(&options);
-    let output = match options.format {
+    let mut output = match options.format {
+        _ if options.workloads.is_empty() => String::new(),
         Format::Table => {
             let references: Vec<Reference> = options
                 .workloads
@@ -546,6 +592,24 @@ fn main() -> ExitCode {
         Format::Json => report::json(&rows),
         Format::Csv => report::csv(&rows),
     };
+    let settings = Settings {
+        tiny: options.mode == Mode::Tiny,
+        quick: options.mode == Mode::Quick,
+    };
+    for &s in &options.sections {
+        let (name, run) = SECTIONS[s];
+        eprintln!("compare: {name}");
+        let report = run(settings);
+        match options.format {
+            Format::Json => {
+                output.push_str(&report.json());
+                for note in &report.notes {
+                    eprintln!("compare: {name}: {note}");
+                }
+            }
+            Format::Table | Format::Csv => output.push_str(&report.table()),
+        }
+    }
     // A closed stdout (`| head`) is not worth a panic.
     let _ = std::io::stdout().lock().write_all(output.as_bytes());
     if let Some(path) = &options.svg {

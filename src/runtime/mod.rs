@@ -10,6 +10,7 @@
 
 mod builder;
 mod control;
+mod registry;
 mod shutdown;
 mod signals;
 mod spawn;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use builder::Config;
 pub use builder::{DEFAULT_MAX_BATCH, RuntimeBuilder};
+use registry::Registry;
 pub use shutdown::{ShutdownReport, StopRecord};
 pub use signals::HandledSignals;
 pub use spawn::ManagerBuilder;
@@ -50,7 +52,7 @@ struct Entry {
 pub(crate) struct Inner {
     id: u64,
     config: Config,
-    registry: Mutex<Vec<Entry>>,
+    registry: Mutex<Registry>,
     shutting_down: AtomicBool,
     /// Held for the whole of a shutdown; holds its report once done.
     shutdown_lock: Mutex<Option<ShutdownReport>>,
@@ -65,7 +67,7 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    fn registry(&self) -> MutexGuard<'_, Vec<Entry>> {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -235,7 +237,7 @@ impl Runtime {
             inner: Arc::new(Inner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 config,
-                registry: Mutex::new(Vec::new()),
+                registry: Mutex::new(Registry::default()),
                 shutting_down: AtomicBool::new(false),
                 shutdown_lock: Mutex::new(None),
                 driver_started: AtomicBool::new(false),

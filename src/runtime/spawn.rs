@@ -384,7 +384,7 @@ impl Inner {
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(SpawnError::ShutDown);
         }
-        if let Some(i) = registry.iter().position(|e| e.name == name) {
+        if let Some(i) = registry.position(&name) {
             if !registry[i].control.has_exited() {
                 return Err(SpawnError::DuplicateName(name));
             }
