@@ -4,8 +4,9 @@
 //! gets the [`Reply`] inside its message. The answer travels under an
 //! uncontended mutex and is announced by the slot's `state`, which the asker
 //! polls for a short, bounded while (about 20 µs: a round trip to a manager on
-//! another core usually completes within it), yielding its core now and then
-//! in case the manager is waiting for it, then parks. Only an asker about to park registers
+//! another core usually completes within it), then parks. After a first
+//! half-microsecond burst of polls it yields its core once, in case the
+//! manager is waiting for this very core, and then now and then. Only an asker about to park registers
 //! its `Thread` and moves the state to `PARKED`; the manager's single `swap` to
 //! `READY` tells it whether anyone must be unparked. So the fast path touches
 //! one cache line besides the value and makes no system call.
@@ -42,9 +43,12 @@ use crate::sync_shim::{Mutex, time};
 /// another core to answer an ordinary request, short enough not to matter
 /// next to a parked wait.
 const SPIN_FOR: Duration = Duration::from_micros(20);
-/// Spin hints between two looks at the clock; every fourth look also yields
-/// the core, in case the manager is waiting for this very core. (One under
-/// loom, where every poll multiplies the interleavings to explore.)
+/// Polls before the asker first yields (about half a microsecond here): a
+/// manager already running on another core answers within it.
+const FIRST_SPINS: u32 = if cfg!(loom) { 1 } else { 16 };
+/// Polls between two later looks at the clock; every fourth look also yields
+/// the core. (One under loom, where every poll multiplies the interleavings
+/// to explore.)
 const SPINS_PER_LOOK: u32 = if cfg!(loom) { 1 } else { 32 };
 
 /// Nobody has answered, and the asker is not parked.
@@ -369,12 +373,29 @@ impl<C: HoldsSlot + ?Sized> Waiter<C> {
     }
 
     /// Polls for a short, bounded while; `true` once the slot is ready.
+    ///
+    /// A short burst of polls first (a manager running on another core
+    /// answers within it), then one yield: with both threads on one core the
+    /// manager runs only when the asker lets it, so the asker hands the core
+    /// over early instead of spinning out its turn. Then the longer polls,
+    /// yielding every fourth look, until [`SPIN_FOR`] has passed. Where the
+    /// two threads run is the scheduler's choice and changes under load;
+    /// this order is quick in either case. The yields stay few: on a busy
+    /// machine a yield may hand the core to another process for its turn.
     fn spin(&self) -> bool {
+        let slot = self.cell.slot();
+        for _ in 0..FIRST_SPINS {
+            if slot.is_ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        thread::yield_now();
         let started = time::now();
         let mut looks = 0u32;
         loop {
             for _ in 0..SPINS_PER_LOOK {
-                if self.cell.slot().is_ready() {
+                if slot.is_ready() {
                     return true;
                 }
                 std::hint::spin_loop();
@@ -384,7 +405,7 @@ impl<C: HoldsSlot + ?Sized> Waiter<C> {
                 thread::yield_now();
             }
             if time::now().duration_since(started) >= SPIN_FOR {
-                return self.cell.slot().is_ready();
+                return slot.is_ready();
             }
         }
     }
