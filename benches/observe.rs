@@ -121,17 +121,68 @@ fn print(phase: &str, configs: &[Config]) {
     }
 }
 
+/// The bare channel a tell is compared with: N `Add`s through an unbounded
+/// channel of `backend` to an owner thread that sums them, then the owner
+/// joined (`--count tell raw-crossbeam|raw-flume N`).
+fn count_raw(backend: custody::Backend, n: u64) {
+    fn owner(recv: impl FnOnce() -> u64 + Send + 'static) -> std::thread::JoinHandle<u64> {
+        std::thread::spawn(recv)
+    }
+    let sum = match backend {
+        custody::Backend::Crossbeam => {
+            let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
+            let owner = owner(move || sum_of(rx.iter()));
+            for i in 0..n {
+                tx.send(Msg::Add(i)).map_err(|_| ()).unwrap();
+            }
+            drop(tx);
+            owner.join().unwrap()
+        }
+        custody::Backend::Flume => {
+            let (tx, rx) = flume::unbounded::<Msg>();
+            let owner = owner(move || sum_of(rx.iter()));
+            for i in 0..n {
+                tx.send(Msg::Add(i)).map_err(|_| ()).unwrap();
+            }
+            drop(tx);
+            owner.join().unwrap()
+        }
+    };
+    assert_eq!(sum, n * n.saturating_sub(1) / 2);
+}
+
+/// What the owner of a bare channel does with each message: the same as `Sum`.
+fn sum_of(messages: impl Iterator<Item = Msg>) -> u64 {
+    let mut sum = 0;
+    for msg in messages {
+        match msg {
+            Msg::Add(n) => sum += n,
+            Msg::Get(reply) => reply.send(sum),
+        }
+    }
+    sum
+}
+
 /// `--count tell|ask CONFIG N`: only N tells (then a join) or N asks on a
 /// fresh runtime of one configuration, for an instruction count under
 /// valgrind (`--tool=callgrind`): the difference between two sizes,
 /// divided by the difference in N, is the instructions per message, both
-/// threads included, free of the machine's noise.
+/// threads included, free of the machine's noise. `CONFIG` is `on`,
+/// `traced`, `flume` (the default configuration on a flume mailbox),
+/// `raw-crossbeam` or `raw-flume` (tells only: a bare channel to an owner
+/// thread, the reference), and with the feature `off` and `prometheus`.
 fn count(what: &str, config: &str, n: u64) {
+    match (what, config) {
+        ("tell", "raw-crossbeam") => return count_raw(custody::Backend::Crossbeam, n),
+        ("tell", "raw-flume") => return count_raw(custody::Backend::Flume, n),
+        _ => {}
+    }
     let rt = match config {
         #[cfg(feature = "metrics")]
         "off" => Runtime::builder().metrics(false).build(),
         "on" => Runtime::builder().build(),
         "traced" => Runtime::builder().trace_messages(true).build(),
+        "flume" => Runtime::builder().backend(custody::Backend::Flume).build(),
         #[cfg(feature = "metrics")]
         "prometheus" => {
             metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -187,7 +238,7 @@ fn main() {
     {
         let _ = n;
         println!(
-            "built without the feature `metrics`: only --count works (--count tell|ask on|traced N)"
+            "built without the feature `metrics`: only --count works (--count tell|ask on|traced|flume N, --count tell raw-crossbeam|raw-flume N)"
         );
     }
     #[cfg(feature = "metrics")]

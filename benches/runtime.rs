@@ -2,7 +2,11 @@
 //!
 //! `tell`: one producer streams N increments to an owner thread, then waits
 //! until all are handled (a manager's `join`; a marker message on the bare
-//! channel). `ask`: one caller does sequential round trips.
+//! channel). `tell-threads`: the same with 1, 2, 4 and 8 producers sharing
+//! the N increments, on both backends, bare and through a manager (the
+//! compare tool's `counter` rows under criterion; the producers are spawned
+//! per iteration, the same cost for every design). `ask`: one caller does
+//! sequential round trips.
 
 use std::hint::black_box;
 use std::thread;
@@ -75,6 +79,89 @@ fn tell(c: &mut Criterion) {
                     for i in 0..n {
                         h.tell(Msg::Add(i)).unwrap();
                     }
+                    h.join().unwrap();
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+/// An owner thread on a bare flume channel: the floor for `tell` on flume.
+fn raw_flume_owner() -> (flume::Sender<Raw>, thread::JoinHandle<()>) {
+    let (tx, rx) = flume::unbounded::<Raw>();
+    let owner = thread::spawn(move || {
+        let mut sum = 0u64;
+        for msg in rx {
+            match msg {
+                Raw::Add(n) => sum += n,
+                Raw::Get(reply) => {
+                    let _ = reply.send(sum);
+                }
+            }
+        }
+    });
+    (tx, owner)
+}
+
+/// Runs `send(i)` for `i` in `0..n`, shared among `producers` scoped threads.
+fn produce(producers: u64, n: u64, send: impl Fn(u64) + Sync) {
+    thread::scope(|s| {
+        for p in 0..producers {
+            let send = &send;
+            s.spawn(move || {
+                for i in (p..n).step_by(producers as usize) {
+                    send(i);
+                }
+            });
+        }
+    });
+}
+
+fn tell_threads(c: &mut Criterion) {
+    const N: u64 = 100_000;
+    let mut group = c.benchmark_group("tell-threads");
+    group.throughput(Throughput::Elements(N));
+    for producers in [1u64, 2, 4, 8] {
+        group.bench_with_input(
+            BenchmarkId::new("raw-crossbeam", producers),
+            &producers,
+            |b, &producers| {
+                let (tx, owner) = raw_owner();
+                let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+                b.iter(|| {
+                    produce(producers, N, |i| tx.send(Raw::Add(i)).unwrap());
+                    tx.send(Raw::Get(done_tx.clone())).unwrap();
+                    black_box(done_rx.recv().unwrap());
+                });
+                drop(tx);
+                owner.join().unwrap();
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("raw-flume", producers),
+            &producers,
+            |b, &producers| {
+                let (tx, owner) = raw_flume_owner();
+                let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+                b.iter(|| {
+                    produce(producers, N, |i| tx.send(Raw::Add(i)).unwrap());
+                    tx.send(Raw::Get(done_tx.clone())).unwrap();
+                    black_box(done_rx.recv().unwrap());
+                });
+                drop(tx);
+                owner.join().unwrap();
+            },
+        );
+        for backend in Backend::ALL {
+            let id = BenchmarkId::new(format!("manager-{backend}"), producers);
+            group.bench_with_input(id, &producers, |b, &producers| {
+                let rt = Runtime::builder().backend(backend).build().unwrap();
+                let h = rt.spawn("sum", Sum(0)).unwrap();
+                b.iter(|| {
+                    produce(producers, N, |i| {
+                        h.tell(Msg::Add(i)).map_err(|_| ()).unwrap();
+                    });
                     h.join().unwrap();
                 });
             });
@@ -180,5 +267,5 @@ fn ask(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, tell, ask);
+criterion_group!(benches, tell, tell_threads, ask);
 criterion_main!(benches);

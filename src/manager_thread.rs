@@ -135,6 +135,8 @@ pub(crate) fn run<Mg: Manager>(spec: Spec<Mg>, rx: Inbox<Mg::Msg>, handle: Handl
                 break;
             }
             match rx.try_recv() {
+                // A plain message, decoded once (no tag, no capture).
+                Ok(Envelope::Msg(msg)) => next = Some((msg, None)),
                 Ok(envelope) => next = envelope.open(),
                 Err(RecvFailure::Empty) => {
                     if rx.linger() {

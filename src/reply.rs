@@ -4,8 +4,11 @@
 //! gets the [`Reply`] inside its message. The answer travels under an
 //! uncontended mutex and is announced by the slot's `state`, which the asker
 //! polls for a short, bounded while (about 20 µs: a round trip to a manager on
-//! another core usually completes within it), yielding its core now and then
-//! in case the manager is waiting for it, then parks. Only an asker about to park registers
+//! another core usually completes within it), then parks. After a first burst
+//! of polls it yields its core once, in case the manager is waiting for this
+//! very core, and then now and then; the burst is short (half a microsecond)
+//! when the thread's last answer came only after a yield, long (4 µs) when it
+//! came while polling. Only an asker about to park registers
 //! its `Thread` and moves the state to `PARKED`; the manager's single `swap` to
 //! `READY` tells it whether anyone must be unparked. So the fast path touches
 //! one cache line besides the value and makes no system call.
@@ -42,10 +45,23 @@ use crate::sync_shim::{Mutex, time};
 /// another core to answer an ordinary request, short enough not to matter
 /// next to a parked wait.
 const SPIN_FOR: Duration = Duration::from_micros(20);
-/// Spin hints between two looks at the clock; every fourth look also yields
-/// the core, in case the manager is waiting for this very core. (One under
-/// loom, where every poll multiplies the interleavings to explore.)
+/// Polls before the asker first yields, when its last answer came only
+/// after a yield (about half a microsecond here: a manager already running on
+/// another core answers within it).
+const SHORT_SPINS: u32 = if cfg!(loom) { 1 } else { 16 };
+/// Polls before the asker first yields otherwise (about 4 µs here).
+const LONG_SPINS: u32 = if cfg!(loom) { 1 } else { 128 };
+/// Polls between two later looks at the clock; every fourth look also yields
+/// the core. (One under loom, where every poll multiplies the interleavings
+/// to explore.)
 const SPINS_PER_LOOK: u32 = if cfg!(loom) { 1 } else { 32 };
+
+thread_local! {
+    /// Whether this thread's last answer came only after it yielded its core
+    /// (the manager shares the core, or was slow): then its next wait
+    /// yields after a short burst of polls instead of a long one.
+    static YIELD_EARLY: Cell<bool> = const { Cell::new(false) };
+}
 
 /// Nobody has answered, and the asker is not parked.
 const EMPTY: u8 = 0;
@@ -369,24 +385,54 @@ impl<C: HoldsSlot + ?Sized> Waiter<C> {
     }
 
     /// Polls for a short, bounded while; `true` once the slot is ready.
+    ///
+    /// A burst of polls first, then one yield, then the longer polls,
+    /// yielding every fourth look, until [`SPIN_FOR`] has passed. With both
+    /// threads on one core the manager runs only when the asker yields, so
+    /// every poll before the yield is wasted; with the manager running on
+    /// another core the answer comes within a few hundred nanoseconds, and a
+    /// yield there is wasted too (on a busy machine it may hand the core to
+    /// another process for its whole turn). Where the two threads run is the
+    /// scheduler's choice and changes under load, so the burst adapts: short
+    /// when this thread's last answer came only after a yield, long when it
+    /// came while polling.
     fn spin(&self) -> bool {
+        let slot = self.cell.slot();
+        let first = if YIELD_EARLY.with(Cell::get) {
+            SHORT_SPINS
+        } else {
+            LONG_SPINS
+        };
+        for _ in 0..first {
+            if slot.is_ready() {
+                YIELD_EARLY.with(|y| y.set(false));
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        thread::yield_now();
         let started = time::now();
         let mut looks = 0u32;
-        loop {
+        let ready = loop {
             for _ in 0..SPINS_PER_LOOK {
-                if self.cell.slot().is_ready() {
-                    return true;
+                if slot.is_ready() {
+                    break;
                 }
                 std::hint::spin_loop();
+            }
+            if slot.is_ready() {
+                break true;
             }
             looks += 1;
             if looks.is_multiple_of(4) {
                 thread::yield_now();
             }
             if time::now().duration_since(started) >= SPIN_FOR {
-                return self.cell.slot().is_ready();
+                break slot.is_ready();
             }
-        }
+        };
+        YIELD_EARLY.with(|y| y.set(true));
+        ready
     }
 
     /// Parks until the slot is ready; `false` if the deadline passed first.

@@ -30,15 +30,17 @@
 //! code, so together they cover it.
 //!
 //! The reply slot's spin ("poll for 20 µs") becomes a bounded number of looks
-//! under loom: each look at the clock costs `time::LOOK`, so the spin ends
-//! after `SPIN_FOR / LOOK` looks (four, the fourth with its `yield_now`), with
+//! under loom: each look at the clock costs `time::LOOK`, so after its first
+//! poll and `yield_now` the spin ends after `SPIN_FOR / LOOK` looks (four,
+//! the fourth with its `yield_now`), with
 //! one poll per look (`SPINS_PER_LOOK`): loom lets every load of a spin read
 //! any value not yet superseded for that thread, so each poll doubles the
 //! executions to explore. Its `std::hint::spin_loop` stays `std`'s,
 //! invisible to loom, as it is to the scheduler (a pause, not a yield); loom's
 //! own `spin_loop` yields, which would hand the core to the answering thread
 //! at every poll, so that the asker would never reach its park before the
-//! answer. Its explicit `yield_now` (every fourth look) is loom's.
+//! answer. Its explicit `yield_now`s (after the first poll, and every fourth
+//! look) are loom's.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};

@@ -1,5 +1,7 @@
 //! `ask`: one caller makes `k` sequential round trips (request, then wait for
-//! the answer); each answer is checked.
+//! the answer); each answer is checked. [`sample`] also times each round
+//! trip (one clock read per round trip, for every design but `mutex-read`),
+//! for the latency percentiles; [`run`] times only the whole loop.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use custody::{Context, Manager, Reply, Runtime};
 
-use crate::measure::race;
+use crate::measure::{self, Latency, Sample, race};
 
 /// The workload's name.
 pub const NAME: &str = "ask";
@@ -35,13 +37,52 @@ pub(crate) const VALUE: u64 = 0x00C0_FFEE;
 /// On an unknown design, a thread count other than 1, or a wrong answer.
 pub fn run(design: &str, threads: usize, k: u64) -> Duration {
     assert_eq!(threads, 1, "ask: one caller only");
+    pick(design)(k, false).elapsed
+}
+
+/// One run of `design` with each round trip timed: their time, and the
+/// round trips' latency percentiles (none for `mutex-read`, whose 5 ns reads
+/// a clock read would more than double).
+///
+/// # Panics
+///
+/// On an unknown design, a thread count other than 1, or a wrong answer.
+pub fn sample(design: &str, threads: usize, k: u64) -> Sample {
+    assert_eq!(threads, 1, "ask: one caller only");
+    pick(design)(k, true)
+}
+
+/// One design's run: `k` round trips, each timed when `timed` is set.
+type Design = fn(u64, bool) -> Sample;
+
+fn pick(design: &str) -> Design {
     match design {
-        "spin-pingpong" => spin_pingpong(k),
-        "raw-crossbeam-pingpong" => raw_crossbeam_pingpong(k),
-        "mutex-read" => mutex_read(k),
-        "manager-ask" => manager_ask(k),
-        "owner-call" => owner_call(k),
+        "spin-pingpong" => spin_pingpong,
+        "raw-crossbeam-pingpong" => raw_crossbeam_pingpong,
+        "mutex-read" => |k, _| mutex_read(k).into(),
+        "manager-ask" => manager_ask,
+        "owner-call" => owner_call,
         other => panic!("ask: unknown design `{other}`"),
+    }
+}
+
+/// The caller's loop: `k` round trips (`op(i)` is the `i`th), each timed
+/// into `latencies` when `timed` is set.
+fn caller(k: u64, timed: bool, latencies: &Mutex<Vec<Duration>>, op: impl FnMut(u64)) {
+    if timed {
+        let each = measure::each(k, op);
+        *latencies.lock().expect("poisoned") = each;
+    } else {
+        (0..k).for_each(op);
+    }
+}
+
+/// The run's time and, if its round trips were timed, their percentiles.
+fn sampled(elapsed: Duration, latencies: Mutex<Vec<Duration>>) -> Sample {
+    let mut latencies = latencies.into_inner().expect("poisoned");
+    Sample {
+        elapsed,
+        latency: Latency::of(&mut latencies),
     }
 }
 
@@ -72,10 +113,11 @@ fn spin_until(mut ready: impl FnMut() -> Option<u64>) -> u64 {
 
 /// Request `i` is the odd number `2i + 1`; its answer is `2i + 2`, both
 /// written to the same cache line.
-fn spin_pingpong(k: u64) -> Duration {
+fn spin_pingpong(k: u64, timed: bool) -> Sample {
+    let latencies = Mutex::new(Vec::new());
     let line = Line(AtomicU64::new(0));
     let cell = &line.0;
-    thread::scope(|s| {
+    let elapsed = thread::scope(|s| {
         s.spawn(|| {
             let mut expect = 1;
             loop {
@@ -95,15 +137,16 @@ fn spin_pingpong(k: u64) -> Duration {
         race(
             1,
             |_| {
-                for i in 0..k {
+                caller(k, timed, &latencies, |i| {
                     let answer = 2 * i + 2;
                     cell.store(2 * i + 1, Ordering::Release);
                     spin_until(|| (cell.load(Ordering::Acquire) == answer).then_some(answer));
-                }
+                });
             },
             || assert_eq!(cell.load(Ordering::Acquire), 2 * k, "spin-pingpong"),
         )
-    })
+    });
+    sampled(elapsed, latencies)
 }
 
 struct StopOnDrop<'a>(&'a AtomicU64);
@@ -114,7 +157,8 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-fn raw_crossbeam_pingpong(k: u64) -> Duration {
+fn raw_crossbeam_pingpong(k: u64, timed: bool) -> Sample {
+    let latencies = Mutex::new(Vec::new());
     let (requests, inbox) = crossbeam_channel::unbounded::<u64>();
     let (answers, replies) = crossbeam_channel::bounded::<u64>(1);
     let owner = thread::spawn(move || {
@@ -127,17 +171,17 @@ fn raw_crossbeam_pingpong(k: u64) -> Duration {
     let elapsed = race(
         1,
         |_| {
-            for i in 0..k {
+            caller(k, timed, &latencies, |i| {
                 requests.send(i).expect("owner gone");
                 let answer = replies.recv().expect("owner gone");
                 assert_eq!(answer, i ^ VALUE, "raw-crossbeam-pingpong");
-            }
+            });
         },
         || {},
     );
     drop(requests);
     owner.join().expect("owner thread panicked");
-    elapsed
+    sampled(elapsed, latencies)
 }
 
 fn mutex_read(k: u64) -> Duration {
@@ -172,32 +216,36 @@ impl Manager for Value {
     }
 }
 
-fn manager_ask(k: u64) -> Duration {
+fn manager_ask(k: u64, timed: bool) -> Sample {
+    let latencies = Mutex::new(Vec::new());
     let rt = Runtime::new();
     let value = rt.spawn("value", Value(VALUE)).expect("spawning");
-    race(
+    let elapsed = race(
         1,
         |_| {
-            for _ in 0..k {
+            caller(k, timed, &latencies, |_| {
                 let v = value.ask(Query::Get).expect("asking");
                 assert_eq!(v, VALUE, "manager-ask");
-            }
+            });
         },
         || {},
-    )
+    );
+    sampled(elapsed, latencies)
 }
 
-fn owner_call(k: u64) -> Duration {
+fn owner_call(k: u64, timed: bool) -> Sample {
+    let latencies = Mutex::new(Vec::new());
     let rt = Runtime::new();
     let value = rt.own("value", VALUE).expect("spawning");
-    race(
+    let elapsed = race(
         1,
         |_| {
-            for _ in 0..k {
+            caller(k, timed, &latencies, |_| {
                 let v = value.call(|v| *v).expect("calling");
                 assert_eq!(v, VALUE, "owner-call");
-            }
+            });
         },
         || {},
-    )
+    );
+    sampled(elapsed, latencies)
 }

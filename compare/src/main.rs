@@ -58,7 +58,7 @@ const WORKLOADS: &[Workload] = &[
         threads: &ask::THREADS,
         unit: "caller",
         budget_scale: 1,
-        run: |design, threads, k| ask::run(design, threads, k).into(),
+        run: ask::sample,
     },
     Workload {
         name: printer::NAME,
@@ -231,7 +231,8 @@ and the ratio to the workload's reference design at the same thread count
 
 Workloads:
   counter   threads add 1 to a shared count (reference: atomic)
-  ask       one caller, sequential request/answer round trips
+  ask       one caller, sequential request/answer round trips, each timed
+            but mutex-read's: also prints latency p50, p99 and p99.9
             (reference: spin-pingpong, two threads spinning on one cache line)
   printer   threads print lines to one file (reference: mutex-writer)
   database  writers insert rows into one SQLite file, WAL, synchronous=FULL,
@@ -239,7 +240,7 @@ Workloads:
   async-write
             tokio tasks (1, 16, 64, 256 at once) each insert rows into one
             SQLite file, WAL, synchronous=FULL, each awaited until committed;
-            also prints each row's latency p50 and p99 (reference:
+            also prints each row's latency p50, p99, p99.9 (reference:
             tokio-rusqlite 0.7; the others: Mutex<Connection> and custody's
             Database through spawn_blocking, and the Database awaited)
   async-ask one tokio task, sequential round trips to a thread, each timed
@@ -507,6 +508,7 @@ fn measure(options: &Options) -> Vec<Row> {
             let mut samples = vec![Vec::with_capacity(runs); workload.designs.len()];
             let mut p50s = vec![Vec::with_capacity(runs); workload.designs.len()];
             let mut p99s = vec![Vec::with_capacity(runs); workload.designs.len()];
+            let mut p999s = vec![Vec::with_capacity(runs); workload.designs.len()];
             for run in 1..=runs {
                 for (d, &design) in workload.designs.iter().enumerate() {
                     progress.run(workload, design, threads, run, runs);
@@ -515,6 +517,7 @@ fn measure(options: &Options) -> Vec<Row> {
                     if let Some(latency) = sample.latency {
                         p50s[d].push(latency.p50.as_nanos() as f64);
                         p99s[d].push(latency.p99.as_nanos() as f64);
+                        p999s[d].push(latency.p999.as_nanos() as f64);
                     }
                 }
             }
@@ -534,6 +537,7 @@ fn measure(options: &Options) -> Vec<Row> {
                     ratio: medians[d] / reference,
                     p50_ns: median_of(&mut p50s[d]),
                     p99_ns: median_of(&mut p99s[d]),
+                    p999_ns: median_of(&mut p999s[d]),
                 });
             }
         }

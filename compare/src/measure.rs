@@ -122,11 +122,12 @@ impl From<Duration> for Sample {
     }
 }
 
-/// The median and the 99th percentile of one run's request latencies.
+/// The median, 99th and 99.9th percentiles of one run's request latencies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Latency {
     pub p50: Duration,
     pub p99: Duration,
+    pub p999: Duration,
 }
 
 impl Latency {
@@ -140,8 +141,27 @@ impl Latency {
         Some(Latency {
             p50: percentile(latencies, 50.0),
             p99: percentile(latencies, 99.0),
+            p999: percentile(latencies, 99.9),
         })
     }
+}
+
+/// Runs `op(i)` for `i` in `0..k` and returns each call's duration.
+///
+/// One clock read per call, whatever `op` is: each call is timed from the
+/// previous call's end (the first from the start), so the overhead is the
+/// same for every design timed this way, and the durations add up to the
+/// whole loop's time. Room for the durations is allocated before the loop.
+pub fn each(k: u64, mut op: impl FnMut(u64)) -> Vec<Duration> {
+    let mut latencies = Vec::with_capacity(usize::try_from(k).unwrap_or(usize::MAX));
+    let mut last = Instant::now();
+    for i in 0..k {
+        op(i);
+        let now = Instant::now();
+        latencies.push(now - last);
+        last = now;
+    }
+    latencies
 }
 
 /// The `p`th percentile of `sorted` (ascending, not empty) by the nearest
@@ -153,7 +173,9 @@ impl Latency {
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     assert!(!sorted.is_empty(), "the percentile of nothing");
     assert!((0.0..=100.0).contains(&p), "percentile {p} out of 0..=100");
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    // Less a hair, so that 99.9 (not exact in binary) of 1000 values is
+    // rank 999, not 1000.
+    let rank = (p / 100.0 * sorted.len() as f64 - 1e-9).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
@@ -171,6 +193,7 @@ mod tests {
         let latency = Latency::of(&mut values).expect("100 values");
         assert_eq!(latency.p50, Duration::from_millis(50));
         assert_eq!(latency.p99, Duration::from_millis(99));
+        assert_eq!(latency.p999, Duration::from_millis(100));
         assert_eq!(percentile(&values, 100.0), Duration::from_millis(100));
         assert_eq!(percentile(&values, 0.0), Duration::from_millis(1));
     }
@@ -181,6 +204,28 @@ mod tests {
         let latency = Latency::of(&mut values).expect("two values");
         assert_eq!(latency.p50, Duration::from_millis(3));
         assert_eq!(latency.p99, Duration::from_millis(7));
+        assert_eq!(latency.p999, Duration::from_millis(7));
         assert_eq!(Latency::of(&mut []), None);
+    }
+
+    #[test]
+    fn p999_of_a_thousand_values_is_the_next_to_last() {
+        let mut values: Vec<Duration> = (1..=1000).map(Duration::from_micros).collect();
+        let latency = Latency::of(&mut values).expect("1000 values");
+        assert_eq!(latency.p999, Duration::from_micros(999));
+    }
+
+    #[test]
+    fn each_times_every_call_and_adds_up() {
+        let mut calls = Vec::new();
+        let latencies = each(5, |i| {
+            calls.push(i);
+            if i == 3 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        assert_eq!(calls, [0, 1, 2, 3, 4]);
+        assert_eq!(latencies.len(), 5);
+        assert!(latencies[3] >= Duration::from_millis(2));
     }
 }

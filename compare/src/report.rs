@@ -19,9 +19,11 @@ pub struct Row {
     /// `ns_per_op` over the reference design's, at the same thread count.
     pub ratio: f64,
     /// For the workloads that time each request: the median over the runs
-    /// of each run's median latency, and of its 99th percentile.
+    /// of each run's median latency, of its 99th and of its 99.9th
+    /// percentile.
     pub p50_ns: Option<f64>,
     pub p99_ns: Option<f64>,
+    pub p999_ns: Option<f64>,
 }
 
 /// What the numbers were measured on.
@@ -113,10 +115,10 @@ pub fn table(rows: &[Row], machine: &Machine, references: &[Reference]) -> Strin
     // The latency columns only when some row has them.
     let latencies = rows
         .iter()
-        .any(|r| r.p50_ns.is_some() || r.p99_ns.is_some());
-    let latency_columns = |p50: &str, p99: &str| {
+        .any(|r| r.p50_ns.is_some() || r.p99_ns.is_some() || r.p999_ns.is_some());
+    let latency_columns = |p50: &str, p99: &str, p999: &str| {
         if latencies {
-            format!(" {p50:>10} {p99:>10}")
+            format!(" {p50:>10} {p99:>10} {p999:>10}")
         } else {
             String::new()
         }
@@ -130,7 +132,7 @@ pub fn table(rows: &[Row], machine: &Machine, references: &[Reference]) -> Strin
         "ops/s",
         "ratio",
         "k",
-        latency_columns("p50", "p99"),
+        latency_columns("p50", "p99", "p99.9"),
     );
     let _ = writeln!(out, "{header}");
     let _ = writeln!(out, "{}", "-".repeat(header.len()));
@@ -152,7 +154,11 @@ pub fn table(rows: &[Row], machine: &Machine, references: &[Reference]) -> Strin
             si(row.ops_per_s),
             format!("{:.2}", row.ratio),
             row.k,
-            latency_columns(&latency(row.p50_ns), &latency(row.p99_ns)),
+            latency_columns(
+                &latency(row.p50_ns),
+                &latency(row.p99_ns),
+                &latency(row.p999_ns)
+            ),
         );
     }
     let _ = writeln!(out);
@@ -173,8 +179,8 @@ pub fn table(rows: &[Row], machine: &Machine, references: &[Reference]) -> Strin
     if latencies {
         let _ = writeln!(
             out,
-            "p50, p99 = latency of one request (async workloads: threads are concurrent tokio \
-             tasks), the median over the runs of each run's percentile."
+            "p50, p99, p99.9 = latency of one request (async workloads: threads are concurrent \
+             tokio tasks), the median over the runs of each run's percentile."
         );
     }
     out
@@ -280,7 +286,7 @@ pub fn json(rows: &[Row]) -> String {
     for row in rows {
         let _ = writeln!(
             out,
-            "{{\"workload\":{},\"design\":{},\"threads\":{},\"ns_per_op\":{},\"ops_per_s\":{},\"ratio\":{},\"p50_ns\":{},\"p99_ns\":{}}}",
+            "{{\"workload\":{},\"design\":{},\"threads\":{},\"ns_per_op\":{},\"ops_per_s\":{},\"ratio\":{},\"p50_ns\":{},\"p99_ns\":{},\"p999_ns\":{}}}",
             json_string(row.workload),
             json_string(row.design),
             row.threads,
@@ -289,6 +295,7 @@ pub fn json(rows: &[Row]) -> String {
             json_number(row.ratio, 4),
             json_number(row.p50_ns.unwrap_or(f64::NAN), 0),
             json_number(row.p99_ns.unwrap_or(f64::NAN), 0),
+            json_number(row.p999_ns.unwrap_or(f64::NAN), 0),
         );
     }
     out
@@ -296,7 +303,8 @@ pub fn json(rows: &[Row]) -> String {
 
 /// A header line, then one line per row.
 pub fn csv(rows: &[Row]) -> String {
-    let mut out = String::from("workload,design,threads,ns_per_op,ops_per_s,ratio,p50_ns,p99_ns\n");
+    let mut out =
+        String::from("workload,design,threads,ns_per_op,ops_per_s,ratio,p50_ns,p99_ns,p999_ns\n");
     for row in rows {
         let number = |v: f64, d: usize| {
             if v.is_finite() {
@@ -307,7 +315,7 @@ pub fn csv(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{}",
             row.workload,
             row.design,
             row.threads,
@@ -316,6 +324,7 @@ pub fn csv(rows: &[Row]) -> String {
             number(row.ratio, 4),
             number(row.p50_ns.unwrap_or(f64::NAN), 0),
             number(row.p99_ns.unwrap_or(f64::NAN), 0),
+            number(row.p999_ns.unwrap_or(f64::NAN), 0),
         );
     }
     out
