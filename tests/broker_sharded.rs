@@ -670,7 +670,7 @@ fn a_frozen_owner_is_replaced_and_fenced_when_it_wakes_up() {
         }
         let kind = Kind::new("stop", KILL_PARTITIONS);
         let owners: Owners = Arc::default();
-        let mut children = Killed(
+        let children = Killed(
             (0..2)
                 .map(|slot| spawn_owner(&kind.name, &db.url(), slot, &owners))
                 .collect(),
