@@ -773,3 +773,152 @@ fn a_frozen_owner_is_replaced_and_fenced_when_it_wakes_up() {
         drop(kind);
     });
 }
+
+/// Publishes raw bodies on a kind's members exchange, as any client can.
+fn forge_beats(kind: &str, bodies: &[Vec<u8>]) {
+    use futures_lite::future::block_on;
+    use lapin::options::BasicPublishOptions;
+    use lapin::types::ShortString;
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    block_on(async {
+        let connection = Connection::connect(&common::url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        for body in bodies {
+            channel
+                .basic_publish(
+                    ShortString::from(format!("custody.{kind}.members")),
+                    ShortString::from(""),
+                    BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap();
+        }
+        let _ = connection.close(200, ShortString::from("done")).await;
+    });
+}
+
+/// A beat as the members encode it (CBOR of a map), built by hand.
+fn beat_body(member: &str, partitions: u32, ready: bool) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Beat<'a> {
+        member: &'a str,
+        partitions: u32,
+        ready: bool,
+        leaving: bool,
+    }
+    let mut body = Vec::new();
+    ciborium::into_writer(
+        &Beat {
+            member,
+            partitions,
+            ready,
+            leaving: false,
+        },
+        &mut body,
+    )
+    .unwrap();
+    body
+}
+
+#[test]
+fn forged_and_malformed_beats_are_counted_and_never_make_two_owners() {
+    within_limit(Duration::from_secs(90), "forged beats", || {
+        let kind = Kind::new("forged", 4);
+        let rt = Runtime::new();
+        let seen: Seen = Arc::default();
+        let a = member(&kind, &rt, &seen);
+        let b = member(&kind, &rt, &seen);
+        let sets = || vec![a.serving(), b.serving()];
+        wait_for(Duration::from_secs(30), "2 members balance", || {
+            balanced(&sets(), 4)
+        });
+        let oversized = vec![0xa0; 4096];
+        forge_beats(
+            &kind.name,
+            &[
+                b"not cbor".to_vec(),
+                oversized,
+                beat_body("", 4, true),
+                beat_body("other-count", 9, true),
+            ],
+        );
+        wait_for(Duration::from_secs(10), "the bad beats counted", || {
+            a.rejected_beats() >= 4 && b.rejected_beats() >= 4
+        });
+        // A forged member that beats once (ready): the others make room for
+        // it, then forget it. Messages sent meanwhile are each handled once
+        // and in order: the views moved, the single owner did not.
+        let ops = connect(builder())
+            .sharded_handle::<Op>(&kind.name, 4)
+            .unwrap();
+        forge_beats(&kind.name, &[beat_body("forged-member", 4, true)]);
+        wait_for(Duration::from_secs(10), "the forged member heard", || {
+            a.members().contains(&"forged-member".to_owned())
+        });
+        let mut seqs: HashMap<String, u64> = HashMap::new();
+        for id in 0..200 {
+            let key = format!("k{}", id % 10);
+            let seq = seqs.entry(key.clone()).or_default();
+            *seq += 1;
+            ops.tell(Op::Add { id, key, seq: *seq }).unwrap();
+        }
+        wait_for(Duration::from_secs(30), "balanced again without it", || {
+            balanced(&sets(), 4) && !a.members().contains(&"forged-member".to_owned())
+        });
+        ops.join_timeout(Duration::from_secs(30)).unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 200, "every message handled once");
+        let mut last: HashMap<&str, u64> = HashMap::new();
+        for (_, _, key, seq) in &seen {
+            let prev = last.insert(key, *seq).unwrap_or(0);
+            assert_eq!(*seq, prev + 1, "{key} out of order");
+        }
+        a.stop();
+        b.stop();
+    });
+}
+
+#[test]
+fn a_panicking_factory_is_retried_and_a_runtime_shutdown_ends_the_member() {
+    within_limit(Duration::from_secs(90), "factory", || {
+        let kind = Kind::new("factory", 3);
+        let rt = Runtime::new();
+        let seen: Seen = Arc::default();
+        let failures = Arc::new(AtomicU64::new(0));
+        let member = {
+            let (seen, failures) = (Arc::clone(&seen), Arc::clone(&failures));
+            connect(builder())
+                .sharded(&kind.name, 3)
+                .beat(BEAT)
+                .member_timeout(MEMBER_TIMEOUT)
+                .serve(&rt, move |partition| {
+                    // Partition 1's factory panics its first three times.
+                    if partition == 1 && failures.fetch_add(1, Ordering::SeqCst) < 3 {
+                        panic!("the factory of partition 1 failed");
+                    }
+                    Part {
+                        partition,
+                        seen: Arc::clone(&seen),
+                        count: 0,
+                    }
+                })
+                .unwrap()
+        };
+        wait_for(Duration::from_secs(30), "every partition served", || {
+            member.serving() == vec![0, 1, 2]
+        });
+        assert!(failures.load(Ordering::SeqCst) >= 4);
+        assert!(member.is_member());
+        // The runtime shuts down: its partitions stop, and the member ends.
+        rt.shutdown();
+        wait_for(Duration::from_secs(30), "the member ended", || {
+            !member.is_member()
+        });
+        assert!(member.serving().is_empty());
+        member.stop();
+    });
+}
