@@ -9,6 +9,8 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/pg.rs"]
+mod pg;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -22,9 +24,9 @@ use common::{builder, connect, unique_name, within_limit};
 use custody::broker::{
     Broker, BrokerError, PartitionKey, RemoteReply, Sharded, fnv1a_64, partition_of,
 };
-use custody::resources::postgres::client::{Client, NoTls};
 use custody::resources::postgres::{PgState, PgStateError, PgStateHandle};
 use custody::{Backend, Context, Manager, Runtime};
+use pg::TestDb;
 use serde::{Deserialize, Serialize};
 
 /// A fast pace for the tests: a dead member is noticed within a second.
@@ -464,69 +466,54 @@ impl Drop for Killed {
     }
 }
 
-/// A database of the test's own, dropped when this is.
-struct TestDb {
-    name: String,
+/// A database with the ledger the owner processes write, and the
+/// `PgState` tables made before the owners race to make them.
+fn ledger_db() -> TestDb {
+    let db = TestDb::new();
+    db.client()
+        .batch_execute("CREATE TABLE ledger (id bigint NOT NULL, key text NOT NULL)")
+        .unwrap();
+    let rt = Runtime::new();
+    let state = PgState::builder(db.url()).spawn(&rt, "setup").unwrap();
+    state.claims().unwrap();
+    db
 }
 
-fn pg_server() -> String {
-    std::env::var("CUSTODY_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-        .trim_end_matches('/')
-        .to_owned()
-}
-
-impl TestDb {
-    fn new() -> TestDb {
-        TestDb::new_named("kill")
-    }
-
-    fn new_named(label: &str) -> TestDb {
-        let name = format!("custody_sharded_{label}_{}", std::process::id());
-        let mut admin = Client::connect(&format!("{}/postgres", pg_server()), NoTls)
-            .unwrap_or_else(|e| panic!("PostgreSQL at {} cannot be reached: {e}", pg_server()));
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        TestDb { name }
-    }
-
-    fn url(&self) -> String {
-        format!("{}/{}", pg_server(), self.name)
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(&self.url(), NoTls).unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = Client::connect(&format!("{}/postgres", pg_server()), NoTls) {
-            let _ = admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
+/// Every id below `ids` is in the ledger once; and one owner at a time per
+/// partition: in the order the transactions ran, a partition's epochs never
+/// go back (no commit of a superseded owner after the new owner's first).
+fn assert_applied_once_in_epoch_order(db: &TestDb, ids: u64) {
+    let per_id: BTreeMap<i64, i64> = db
+        .client()
+        .query("SELECT id, count(*) FROM ledger GROUP BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(per_id.len() as u64, ids, "an id was lost");
+    assert!(per_id.values().all(|&n| n == 1), "an id applied twice");
+    let rows = db
+        .client()
+        .query(
+            "SELECT partition, epoch FROM custody_applied ORDER BY partition, applied_at",
+            &[],
+        )
+        .unwrap();
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for r in &rows {
+        let (partition, epoch): (String, i64) = (r.get(0), r.get(1));
+        let prev = last.insert(partition.clone(), epoch).unwrap_or(0);
+        assert!(
+            epoch >= prev,
+            "{partition}: epoch {epoch} committed after {prev}"
+        );
     }
 }
 
 #[test]
 fn a_sigkilled_owners_partitions_are_served_again_and_nothing_is_lost_or_applied_twice() {
     within_limit(Duration::from_secs(240), "sigkill", || {
-        let db = TestDb::new();
-        db.client()
-            .batch_execute("CREATE TABLE ledger (id bigint NOT NULL, key text NOT NULL)")
-            .unwrap();
-        // The PgState tables exist before the owners race to create them.
-        {
-            let rt = Runtime::new();
-            let state = PgState::builder(db.url()).spawn(&rt, "setup").unwrap();
-            state.claims().unwrap();
-        }
+        let db = ledger_db();
         let kind = Kind::new("kill", KILL_PARTITIONS);
         let owners: Owners = Arc::default();
         let mut children = Killed(
@@ -600,35 +587,7 @@ fn a_sigkilled_owners_partitions_are_served_again_and_nothing_is_lost_or_applied
         producer.join().unwrap();
         ops.join_timeout(Duration::from_secs(60)).unwrap();
 
-        // Every id applied, none twice.
-        let per_id: BTreeMap<i64, i64> = db
-            .client()
-            .query("SELECT id, count(*) FROM ledger GROUP BY id", &[])
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        assert_eq!(per_id.len() as u64, IDS, "an id was lost");
-        assert!(per_id.values().all(|&n| n == 1), "an id applied twice");
-        // One owner at a time per partition: in the order the transactions
-        // ran, a partition's epochs never go back (no commit of a
-        // superseded owner after the new owner's first).
-        let rows = db
-            .client()
-            .query(
-                "SELECT partition, epoch FROM custody_applied ORDER BY partition, applied_at",
-                &[],
-            )
-            .unwrap();
-        let mut last: HashMap<String, i64> = HashMap::new();
-        for r in &rows {
-            let (partition, epoch): (String, i64) = (r.get(0), r.get(1));
-            let prev = last.insert(partition.clone(), epoch).unwrap_or(0);
-            assert!(
-                epoch >= prev,
-                "{partition}: epoch {epoch} committed after {prev}"
-            );
-        }
+        assert_applied_once_in_epoch_order(&db, IDS);
         // The killed owner's partitions were claimed again.
         let epochs: i64 = db
             .client()
@@ -659,15 +618,7 @@ fn produce(ops: &custody::broker::ShardedHandle<Op>, from: u64, to: u64, confirm
 #[test]
 fn a_frozen_owner_is_replaced_and_fenced_when_it_wakes_up() {
     within_limit(Duration::from_secs(240), "sigstop", || {
-        let db = TestDb::new_named("stop");
-        db.client()
-            .batch_execute("CREATE TABLE ledger (id bigint NOT NULL, key text NOT NULL)")
-            .unwrap();
-        {
-            let rt = Runtime::new();
-            let state = PgState::builder(db.url()).spawn(&rt, "setup").unwrap();
-            state.claims().unwrap();
-        }
+        let db = ledger_db();
         let kind = Kind::new("stop", KILL_PARTITIONS);
         let owners: Owners = Arc::default();
         let children = Killed(
@@ -732,31 +683,7 @@ fn a_frozen_owner_is_replaced_and_fenced_when_it_wakes_up() {
         produce(&ops, 500, 600, &confirmed);
         ops.join_timeout(Duration::from_secs(60)).unwrap();
 
-        let per_id: BTreeMap<i64, i64> = db
-            .client()
-            .query("SELECT id, count(*) FROM ledger GROUP BY id", &[])
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        assert_eq!(per_id.len(), 600, "an id was lost");
-        assert!(per_id.values().all(|&n| n == 1), "an id applied twice");
-        let rows = db
-            .client()
-            .query(
-                "SELECT partition, epoch FROM custody_applied ORDER BY partition, applied_at",
-                &[],
-            )
-            .unwrap();
-        let mut last: HashMap<String, i64> = HashMap::new();
-        for r in &rows {
-            let (partition, epoch): (String, i64) = (r.get(0), r.get(1));
-            let prev = last.insert(partition.clone(), epoch).unwrap_or(0);
-            assert!(
-                epoch >= prev,
-                "{partition}: epoch {epoch} committed after {prev}"
-            );
-        }
+        assert_applied_once_in_epoch_order(&db, 600);
         // The frozen owner's partitions changed owner at least once.
         for p in &frozen_set {
             let epoch: i64 = db

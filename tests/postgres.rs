@@ -15,7 +15,6 @@ use std::thread;
 use std::time::Duration;
 
 use custody::resources::postgres::client::error::SqlState;
-use custody::resources::postgres::client::{Client, NoTls};
 use custody::resources::postgres::{
     Applied, PgOpenError, PgState, PgStateError, PgStateHandle, PgStateStats,
 };
@@ -26,6 +25,10 @@ use custody::{AskError, Backend, Runtime};
 #[allow(dead_code)]
 #[path = "common/proxy.rs"]
 mod proxy;
+
+#[path = "common/pg.rs"]
+mod pg;
+use pg::{TestDb, server};
 
 /// For `proxy`: `url`'s server address, and `url` through the proxy on
 /// `port`.
@@ -79,62 +82,6 @@ fn per_backend(scenario: impl Fn(Backend) + Send + Sync + Clone + 'static) {
 }
 
 /// The server, without a database name.
-fn server() -> String {
-    std::env::var("CUSTODY_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-        .trim_end_matches('/')
-        .to_owned()
-}
-
-/// A database of the test's own, dropped when this is.
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    fn new() -> TestDb {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let name = format!(
-            "custody_test_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut admin = Client::connect(&format!("{}/postgres", server()), NoTls)
-            .unwrap_or_else(|e| panic!("PostgreSQL at {} cannot be reached: {e}", server()));
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        TestDb { name }
-    }
-
-    fn url(&self) -> String {
-        format!("{}/{}", server(), self.name)
-    }
-
-    /// A connection of the test's own, apart from any manager's.
-    fn client(&self) -> Client {
-        Client::connect(&self.url(), NoTls).unwrap()
-    }
-
-    fn count(&self, sql: &str) -> i64 {
-        self.client().query_one(sql, &[]).unwrap().get(0)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = Client::connect(&format!("{}/postgres", server()), NoTls) {
-            let _ = admin.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
-}
-
 /// A `PgState` on `db`, on a mailbox of `backend`.
 fn spawn(rt: &Runtime, db: &TestDb, name: &str, backend: Backend) -> PgStateHandle {
     let state = PgState::builder(db.url()).owner(name).open().unwrap();
