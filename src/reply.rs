@@ -63,6 +63,44 @@ thread_local! {
     static YIELD_EARLY: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Polls an awaited answer may spend before its task registers its waker
+/// (about 2 µs here). A manager on another core that is awake answers
+/// within it, and then the task is spared a trip through its executor (the
+/// manager waking it, the executor's thread unparked: tens of µs when the
+/// executor was idle). Short enough to be no blocking call on an executor.
+const TASK_SPINS: u32 = if cfg!(loom) { 0 } else { 64 };
+/// Awaited answers an executor thread skips the spin for after a spin that
+/// found nothing (the manager asleep, or slow): a thread whose answers do
+/// not come within the spin wastes no more than one spin in this many.
+const TASK_SPIN_BACKOFF: u32 = 16;
+
+thread_local! {
+    /// Awaited answers still to skip the spin for, on this thread.
+    static TASK_SPIN_SKIP: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Before an awaited answer's task registers its waker: polls `ready` for
+/// a short, bounded while, unless this thread's last spin found nothing
+/// (then it skips the next [`TASK_SPIN_BACKOFF`] spins). `true` once ready.
+fn spin_for_task(ready: impl Fn() -> bool) -> bool {
+    if TASK_SPINS == 0 {
+        return false;
+    }
+    let skip = TASK_SPIN_SKIP.with(Cell::get);
+    if skip > 0 {
+        TASK_SPIN_SKIP.with(|s| s.set(skip - 1));
+        return false;
+    }
+    for _ in 0..TASK_SPINS {
+        std::hint::spin_loop();
+        if ready() {
+            return true;
+        }
+    }
+    TASK_SPIN_SKIP.with(|s| s.set(TASK_SPIN_BACKOFF));
+    false
+}
+
 /// Nobody has answered, and the asker is not parked.
 const EMPTY: u8 = 0;
 /// The asker registered its thread and parks (or is about to).
@@ -489,7 +527,7 @@ impl<C: HoldsSlot + ?Sized> Waiter<C> {
     /// after `Ready` and the outcome is `NoReply` (it was taken).
     pub(crate) fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<Result<C::Value, Ending>> {
         let slot = self.cell.slot();
-        if !slot.is_ready() {
+        if !slot.is_ready() && !spin_for_task(|| slot.is_ready()) {
             {
                 let mut asker = slot.asker.lock().unwrap_or_else(PoisonError::into_inner);
                 match &*asker {
