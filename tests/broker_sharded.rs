@@ -849,3 +849,33 @@ fn a_panicking_factory_is_retried_and_a_runtime_shutdown_ends_the_member() {
         member.stop();
     });
 }
+
+#[test]
+fn a_member_whose_broker_is_closed_ends_and_says_why() {
+    within_limit(Duration::from_secs(60), "closed", || {
+        let kind = Kind::new("closed", 2);
+        let rt = Runtime::new();
+        let broker = connect(builder());
+        let member = broker
+            .sharded(&kind.name, 2)
+            .beat(BEAT)
+            .member_timeout(MEMBER_TIMEOUT)
+            .serve(&rt, |partition| Part {
+                partition,
+                seen: Arc::default(),
+                count: 0,
+            })
+            .unwrap();
+        wait_for(Duration::from_secs(30), "both partitions served", || {
+            member.serving().len() == 2
+        });
+        assert!(member.ended().is_none());
+        broker.close();
+        wait_for(Duration::from_secs(30), "the member ended", || {
+            !member.is_member()
+        });
+        let why = member.ended().expect("a reason");
+        assert!(why.contains("closed"), "{why}");
+        assert!(member.serving().is_empty());
+    });
+}

@@ -290,6 +290,11 @@ where
             if self.view.leave.load(Ordering::SeqCst) {
                 break None;
             }
+            // Closed, or lost with reconnecting off: no beat will go out
+            // again, and every served partition has ended.
+            if self.broker.link.is_final() {
+                break Some(format!("the broker connection is {}", self.broker.state()));
+            }
             let now = Instant::now();
             let ready = started.elapsed() >= self.timing.beat * 2;
             if now >= next_beat {

@@ -356,9 +356,17 @@ impl<M> Sharded<M> {
     }
 
     /// Whether the member still runs: `false` once it left, or once it
-    /// ended because its runtime shut down.
+    /// ended on its own: its runtime shut down, or its broker connection
+    /// was closed (or lost with reconnecting off).
     pub fn is_member(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Why the member ended on its own, once it has (see
+    /// [`is_member`](Self::is_member)); `None` while it runs or after a
+    /// [`stop`](Self::stop).
+    pub fn ended(&self) -> Option<String> {
+        self.view.state().ended.clone()
     }
 
     /// Leaves the kind gracefully and waits until it has: tells the others,
