@@ -708,7 +708,10 @@ fn forge_beats(kind: &str, bodies: &[Vec<u8>]) {
     use lapin::types::ShortString;
     use lapin::{BasicProperties, Connection, ConnectionProperties};
     block_on(async {
-        let connection = Connection::connect(&common::url(), ConnectionProperties::default())
+        // The first node of a cluster's list will do.
+        let url = common::url();
+        let first = url.split(',').next().unwrap_or_default();
+        let connection = Connection::connect(first, ConnectionProperties::default())
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();
