@@ -227,8 +227,11 @@ mod tests {
                 .map(|c| c.load(Ordering::Relaxed))
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        // A round that read the stats before the join may come first.
-        while get("custody_messages_handled_total") != Some(1) {
+        // A round that read the stats before the join may come first, and
+        // a round sets the queue counters last: wait for both.
+        while get("custody_messages_handled_total") != Some(1)
+            || get("custody_queue_dead_lettered_total").is_none()
+        {
             assert!(Instant::now() < deadline, "no queue counters within 60 s");
             std::thread::sleep(Duration::from_millis(5));
         }
