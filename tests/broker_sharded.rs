@@ -466,6 +466,26 @@ impl Drop for Killed {
     }
 }
 
+/// `n` owner processes of `kind` writing to `db`, once they balance the
+/// partitions.
+fn start_owners(kind: &Kind, db: &TestDb, n: usize) -> (Owners, Killed) {
+    let owners: Owners = Arc::default();
+    let children = Killed(
+        (0..n)
+            .map(|slot| spawn_owner(&kind.name, &db.url(), slot, &owners))
+            .collect(),
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "the owner processes balance",
+        || {
+            let s: Vec<Vec<u32>> = owners.lock().unwrap().values().cloned().collect();
+            s.len() == n && balanced(&s, KILL_PARTITIONS)
+        },
+    );
+    (owners, children)
+}
+
 /// A database with the ledger the owner processes write, and the
 /// `PgState` tables made before the owners race to make them.
 fn ledger_db() -> TestDb {
@@ -515,17 +535,8 @@ fn a_sigkilled_owners_partitions_are_served_again_and_nothing_is_lost_or_applied
     within_limit(Duration::from_secs(240), "sigkill", || {
         let db = ledger_db();
         let kind = Kind::new("kill", KILL_PARTITIONS);
-        let owners: Owners = Arc::default();
-        let mut children = Killed(
-            (0..3)
-                .map(|slot| spawn_owner(&kind.name, &db.url(), slot, &owners))
-                .collect(),
-        );
+        let (owners, mut children) = start_owners(&kind, &db, 3);
         let sets = || owners.lock().unwrap().values().cloned().collect::<Vec<_>>();
-        wait_for(Duration::from_secs(60), "3 owner processes balance", || {
-            let s = sets();
-            s.len() == 3 && balanced(&s, KILL_PARTITIONS)
-        });
 
         // A producer sends ids in order, retrying each unconfirmed one.
         let sender = connect(builder());
@@ -536,19 +547,7 @@ fn a_sigkilled_owners_partitions_are_served_again_and_nothing_is_lost_or_applied
         let confirmed = Arc::new(AtomicU64::new(0));
         let producer = {
             let (ops, confirmed) = (ops.clone(), Arc::clone(&confirmed));
-            std::thread::spawn(move || {
-                for id in 0..IDS {
-                    let key = format!("acct-{}", id % 30);
-                    let mut op = Op::Add { id, key, seq: 0 };
-                    loop {
-                        match ops.tell(op) {
-                            Ok(()) => break,
-                            Err(e) => op = e.into_inner(),
-                        }
-                    }
-                    confirmed.store(id + 1, Ordering::SeqCst);
-                }
-            })
+            std::thread::spawn(move || produce(&ops, 0, IDS, &confirmed))
         };
         wait_for(Duration::from_secs(60), "a third of the ids sent", || {
             confirmed.load(Ordering::SeqCst) >= IDS / 3
@@ -620,17 +619,8 @@ fn a_frozen_owner_is_replaced_and_fenced_when_it_wakes_up() {
     within_limit(Duration::from_secs(240), "sigstop", || {
         let db = ledger_db();
         let kind = Kind::new("stop", KILL_PARTITIONS);
-        let owners: Owners = Arc::default();
-        let children = Killed(
-            (0..2)
-                .map(|slot| spawn_owner(&kind.name, &db.url(), slot, &owners))
-                .collect(),
-        );
+        let (owners, children) = start_owners(&kind, &db, 2);
         let sets = || owners.lock().unwrap().values().cloned().collect::<Vec<_>>();
-        wait_for(Duration::from_secs(60), "2 owner processes balance", || {
-            let s = sets();
-            s.len() == 2 && balanced(&s, KILL_PARTITIONS)
-        });
         let sender = connect(builder());
         let ops = sender
             .sharded_handle::<Op>(&kind.name, KILL_PARTITIONS)
