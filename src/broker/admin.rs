@@ -105,4 +105,34 @@ impl Broker {
         );
         Ok(())
     }
+
+    /// Deletes `queue` and `exchange` (a sharded kind's record of its
+    /// count and its members exchange).
+    pub(crate) fn delete_record_and_exchange(
+        &self,
+        queue: &str,
+        exchange: &str,
+    ) -> Result<(), BrokerError> {
+        let link = &*self.link;
+        let channel = link.open_channel(link.confirm_deadline())?;
+        let deleted = link
+            .run(
+                || format!("deleting queue `{queue}`"),
+                channel.queue_delete(ShortString::from(queue), QueueDeleteOptions::default()),
+            )
+            .and_then(|_| {
+                link.run(
+                    || format!("deleting exchange `{exchange}`"),
+                    channel.exchange_delete(
+                        ShortString::from(exchange),
+                        lapin::options::ExchangeDeleteOptions::default(),
+                    ),
+                )
+            });
+        let _ = block_until(
+            link.confirm_deadline(),
+            channel.close(200, ShortString::from("OK")),
+        );
+        deleted
+    }
 }

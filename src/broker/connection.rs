@@ -936,6 +936,80 @@ impl Link {
         Ok(())
     }
 
+    /// Declares the record of kind `kind`'s partition count: the empty durable
+    /// quorum queue `custody.<kind>.partitions`, whose `x-max-length` is the
+    /// count. The broker checks that argument at every declaration and refuses
+    /// another value, so the first process to declare the kind fixes its count
+    /// and a later one with another count gets
+    /// [`BrokerError::PartitionMismatch`]. Nothing is ever published to it.
+    pub(crate) fn declare_partition_count(
+        &self,
+        channel: &Channel,
+        kind: &str,
+        partitions: u32,
+    ) -> Result<(), BrokerError> {
+        let queue = names::partitions_queue(kind);
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(i64::from(partitions)),
+        );
+        let declared = self.run(
+            || format!("declaring queue `{queue}`"),
+            channel.queue_declare(
+                ShortString::from(queue.as_str()),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args.clone(),
+            ),
+        );
+        match declared {
+            Ok(_) => Ok(()),
+            Err(e) => match self.mismatch(e, &queue, &args) {
+                BrokerError::QueueMismatch(m) if m.argument.as_deref() == Some("x-max-length") => {
+                    Err(BrokerError::PartitionMismatch {
+                        kind: kind.to_owned(),
+                        recorded: m.current.as_deref().and_then(|c| c.parse().ok()),
+                        asked: partitions,
+                    })
+                }
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Declares a sharded kind's queues, on a channel of its own: the
+    /// record of its partition count (checked), then every partition's
+    /// mailbox.
+    pub(crate) fn declare_sharded(&self, kind: &str, partitions: u32) -> Result<(), BrokerError> {
+        let channel = self.open_channel(self.confirm_deadline())?;
+        let declared = self.declare_sharded_on(&channel, kind, partitions);
+        let _ = block_until(
+            self.confirm_deadline(),
+            channel.close(200, ShortString::from("custody: declared")),
+        );
+        declared
+    }
+
+    /// [`declare_sharded`](Self::declare_sharded) on `channel`.
+    pub(crate) fn declare_sharded_on(
+        &self,
+        channel: &Channel,
+        kind: &str,
+        partitions: u32,
+    ) -> Result<(), BrokerError> {
+        self.declare_partition_count(channel, kind, partitions)?;
+        (0..partitions).try_for_each(|p| {
+            self.declare_mailbox(channel, &super::shard::partition::partition_name(kind, p))
+        })
+    }
+
     /// `error` as [`BrokerError::QueueMismatch`] if the broker refused the
     /// declaration of `queue` with `args` because the queue exists with
     /// other arguments (`PRECONDITION_FAILED`); unchanged otherwise.

@@ -253,6 +253,7 @@ mod book;
 mod codec;
 mod connection;
 mod error;
+mod fanout;
 mod names;
 mod remote;
 mod reply;

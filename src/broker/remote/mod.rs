@@ -211,12 +211,7 @@ impl Remote {
         let channel = link.confirmed_channel_until(deadline)?;
         match self.partitions {
             None => link.declare_mailbox(&channel, &self.name)?,
-            Some(n) => {
-                partition::declare_count(link, &channel, &self.name, n)?;
-                for p in 0..n {
-                    link.declare_mailbox(&channel, &partition::partition_name(&self.name, p))?;
-                }
-            }
+            Some(n) => link.declare_sharded_on(&channel, &self.name, n)?,
         }
         let done_queue = &self.done_queue;
         let mut args = FieldTable::default();

@@ -40,22 +40,16 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
-use lapin::message::DeliveryResult;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, ExchangeKind};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::sync::mpsc::{Receiver, Sender};
 
 use super::assign;
 use super::partition;
 use crate::broker::codec;
-use crate::broker::connection::{Broker, block_until};
+use crate::broker::connection::Broker;
 use crate::broker::error::BrokerError;
+use crate::broker::fanout::Fanout;
 use crate::broker::names;
 use crate::broker::serve::{self, Served};
 use crate::error::SpawnError;
@@ -134,124 +128,18 @@ impl View {
     }
 }
 
-/// The member's connection to the members exchange.
-struct Beats {
-    channel: Option<Channel>,
-    heard: Sender<Vec<u8>>,
-}
-
-impl Beats {
-    /// An open channel with this member's queue bound to the exchange and
-    /// consumed, opening one if there is none (without waiting for a
-    /// connection).
-    fn ensure(&mut self, broker: &Broker, kind: &str) -> Result<&Channel, BrokerError> {
-        if self
-            .channel
-            .as_ref()
-            .is_none_or(|c| !c.status().connected())
-        {
-            self.channel = None;
-            let link = &*broker.link;
-            let channel = link.open_channel(Some(Instant::now()))?;
-            let exchange = names::members_exchange(kind);
-            link.run(
-                || format!("declaring exchange `{exchange}`"),
-                channel.exchange_declare(
-                    ShortString::from(exchange.as_str()),
-                    ExchangeKind::Fanout,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                ),
-            )?;
-            let queue = link.run(
-                || "declaring a member's beat queue".to_owned(),
-                channel.queue_declare(
-                    ShortString::from(""),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                ),
-            )?;
-            let queue = queue.name().clone();
-            link.run(
-                || format!("binding a beat queue to `{exchange}`"),
-                channel.queue_bind(
-                    queue.clone(),
-                    ShortString::from(exchange.as_str()),
-                    ShortString::from(""),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                ),
-            )?;
-            let consumer = link.run(
-                || format!("consuming beats of `{exchange}`"),
-                channel.basic_consume(
-                    queue,
-                    ShortString::from(""),
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        ..BasicConsumeOptions::default()
-                    },
-                    FieldTable::default(),
-                ),
-            )?;
-            let heard = self.heard.clone();
-            consumer.set_delegate(move |delivery: DeliveryResult| {
-                if let Ok(Some(delivery)) = delivery {
-                    let _ = heard.send(delivery.data);
-                }
-                async {}
-            });
-            self.channel = Some(channel);
+/// Publishes `beat` on the members exchange (no confirm: a lost beat is
+/// the next beat's job).
+fn publish(fanout: &mut Fanout, broker: &Broker, kind: &str, beat: &Beat, wait: Duration) {
+    let body = match codec::encode(beat) {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!(kind, error = %e, "a beat could not be encoded");
+            return;
         }
-        Ok(self.channel.as_ref().expect("opened above"))
-    }
-
-    /// Publishes `beat` (no confirm: a lost beat is the next beat's job).
-    fn publish(&mut self, broker: &Broker, kind: &str, beat: &Beat, wait: Duration) {
-        let body = match codec::encode(beat) {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::error!(kind, error = %e, "a beat could not be encoded");
-                return;
-            }
-        };
-        let channel = match self.ensure(broker, kind) {
-            Ok(channel) => channel.clone(),
-            Err(e) => {
-                tracing::debug!(kind, error = %e, "no channel for the beat");
-                return;
-            }
-        };
-        let exchange = names::members_exchange(kind);
-        let sent = block_until(
-            Some(Instant::now() + wait),
-            channel.basic_publish(
-                ShortString::from(exchange.as_str()),
-                ShortString::from(""),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default(),
-            ),
-        );
-        if !matches!(sent, Some(Ok(_))) {
-            tracing::debug!(kind, "a beat was not sent");
-        }
-    }
-
-    fn close(&mut self) {
-        if let Some(channel) = self.channel.take() {
-            let _ = block_until(
-                Some(Instant::now() + Duration::from_secs(2)),
-                channel.close(200, ShortString::from("custody: member left")),
-            );
-        }
+    };
+    if let Err(why) = fanout.publish(&broker.link, &body, wait) {
+        tracing::debug!(kind, %why, "a beat was not sent");
     }
 }
 
@@ -278,10 +166,7 @@ where
     /// The member thread: beats, listens, serves its share, until asked to
     /// leave or the runtime shuts down.
     pub(crate) fn run(mut self, heard: Receiver<Vec<u8>>, beats: Sender<Vec<u8>>) {
-        let mut beats = Beats {
-            channel: None,
-            heard: beats,
-        };
+        let mut beats = Fanout::new(names::members_exchange(&self.kind), beats);
         let started = Instant::now();
         // Each member heard: when, and whether it said it was ready.
         let mut seen: HashMap<String, (Instant, bool)> = HashMap::new();
@@ -304,7 +189,13 @@ where
                     ready,
                     leaving: false,
                 };
-                beats.publish(&self.broker, &self.kind, &beat, self.timing.beat);
+                publish(
+                    &mut beats,
+                    &self.broker,
+                    &self.kind,
+                    &beat,
+                    self.timing.beat,
+                );
                 next_beat = now + self.timing.beat;
             }
             // Listen until the next beat is due.
@@ -465,14 +356,14 @@ where
     /// Leaves the kind: says so, gives the others a beat to subscribe as
     /// standbys, then stops every served partition (in parallel: each
     /// settles what it was handed) and waits for the hand-overs.
-    fn leave(mut self, beats: &mut Beats, ended: Option<String>) {
+    fn leave(mut self, beats: &mut Fanout, ended: Option<String>) {
         let beat = Beat {
             member: self.id.clone(),
             partitions: self.partitions,
             ready: false,
             leaving: true,
         };
-        beats.publish(&self.broker, &self.kind, &beat, self.timing.beat);
+        publish(beats, &self.broker, &self.kind, &beat, self.timing.beat);
         if !self.served.is_empty() {
             std::thread::sleep(self.timing.beat);
         }

@@ -238,21 +238,10 @@ impl ShardedBuilder {
         timing.member_timeout = timing.member_timeout.max(timing.beat * 2);
         // The count is checked, and the partition queues declared, before
         // the member exists: a mismatch is an error here, not a log line.
-        let link = &*broker.link;
-        let channel = link.open_channel(link.confirm_deadline())?;
-        let declared = partition::declare_count(link, &channel, &kind, partitions).and_then(|()| {
-            (0..partitions).try_for_each(|p| {
-                link.declare_mailbox(&channel, &partition::partition_name(&kind, p))
-            })
-        });
-        let _ = super::connection::block_until(
-            link.confirm_deadline(),
-            channel.close(200, lapin::types::ShortString::from("custody: declared")),
-        );
-        declared?;
+        broker.link.declare_sharded(&kind, partitions)?;
         let id = super::remote::producer_id();
         let view = Arc::new(View::default());
-        let (beats, heard) = crossbeam_channel::unbounded();
+        let (beats, heard) = std::sync::mpsc::channel();
         let member = Member {
             broker,
             rt: rt.downgrade(),
@@ -418,32 +407,10 @@ impl Broker {
         for p in 0..partitions {
             self.delete_queues(&partition::partition_name(kind, p))?;
         }
-        let link = &*self.link;
-        let channel = link.open_channel(link.confirm_deadline())?;
-        let queue = super::names::partitions_queue(kind);
-        let exchange = super::names::members_exchange(kind);
-        let deleted = link
-            .run(
-                || format!("deleting queue `{queue}`"),
-                channel.queue_delete(
-                    lapin::types::ShortString::from(queue.as_str()),
-                    lapin::options::QueueDeleteOptions::default(),
-                ),
-            )
-            .and_then(|_| {
-                link.run(
-                    || format!("deleting exchange `{exchange}`"),
-                    channel.exchange_delete(
-                        lapin::types::ShortString::from(exchange.as_str()),
-                        lapin::options::ExchangeDeleteOptions::default(),
-                    ),
-                )
-            });
-        let _ = super::connection::block_until(
-            link.confirm_deadline(),
-            channel.close(200, lapin::types::ShortString::from("OK")),
-        );
-        deleted
+        self.delete_record_and_exchange(
+            &super::names::partitions_queue(kind),
+            &super::names::members_exchange(kind),
+        )
     }
 
     /// A sender to the sharded kind `kind`, routing each message to its

@@ -8,11 +8,6 @@
 
 use std::borrow::Cow;
 
-use lapin::Channel;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-
-use super::super::connection::Link;
 use super::super::error::BrokerError;
 use super::super::names;
 
@@ -115,54 +110,6 @@ pub(crate) fn check(kind: &str, partitions: u32) -> Result<(), BrokerError> {
         });
     }
     Ok(())
-}
-
-/// Declares the record of kind `kind`'s partition count: the empty durable
-/// quorum queue `custody.<kind>.partitions`, whose `x-max-length` is the
-/// count. The broker checks that argument at every declaration and refuses
-/// another value, so the first process to declare the kind fixes its count
-/// and a later one with another count gets
-/// [`BrokerError::PartitionMismatch`]. Nothing is ever published to it.
-pub(crate) fn declare_count(
-    link: &Link,
-    channel: &Channel,
-    kind: &str,
-    partitions: u32,
-) -> Result<(), BrokerError> {
-    let queue = names::partitions_queue(kind);
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    args.insert(
-        "x-max-length".into(),
-        AMQPValue::LongLongInt(i64::from(partitions)),
-    );
-    let declared = link.run(
-        || format!("declaring queue `{queue}`"),
-        channel.queue_declare(
-            ShortString::from(queue.as_str()),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            args.clone(),
-        ),
-    );
-    match declared {
-        Ok(_) => Ok(()),
-        Err(e) => match link.mismatch(e, &queue, &args) {
-            BrokerError::QueueMismatch(m) if m.argument.as_deref() == Some("x-max-length") => {
-                Err(BrokerError::PartitionMismatch {
-                    kind: kind.to_owned(),
-                    recorded: m.current.as_deref().and_then(|c| c.parse().ok()),
-                    asked: partitions,
-                })
-            }
-            other => Err(other),
-        },
-    }
 }
 
 #[cfg(test)]
